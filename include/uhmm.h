@@ -1,0 +1,292 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * uhmm.h - Heterogeneous Memory Management in user space: the application API.
+ *
+ * A struct uhmm is one managed address space: one userfaultfd, its fault
+ * service thread, and the managed ranges. Pages of a managed range may move
+ * into device-private memory (memory the CPU cannot address); the first CPU
+ * touch of such a page is caught and the page is brought home by its device's
+ * driver. When a page cannot come home (the device failed), the toucher, and
+ * only it, gets SIGBUS.
+ *
+ * Conventions: every function returns 0 (or a non-negative count) on success
+ * and a negative errno on failure; the library never sets errno.
+ * uhmm_strerror() gives words that say what to do about an error.
+ * Drivers include uhmm_driver.h; the built-in software device is uhmm_sim.h.
+ */
+#ifndef UHMM_H
+#define UHMM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__)
+#define UHMM_API __attribute__((visibility("default")))
+#else
+#define UHMM_API
+#endif
+
+#define UHMM_VERSION_MAJOR 0
+#define UHMM_VERSION_MINOR 1
+#define UHMM_VERSION_PATCH 0
+
+#define UHMM_PAGE_SIZE 4096UL
+
+/*
+ * UHMM_OPTS - declare an options struct with its size filled in.
+ * Option structs start with `size_t sz`; the library reads fields past sz as
+ * their defaults and refuses a larger struct whose unknown tail is not zero
+ * (-E2BIG), so old binaries keep working against new libraries and back.
+ */
+#define UHMM_OPTS(type, name, ...) \
+	struct type name = { .sz = sizeof(struct type), __VA_ARGS__ }
+
+struct uhmm;
+
+/* Userfaultfd features uhmm uses, as reported by uhmm_features(). */
+enum {
+	UHMM_FEAT_MISSING = 1ULL << 0,     /* missing-page faults on anonymous memory */
+	UHMM_FEAT_WP = 1ULL << 1,          /* write-protect faults */
+	UHMM_FEAT_POISON = 1ULL << 2,      /* UFFDIO_POISON (6.6+): SIGBUS on a failed page */
+	UHMM_FEAT_MOVE = 1ULL << 3,        /* UFFDIO_MOVE (6.8+): atomic, zero-copy take-away */
+	UHMM_FEAT_EVENT_UNMAP = 1ULL << 4, /* munmap events */
+	UHMM_FEAT_EVENT_REMOVE = 1ULL << 5, /* MADV_DONTNEED/REMOVE events */
+	UHMM_FEAT_EVENT_REMAP = 1ULL << 6, /* mremap events */
+	UHMM_FEAT_EVENT_FORK = 1ULL << 7,  /* fork events */
+	UHMM_FEAT_THREAD_ID = 1ULL << 8,   /* the faulting thread's id */
+	UHMM_FEAT_SIGBUS = 1ULL << 9,      /* faults as SIGBUS in the toucher */
+	UHMM_FEAT_KERNEL_FAULTS = 1ULL << 10, /* privileged: faults from system calls served */
+};
+
+/*
+ * The features without which migration to a device is refused: a page that
+ * leaves the CPU must have a way home (MISSING, MOVE), a way to fail loudly
+ * (POISON) and must follow munmap/madvise/mremap (the events).
+ */
+#define UHMM_FEAT_REQUIRED                                                          \
+	(UHMM_FEAT_MISSING | UHMM_FEAT_POISON | UHMM_FEAT_MOVE | UHMM_FEAT_EVENT_UNMAP | \
+	 UHMM_FEAT_EVENT_REMOVE | UHMM_FEAT_EVENT_REMAP)
+
+/* Flags of struct uhmm_open_opts. */
+enum {
+	/* Use UFFD_USER_MODE_ONLY even where kernel-mode faults are permitted. */
+	UHMM_OPEN_USER_MODE_ONLY = 1U << 0,
+};
+
+/*
+ * struct uhmm_open_opts - options of uhmm_open(); declare with UHMM_OPTS.
+ * @sz:            sizeof(struct uhmm_open_opts), set by UHMM_OPTS.
+ * @flags:         UHMM_OPEN_* flags.
+ * @mask_features: for tests: UHMM_FEAT_* bits to treat as missing from the
+ *                 kernel, to exercise the refusal paths on a complete kernel.
+ */
+struct uhmm_open_opts {
+	size_t sz;
+	unsigned int flags;
+	uint64_t mask_features;
+};
+
+/**
+ * uhmm_open() - create a managed address space for this process.
+ * @hp:   out: the new handle.
+ * @opts: options, or NULL for the defaults.
+ *
+ * Opens a userfaultfd (O_CLOEXEC, O_NONBLOCK), privileged where the process
+ * may handle kernel-mode faults, UFFD_USER_MODE_ONLY otherwise; probes the
+ * kernel's features and starts the fault service thread. A handle whose
+ * kernel lacks a feature in UHMM_FEAT_REQUIRED still opens: it can manage
+ * memory, but uhmm_migrate_*() to a device returns -EOPNOTSUPP.
+ *
+ * Return: 0, or
+ * -EINVAL  @hp is NULL or @opts has unknown flags;
+ * -E2BIG   @opts is larger than this library knows and its tail is not zero;
+ * -EPERM   userfaultfd is not permitted at all (seccomp, or no user-mode-only support);
+ * -ENOSYS  the kernel has no userfaultfd;
+ * -ENOMEM, -EMFILE, -EAGAIN  out of memory, descriptors or threads.
+ */
+UHMM_API int uhmm_open(struct uhmm **hp, const struct uhmm_open_opts *opts);
+
+/**
+ * uhmm_close() - bring every device-resident page home and tear down.
+ * @h: the handle, or NULL (then nothing happens).
+ *
+ * Every managed range is unmanaged (its pages come home first; pages whose
+ * device fails stay poisoned: SIGBUS on touch), the fault service stops and
+ * the userfaultfd is closed. Device memory still registered is evicted and
+ * becomes inert; its driver must still call uhmm_devmem_remove(), which then
+ * frees what is left. No thread may touch managed memory during uhmm_close().
+ */
+UHMM_API void uhmm_close(struct uhmm *h);
+
+/**
+ * uhmm_features() - the UHMM_FEAT_* bits available to this handle.
+ * @h: the handle.
+ *
+ * The kernel's features minus those masked by uhmm_open_opts.mask_features.
+ * UHMM_FEAT_KERNEL_FAULTS is set when the userfaultfd is privileged: then a
+ * system call that reads or writes device-resident memory (read(2) into it)
+ * is served transparently. Without it (user-mode-only mode) such a system call
+ * fails with EFAULT, while every user-mode access is served.
+ * Return: the bit set, or 0 for a NULL handle.
+ */
+UHMM_API uint64_t uhmm_features(const struct uhmm *h);
+
+/**
+ * uhmm_can_migrate() - whether pages of this handle may leave the CPU.
+ * @h: the handle.
+ *
+ * Return: 0 when the fault path is complete, or
+ * -EINVAL     @h is NULL;
+ * -EOPNOTSUPP a feature in UHMM_FEAT_REQUIRED is missing (uhmm_strerror says
+ *             which kernel is needed; `uhmm info` lists what is missing).
+ */
+UHMM_API int uhmm_can_migrate(const struct uhmm *h);
+
+/**
+ * uhmm_manage() - adopt a range of private anonymous memory.
+ * @h:    the handle.
+ * @addr: page-aligned start (from mmap, or page-aligned memory from malloc).
+ * @len:  length in bytes, a non-zero multiple of UHMM_PAGE_SIZE.
+ *
+ * The range is registered with the userfaultfd; its pages keep their data and
+ * stay on the CPU until migrated. Metadata is one 8-byte word per page,
+ * reserved virtually and allocated only where used: a huge untouched range
+ * costs address space, not memory.
+ *
+ * Return: 0, or
+ * -EINVAL  NULL handle, unaligned or zero-length range, overflow, or memory
+ *          that is not private anonymous (shared, file-backed, hugetlb);
+ * -EFAULT  part of the range is not mapped;
+ * -EEXIST  part of the range is already managed;
+ * -ENOMEM  out of memory for the metadata.
+ */
+UHMM_API int uhmm_manage(struct uhmm *h, void *addr, size_t len);
+
+/**
+ * uhmm_unmanage() - release a managed range.
+ * @h:    the handle.
+ * @addr: page-aligned start.
+ * @len:  page-multiple length; the range must lie inside managed memory.
+ *
+ * Device-resident pages come home first (their data is kept); pages that
+ * cannot come home stay poisoned. Then the range is unregistered and is
+ * ordinary memory again. A part of a larger managed range may be released.
+ *
+ * Return: number of pages brought home, or
+ * -EINVAL  NULL handle, unaligned, zero-length or overflowing range;
+ * -ENOENT  part of the range is not managed (e.g. a second unmanage).
+ */
+UHMM_API int uhmm_unmanage(struct uhmm *h, void *addr, size_t len);
+
+/**
+ * uhmm_alloc() - map and manage fresh anonymous memory.
+ * @h:   the handle.
+ * @len: bytes, rounded up to whole pages.
+ * @out: out: the start of the memory.
+ *
+ * Return: 0, or -EINVAL (NULL argument, zero or overflowing length), -ENOMEM.
+ */
+UHMM_API int uhmm_alloc(struct uhmm *h, size_t len, void **out);
+
+/**
+ * uhmm_free() - release memory from uhmm_alloc(): unmanage and unmap it.
+ * @h: the handle. @addr, @len: as given to and returned by uhmm_alloc().
+ *
+ * Device pages of the range are freed, not brought home.
+ * Return: 0, or -EINVAL (bad arguments), -ENOENT (not managed).
+ */
+UHMM_API int uhmm_free(struct uhmm *h, void *addr, size_t len);
+
+/**
+ * uhmm_migrate_to_ram() - bring device-resident pages of a range home.
+ * @h: the handle. @addr, @len: a page-aligned range inside managed memory.
+ *
+ * Every device page of the range, whatever its device, is copied home. A page
+ * whose device fails to return it becomes poisoned (SIGBUS on touch) and is
+ * not counted. Pages locked by a concurrent migration are skipped, as the
+ * kernel skips pages it cannot lock.
+ *
+ * Return: number of pages moved home, or
+ * -EINVAL  NULL handle, unaligned, zero-length or overflowing range;
+ * -ENOENT  part of the range is not managed.
+ */
+UHMM_API int uhmm_migrate_to_ram(struct uhmm *h, void *addr, size_t len);
+
+/**
+ * uhmm_sync() - wait until the fault service has handled every event the
+ * kernel delivered before this call.
+ * @h: the handle.
+ *
+ * munmap(2), madvise(MADV_DONTNEED) and mremap(2) on managed memory return
+ * once the service thread has *read* their event; the device pages they free
+ * (and page_free callbacks) follow right after. Call this to observe them,
+ * e.g. before reading device memory counters. Must not be called from a
+ * driver callback.
+ * Return: 0, or -EINVAL (NULL handle).
+ */
+UHMM_API int uhmm_sync(struct uhmm *h);
+
+/* Where a page is, as seen by uhmm_page_state(). */
+enum uhmm_page_state {
+	UHMM_PAGE_EMPTY = 1,  /* on the CPU, never written or discarded: reads zeros */
+	UHMM_PAGE_SYSTEM = 2, /* in system memory */
+	UHMM_PAGE_DEVICE = 3, /* in a device's private memory */
+	UHMM_PAGE_POISON = 4, /* lost with a failed device: SIGBUS on touch */
+};
+
+/**
+ * uhmm_page_state() - where the page containing @addr is.
+ * @h: the handle. @addr: any address inside a managed page.
+ * Return: an enum uhmm_page_state, or -EINVAL (NULL handle), -ENOENT (not managed).
+ */
+UHMM_API int uhmm_page_state(struct uhmm *h, const void *addr);
+
+/*
+ * struct uhmm_stats - counters of a handle, monotonic since uhmm_open.
+ * @sz:            sizeof(struct uhmm_stats), set by UHMM_OPTS.
+ * @faults:        CPU faults served on managed memory.
+ * @faults_device: of those, faults on device-resident pages.
+ * @pages_home:    pages brought home to system memory (faults and migrations).
+ * @pages_out:     pages migrated to device memory.
+ * @zero_fills:    pages filled with zeros on first touch or after discard.
+ * @poisoned:      pages poisoned because their device failed.
+ * @events:        unmap, remove and remap events handled.
+ */
+struct uhmm_stats {
+	size_t sz;
+	uint64_t faults;
+	uint64_t faults_device;
+	uint64_t pages_home;
+	uint64_t pages_out;
+	uint64_t zero_fills;
+	uint64_t poisoned;
+	uint64_t events;
+};
+
+/**
+ * uhmm_stats() - read the handle's counters.
+ * Return: 0, or -EINVAL (NULL argument, or @st->sz smaller than the first field set),
+ * -E2BIG (@st->sz larger than known).
+ */
+UHMM_API int uhmm_stats(struct uhmm *h, struct uhmm_stats *st);
+
+/**
+ * uhmm_strerror() - words for a uhmm error code that say what to do.
+ * @err: a negative errno returned by uhmm (a positive one is accepted too).
+ * Return: a static string; never NULL.
+ */
+UHMM_API const char *uhmm_strerror(int err);
+
+/**
+ * uhmm_feature_name() - the name of one UHMM_FEAT_* bit ("MOVE"), or NULL.
+ */
+UHMM_API const char *uhmm_feature_name(uint64_t feat);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* UHMM_H */

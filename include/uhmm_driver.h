@@ -1,0 +1,342 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * uhmm_driver.h - the driver API: device memory, device pages, migration.
+ *
+ * The kernel's words, in user space: a driver registers a region of device
+ * memory (struct uhmm_devmem, the kernel's dev_pagemap) with an ops table;
+ * each device page has a descriptor (struct uhmm_page, the kernel's
+ * ZONE_DEVICE struct page). Pages move with the three-step migration
+ * uhmm_migrate_setup / _pages / _finalize (the kernel's migrate_vma_*), or
+ * with the helpers uhmm_migrate_to_device / uhmm_migrate_to_ram. When the CPU
+ * touches a device page, the core calls ops->migrate_to_ram.
+ *
+ * The rule uhmm is built around: nothing leaves the CPU without a way home.
+ * Private device memory without migrate_to_ram is refused, and migration to
+ * a device is refused where the kernel lacks a feature the fault path needs.
+ */
+#ifndef UHMM_DRIVER_H
+#define UHMM_DRIVER_H
+
+#include "uhmm.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct uhmm_devmem;
+
+/* The ABI number drivers put in uhmm_devmem_ops.abi. */
+#define UHMM_DEVMEM_OPS_ABI 1
+
+enum uhmm_memory_type {
+	/* The CPU cannot address it; a CPU touch faults into migrate_to_ram. */
+	UHMM_MEMORY_DEVICE_PRIVATE = 1,
+};
+
+/*
+ * struct uhmm_page - one page of device memory (the kernel's ZONE_DEVICE page).
+ * Fields are read-only to drivers except zone_device_data.
+ * @devmem:  the region it belongs to.
+ * @owner:   the region's owner cookie.
+ * @addr:    the managed (CPU) address whose data it holds; 0 while free.
+ * @pfn:     its index in the region, 0..npages-1: where the driver keeps its data.
+ * @zone_device_data: the driver's, never touched by the core.
+ * @refcount: 0 while free; 1 while it holds a page's data; drivers may take
+ *           more with uhmm_page_get(). page_free runs when it drops to 0.
+ */
+struct uhmm_page {
+	struct uhmm_devmem *devmem;
+	void *owner;
+	uintptr_t addr;
+	unsigned long pfn;
+	void *zone_device_data;
+	int refcount;
+	uint32_t next_free; /* core: free-list link */
+} __attribute__((aligned(64)));
+
+/*
+ * struct uhmm_fault - a CPU fault on a device page, given to migrate_to_ram.
+ * @h:       the handle.
+ * @address: the faulting page's address (page aligned).
+ * @page:    the device page the CPU touched; locked and referenced for the call.
+ * @write:   1 for a write access, 0 for a read or unknown.
+ */
+struct uhmm_fault {
+	struct uhmm *h;
+	uintptr_t address;
+	struct uhmm_page *page;
+	int write;
+};
+
+/*
+ * struct uhmm_devmem_ops - what a driver tells the core about its memory.
+ * One static const table per driver, with .abi = UHMM_DEVMEM_OPS_ABI.
+ */
+struct uhmm_devmem_ops {
+	unsigned int abi;
+
+	/*
+	 * copy_to_device - copy @n pages of CPU memory into device pages.
+	 * @src[i] is readable CPU memory, or NULL: fill @dst[i] with zeros.
+	 * Called by the core's helpers (uhmm_migrate_to_device) in the calling
+	 * thread, never from the fault path. Return 0, or -errno: the core then
+	 * retries page by page to find the failing pages, which stay on the CPU.
+	 * Required.
+	 */
+	int (*copy_to_device)(struct uhmm_devmem *dm, struct uhmm_page *const *dst,
+			      const void *const *src, unsigned long n);
+
+	/*
+	 * copy_from_device - copy @n device pages into CPU memory @dst[i].
+	 * Called by the core's helpers (uhmm_migrate_to_ram, uhmm_devmem_remove,
+	 * uhmm_unmanage) and by drivers' migrate_to_ram, so it may run in the
+	 * fault path: async-signal-safe, no allocation, no lock that a migrating
+	 * thread can hold. Return 0, or -errno: the core retries page by page and
+	 * the pages that still fail are poisoned (SIGBUS on touch). Required.
+	 */
+	int (*copy_from_device)(struct uhmm_devmem *dm, void *const *dst,
+				struct uhmm_page *const *src, unsigned long n);
+
+	/*
+	 * migrate_to_ram - the CPU touched @vmf->page: bring it home.
+	 * Do as the kernel's drivers do: uhmm_migrate_setup() with
+	 * SELECT_DEVICE_PRIVATE, your owner and fault_page = vmf->page over the
+	 * page (and any neighbours worth bringing), copy each collected page into
+	 * uhmm_migrate_sysbuf(), set dst[], then uhmm_migrate_pages() and
+	 * uhmm_migrate_finalize(). Called from the fault path (the service thread,
+	 * or the faulting thread's signal handler): async-signal-safe, no
+	 * allocation. Return 0 (the access restarts, also when a concurrent
+	 * migration already moved the page), or -errno: the page is poisoned and
+	 * the toucher gets SIGBUS. Required for UHMM_MEMORY_DEVICE_PRIVATE.
+	 */
+	int (*migrate_to_ram)(struct uhmm_fault *vmf);
+
+	/*
+	 * page_free - the last reference to @page is gone; its data is dead.
+	 * The page returns to the region's free list after the call. May run in
+	 * the fault path (same rules as copy_from_device). Optional.
+	 */
+	void (*page_free)(struct uhmm_page *page);
+};
+
+/*
+ * struct uhmm_devmem_desc - what uhmm_devmem_add() registers; use UHMM_OPTS.
+ * @sz:          sizeof(struct uhmm_devmem_desc).
+ * @type:        UHMM_MEMORY_DEVICE_PRIVATE.
+ * @npages:      number of device pages, 1 .. 2^31.
+ * @owner:       non-NULL cookie shared by all memory one device treats as its own.
+ * @ops:         the driver's ops table.
+ * @driver_data: returned by uhmm_devmem_driver_data().
+ * @name:        a short name for diagnostics (copied), or NULL.
+ */
+struct uhmm_devmem_desc {
+	size_t sz;
+	enum uhmm_memory_type type;
+	unsigned long npages;
+	void *owner;
+	const struct uhmm_devmem_ops *ops;
+	void *driver_data;
+	const char *name;
+};
+
+/**
+ * uhmm_devmem_add() - register a region of device memory.
+ * @h: the handle. @desc: the region. @out: out: the region.
+ *
+ * Creates @desc->npages page descriptors on a free list that all drivers
+ * share (uhmm_devmem_alloc_page), charged to @desc->owner while in use.
+ * Return: 0, or
+ * -EINVAL  NULL argument, unknown type, npages 0 or too large, NULL owner,
+ *          ops ABI mismatch, or an ops table without copy_to_device,
+ *          copy_from_device or (for private memory) migrate_to_ram;
+ * -E2BIG   @desc larger than known with a non-zero tail;
+ * -ENOSPC  too many regions on this handle (65535);
+ * -ESHUTDOWN the handle is closed;
+ * -ENOMEM.
+ */
+UHMM_API int uhmm_devmem_add(struct uhmm *h, const struct uhmm_devmem_desc *desc,
+			     struct uhmm_devmem **out);
+
+/**
+ * uhmm_devmem_remove() - hot-remove a region: evict it, then free it.
+ * @dm: the region, or NULL (then 0).
+ *
+ * Every page still holding data is migrated home first; a page the device
+ * cannot return is poisoned (SIGBUS on touch); every other page keeps its
+ * data. Then the region is freed; @dm is invalid afterwards. The driver must
+ * not be in any of its callbacks for @dm when it calls this.
+ * Return: the number of pages poisoned (0 when all came home).
+ */
+UHMM_API int uhmm_devmem_remove(struct uhmm_devmem *dm);
+
+/* Accessors. */
+UHMM_API void *uhmm_devmem_driver_data(const struct uhmm_devmem *dm);
+UHMM_API void *uhmm_devmem_owner(const struct uhmm_devmem *dm);
+UHMM_API struct uhmm *uhmm_devmem_handle(const struct uhmm_devmem *dm);
+/* The device page with index @pfn (0 .. npages-1), or NULL. */
+UHMM_API struct uhmm_page *uhmm_devmem_page(struct uhmm_devmem *dm, unsigned long pfn);
+
+/*
+ * struct uhmm_devmem_stats - a region's counters.
+ * @npages:     pages in the region.
+ * @in_use:     pages allocated (refcount > 0).
+ * @resident:   pages holding the data of a managed page.
+ * @page_frees: times a page's last reference dropped (page_free calls).
+ * @owner_pages: pages charged to this region's owner, over all its regions.
+ */
+struct uhmm_devmem_stats {
+	size_t sz;
+	uint64_t npages;
+	uint64_t in_use;
+	uint64_t resident;
+	uint64_t page_frees;
+	uint64_t owner_pages;
+};
+
+/** uhmm_devmem_stats() - read a region's counters. Return: 0, or -EINVAL, -E2BIG. */
+UHMM_API int uhmm_devmem_stats(struct uhmm_devmem *dm, struct uhmm_devmem_stats *st);
+
+/**
+ * uhmm_devmem_alloc_page() - take a free page off the region's free list.
+ * Lock-free and async-signal-safe. The page has refcount 1, addr 0.
+ * Return: the page, or NULL when the region is full or being removed.
+ */
+UHMM_API struct uhmm_page *uhmm_devmem_alloc_page(struct uhmm_devmem *dm);
+
+/** uhmm_page_get() - take a reference on an in-use page. */
+UHMM_API void uhmm_page_get(struct uhmm_page *page);
+
+/**
+ * uhmm_page_put() - drop a reference; at zero the driver's page_free runs,
+ * the owner is uncharged and the page returns to the free list.
+ */
+UHMM_API void uhmm_page_put(struct uhmm_page *page);
+
+/* --- Migration (the kernel's migrate_vma_*) --- */
+
+/* Entries of src[] and dst[]: flags in the low 6 bits, an address above. */
+#define UHMM_MIGRATE_VALID 0x1ULL   /* an address is present */
+#define UHMM_MIGRATE_MIGRATE 0x2ULL /* src: collected, will migrate */
+#define UHMM_MIGRATE_DEVICE 0x4ULL  /* the address is a struct uhmm_page * */
+#define UHMM_MIGRATE_BUSY 0x8ULL    /* src: could not be taken now (locked, or shared after fork) */
+#define UHMM_MIGRATE_FLAGS_MASK 0x3fULL
+
+/* What uhmm_migrate_setup() selects. */
+enum {
+	UHMM_MIGRATE_SELECT_SYSTEM = 1U << 0,         /* pages in system memory, and empty pages */
+	UHMM_MIGRATE_SELECT_DEVICE_PRIVATE = 1U << 1, /* device pages of pgmap_owner */
+};
+
+/* The most pages one uhmm_migrate_setup() call may cover (2 MiB). */
+#define UHMM_MIGRATE_MAX_PAGES 512UL
+
+/*
+ * struct uhmm_migrate - one migration, filled by the caller, then by setup.
+ * @h:           the handle.
+ * @start, @end: page-aligned, inside one managed range, at most
+ *               UHMM_MIGRATE_MAX_PAGES pages.
+ * @src, @dst:   caller arrays of (end - start) / UHMM_PAGE_SIZE entries.
+ * @npages:      out: the number of pages in the range.
+ * @cpages:      out: the number collected (src has UHMM_MIGRATE_MIGRATE).
+ * @pgmap_owner: with SELECT_DEVICE_PRIVATE, only pages of this owner.
+ * @flags:       UHMM_MIGRATE_SELECT_*.
+ * @fault_page:  in migrate_to_ram: vmf->page (already locked by the core).
+ * @priv:        the core's; zero it before setup (it holds staging buffers).
+ */
+struct uhmm_migrate {
+	struct uhmm *h;
+	uintptr_t start;
+	uintptr_t end;
+	uint64_t *src;
+	uint64_t *dst;
+	unsigned long npages;
+	unsigned long cpages;
+	void *pgmap_owner;
+	unsigned int flags;
+	struct uhmm_page *fault_page;
+	uintptr_t priv[6];
+};
+
+/**
+ * uhmm_migrate_setup() - collect the pages of a range and take them away.
+ * @args: the migration.
+ *
+ * For each page: with SELECT_SYSTEM, a page on the CPU is locked and taken
+ * from the CPU atomically (UFFDIO_MOVE into a staging page; a CPU touch now
+ * waits until finalize); src[i] = VALID|MIGRATE with the address of its data
+ * (read it with uhmm_migrate_src_data), or MIGRATE alone for an empty page (no
+ * data: give the device zeros, no copy). With SELECT_DEVICE_PRIVATE, a device
+ * page of pgmap_owner is locked: src[i] = VALID|MIGRATE|DEVICE|page. Pages not
+ * selected, of another owner, poisoned, or locked by someone else get src[i] = 0
+ * (BUSY added when they may be taken later: locked, or shared with a forked
+ * child). Setup returns 0 also when nothing was collected.
+ *
+ * Then, for each collected page, the driver sets dst[i]: a device page it
+ * allocated and filled (uhmm_migrate_dst_device(page)), or, to bring a device
+ * page home, UHMM_MIGRATE_VALID after copying into uhmm_migrate_sysbuf(args, i),
+ * or 0 to leave the page where it was.
+ *
+ * Return: 0, or
+ * -EINVAL     NULL args/arrays/handle, unaligned or empty range, more than
+ *             UHMM_MIGRATE_MAX_PAGES, no SELECT flag;
+ * -ENOENT     the range is not (entirely) inside one managed range;
+ * -EOPNOTSUPP SELECT_SYSTEM on a handle whose fault path is incomplete
+ *             (uhmm_can_migrate); nothing is taken from the CPU.
+ */
+UHMM_API int uhmm_migrate_setup(struct uhmm_migrate *args);
+
+/**
+ * uhmm_migrate_pages() - commit: install each page in its destination.
+ * Device destinations take over the page (the source device page, if any, is
+ * released); system destinations are installed in the CPU page table. src[i]
+ * loses MIGRATE where the page did not move (dst[i] was 0, or installing failed).
+ */
+UHMM_API void uhmm_migrate_pages(struct uhmm_migrate *args);
+
+/**
+ * uhmm_migrate_finalize() - restore pages that did not move, unlock every
+ * page (waking CPU touches that waited) and free staging buffers. Destination
+ * device pages that were not used are released (uhmm_page_put).
+ */
+UHMM_API void uhmm_migrate_finalize(struct uhmm_migrate *args);
+
+/* The source page's CPU-readable data during a migration, or NULL (empty page). */
+UHMM_API const void *uhmm_migrate_src_data(const struct uhmm_migrate *args, unsigned long i);
+/* A CPU buffer for page i's data on its way home (device to system). */
+UHMM_API void *uhmm_migrate_sysbuf(const struct uhmm_migrate *args, unsigned long i);
+
+static inline struct uhmm_page *uhmm_migrate_entry_page(uint64_t e)
+{
+	return (e & UHMM_MIGRATE_VALID) && (e & UHMM_MIGRATE_DEVICE) ?
+		       (struct uhmm_page *)(uintptr_t)(e & ~UHMM_MIGRATE_FLAGS_MASK) :
+		       NULL;
+}
+
+static inline uint64_t uhmm_migrate_dst_device(struct uhmm_page *page)
+{
+	return (uint64_t)(uintptr_t)page | UHMM_MIGRATE_VALID | UHMM_MIGRATE_DEVICE;
+}
+
+/**
+ * uhmm_migrate_to_device() - migrate a range's CPU pages into a region.
+ * @dm: the region. @addr, @len: a page-aligned range inside managed memory.
+ *
+ * The whole three-step migration, in chunks, with the driver's copy_to_device.
+ * Empty pages get a zeroed device page without a CPU copy. Pages that are busy
+ * (locked by a concurrent migration) are skipped; pages shared with a forked
+ * child are made exclusive and retried; pages already on a device stay there.
+ * Stops early, keeping what moved, when the region is full.
+ *
+ * Return: the number of pages now in @dm that moved in this call, or
+ * -EINVAL     NULL region, unaligned, zero-length or overflowing range;
+ * -ENOENT     part of the range is not managed;
+ * -EOPNOTSUPP the fault path is incomplete (see uhmm_can_migrate);
+ * -ENODEV     the region is being removed;
+ * -ENOMEM     the region is full and nothing moved.
+ */
+UHMM_API int uhmm_migrate_to_device(struct uhmm_devmem *dm, void *addr, size_t len);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* UHMM_DRIVER_H */

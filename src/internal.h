@@ -1,0 +1,228 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * internal.h - shared between the core's files; never installed.
+ *
+ * Locking, in one place:
+ * - h->lock (a mutex) serialises changes to the managed ranges, the device
+ *   memory table and the retire list. Never taken on the fault path.
+ * - Readers of the range table (the fault path, migrations, events) enter a
+ *   read section (rd_enter/rd_exit: one atomic counter). Writers publish a new
+ *   table and retire the old objects; retired objects are freed once the
+ *   counter is seen at zero. Nobody ever waits for readers, so a reader may
+ *   block (e.g. in madvise) without deadlock.
+ * - Each page has a state word; its LOCKED bit is taken with compare-and-swap.
+ *   Blocking lock waits happen only while holding no other page lock; multi-
+ *   page lockers (migrations, fault-around) only try-lock. A page-lock holder
+ *   never waits for the fault service thread (it causes no userfaultfd event
+ *   and touches no managed memory), so the service thread may wait for a page
+ *   lock.
+ */
+#ifndef UHMM_INTERNAL_H
+#define UHMM_INTERNAL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "uhmm.h"
+#include "uhmm_driver.h"
+#include "uffd.h"
+
+#define PAGE_SHIFT 12
+#define PAGE_SIZE 4096UL
+#define PAGE_MASK (~(PAGE_SIZE - 1))
+
+#define CHUNK_PAGES UHMM_MIGRATE_MAX_PAGES
+#define CHUNK_SIZE (CHUNK_PAGES * PAGE_SIZE)
+#define POOL_CHUNKS 32
+#define MAX_DEVMEM 1024 /* slots 1..MAX_DEVMEM-1; 0 means none */
+#define MAX_OWNERS 256
+#define MAX_LEAVING 16
+
+/*
+ * The page state word. The low 32 bits hold the kind and the lock bits, so a
+ * waiter can futex-wait on them; the high bits name the device page.
+ */
+#define W_KIND_MASK 0x3ULL
+#define W_CPU 0ULL    /* on the CPU: present, or a hole (reads zeros) */
+#define W_DEVICE 1ULL /* in device memory: slot and pfn below */
+#define W_POISON 2ULL /* lost with a failed device: SIGBUS on touch */
+#define W_LOCKED 0x4ULL
+#define W_WAITERS 0x8ULL
+#define W_SLOT_SHIFT 16
+#define W_SLOT_MASK 0xffffULL
+#define W_PFN_SHIFT 32
+
+static inline uint64_t w_kind(uint64_t w)
+{
+	return w & W_KIND_MASK;
+}
+
+static inline unsigned w_slot(uint64_t w)
+{
+	return (unsigned)((w >> W_SLOT_SHIFT) & W_SLOT_MASK);
+}
+
+static inline unsigned long w_pfn(uint64_t w)
+{
+	return (unsigned long)(w >> W_PFN_SHIFT);
+}
+
+static inline uint64_t w_device(unsigned slot, unsigned long pfn)
+{
+	return W_DEVICE | ((uint64_t)slot << W_SLOT_SHIFT) | ((uint64_t)pfn << W_PFN_SHIFT);
+}
+
+/* One reservation of state words, shared by the ranges split from it. */
+struct state_tbl {
+	_Atomic uint64_t *words;
+	size_t maplen;
+	int refs; /* ranges pointing into it; under h->lock */
+};
+
+/* A managed range [start, end). Immutable once published, except the words. */
+struct range {
+	uintptr_t start;
+	uintptr_t end;
+	_Atomic uint64_t *words; /* the word of start */
+	struct state_tbl *tbl;
+	bool alloced; /* made by uhmm_alloc */
+};
+
+/* The published, sorted table of ranges. */
+struct rtab {
+	size_t n;
+	struct range *r[];
+};
+
+struct retired {
+	struct retired *next;
+	void (*fn)(struct uhmm *h, void *p);
+	void *p;
+};
+
+/* A pool of 2 MiB chunks taken with an atomic bitmap (async-signal-safe). */
+struct pool {
+	char *base;
+	_Atomic uint64_t used; /* bit i: chunk i taken */
+};
+
+struct owner_acct {
+	void *owner;
+	atomic_long pages;
+};
+
+struct uhmm_devmem {
+	struct uhmm *h;
+	unsigned slot;
+	enum uhmm_memory_type type;
+	unsigned long npages;
+	void *owner;
+	const struct uhmm_devmem_ops *ops;
+	void *driver_data;
+	char name[32];
+	struct uhmm_page *pages;
+	size_t pages_len;
+	_Atomic uint64_t free_head; /* (tag << 32) | (index + 1); 0: empty */
+	atomic_long in_use;
+	atomic_long resident;
+	atomic_long page_frees;
+	atomic_int dying;
+	struct owner_acct *acct;
+};
+
+struct uhmm {
+	int uffd;
+	uint64_t features;   /* UHMM_FEAT_* in force */
+	uint64_t uffd_feats; /* the kernel features negotiated */
+	uint64_t uffd_ioctls;
+
+	pthread_mutex_t lock;
+	_Atomic(struct rtab *) rtab;
+	atomic_long readers;
+	struct retired *retired;
+
+	_Atomic(struct uhmm_devmem *) dm[MAX_DEVMEM];
+	struct owner_acct owners[MAX_OWNERS];
+
+	/* Intervals being unmanaged: migrations to a device must not take them. */
+	atomic_int nleaving;
+	uintptr_t leaving[MAX_LEAVING][2];
+
+	struct pool staging; /* registered: UFFDIO_MOVE destinations */
+	struct pool bounce;  /* unregistered: data on its way home */
+	char *zero_page;
+
+	/* The fault service thread. */
+	pthread_t svc;
+	int svc_started;
+	int wake_fd; /* eventfd: stop, or a sync request */
+	atomic_int stop;
+	pthread_mutex_t sync_lock;
+	pthread_cond_t sync_cond;
+	uint64_t sync_req, sync_done; /* under sync_lock */
+
+	atomic_int refs; /* the user's + one per device memory region */
+	atomic_int closed;
+
+	struct {
+		atomic_ulong faults, faults_device, pages_home, pages_out, zero_fills, poisoned,
+			events;
+	} st;
+};
+
+/* space.c */
+void uhmm__rd_enter(struct uhmm *h);
+void uhmm__rd_exit(struct uhmm *h);
+struct range *uhmm__lookup(struct uhmm *h, uintptr_t addr);
+_Atomic uint64_t *uhmm__word(struct range *r, uintptr_t addr);
+void uhmm__retire(struct uhmm *h, void (*fn)(struct uhmm *, void *), void *p);
+void uhmm__reclaim(struct uhmm *h);
+int uhmm__check_range(const void *addr, size_t len);
+int uhmm__remove_ranges(struct uhmm *h, uintptr_t start, uintptr_t end);
+int uhmm__add_range(struct uhmm *h, uintptr_t start, uintptr_t end, bool alloced,
+		    _Atomic uint64_t *copy_from);
+bool uhmm__leaving(struct uhmm *h, uintptr_t start, uintptr_t end);
+void uhmm__put(struct uhmm *h);
+int uhmm__opts_check(const void *opts, size_t given, size_t known);
+
+/* Page locks. */
+bool uhmm__trylock(_Atomic uint64_t *w, uint64_t *old);
+uint64_t uhmm__lock(_Atomic uint64_t *w);
+void uhmm__unlock(_Atomic uint64_t *w, uint64_t nw);
+
+/* probe.c */
+int uhmm__probe_open(struct uhmm *h, unsigned int flags, uint64_t mask);
+int uhmm__uffd_register(struct uhmm *h, uintptr_t start, size_t len);
+int uhmm__uffd_copy(int uffd, uintptr_t dst, const void *src, size_t len, bool wake);
+int uhmm__uffd_zeropage(int uffd, uintptr_t dst, size_t len);
+int uhmm__uffd_poison(int uffd, uintptr_t dst, size_t len);
+long uhmm__uffd_move(int uffd, uintptr_t dst, uintptr_t src, size_t len, bool holes);
+void uhmm__uffd_wake(int uffd, uintptr_t start, size_t len);
+
+/* pools (space.c) */
+int uhmm__pool_init(struct pool *p, bool populate);
+void uhmm__pool_fini(struct pool *p);
+char *uhmm__pool_get(struct pool *p);
+void uhmm__pool_put(struct pool *p, char *chunk);
+
+/* fault.c */
+int uhmm__svc_start(struct uhmm *h);
+void uhmm__svc_stop(struct uhmm *h);
+int uhmm__sync(struct uhmm *h);
+void uhmm__release_word(struct uhmm *h, uint64_t w);
+
+/* devmem.c */
+struct uhmm_devmem *uhmm__devmem(struct uhmm *h, unsigned slot);
+struct uhmm_page *uhmm__word_page(struct uhmm *h, uint64_t w);
+void uhmm__devmem_orphan_all(struct uhmm *h);
+
+/* migrate.c */
+int uhmm__home_range(struct uhmm *h, uintptr_t start, uintptr_t end, struct uhmm_devmem *only,
+		     unsigned long *poisoned);
+
+#define UHMM_STAT_ADD(h, field, n) atomic_fetch_add_explicit(&(h)->st.field, (n), memory_order_relaxed)
+
+#endif /* UHMM_INTERNAL_H */

@@ -1,0 +1,625 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * migrate.c - the three-step migration (the kernel's migrate_vma_*) and the
+ * helpers built on it.
+ *
+ * Taking a page from the CPU is UFFDIO_MOVE of its page-table entry into a
+ * staging chunk registered with the same userfaultfd: atomic with respect to
+ * CPU access (a touch now faults and waits for the page lock), and zero-copy.
+ * Holes move as holes (ALLOW_SRC_HOLES); mincore on the staging chunk then
+ * tells which pages carried data, so empty pages reach the device without a
+ * CPU copy. Pages come home with UFFDIO_COPY from a bounce chunk, which also
+ * wakes a waiting toucher. Both are batched over contiguous runs.
+ */
+#include <errno.h>
+#include <sched.h>
+#include <sys/mman.h>
+
+#include "internal.h"
+
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+
+/* src[] bits private to the core (within UHMM_MIGRATE_FLAGS_MASK). */
+#define S_HELD 0x10ULL /* this migration holds the page lock */
+#define S_AUX 0x20ULL  /* held: the page moved (done); not held: shared after fork */
+#define S_DONE S_AUX
+#define S_SHARED S_AUX
+
+/* Internal selection flag: any owner (the core's own helpers). */
+#define SELECT_ANY_OWNER (1U << 30)
+
+enum { P_STAGING, P_BOUNCE, P_RANGE, P_STATE, P_ONLY };
+
+static uintptr_t page_addr(const struct uhmm_migrate *a, unsigned long i)
+{
+	return a->start + (i << PAGE_SHIFT);
+}
+
+static _Atomic uint64_t *mig_word(const struct uhmm_migrate *a, unsigned long i)
+{
+	return uhmm__word((struct range *)a->priv[P_RANGE], page_addr(a, i));
+}
+
+static bool is_fault_page(const struct uhmm_migrate *a, unsigned long i)
+{
+	return a->fault_page && a->fault_page->addr == page_addr(a, i);
+}
+
+const void *uhmm_migrate_src_data(const struct uhmm_migrate *a, unsigned long i)
+{
+	uint64_t s;
+
+	if (!a || i >= a->npages)
+		return NULL;
+	s = a->src[i];
+	if ((s & UHMM_MIGRATE_VALID) && !(s & UHMM_MIGRATE_DEVICE))
+		return (const void *)(uintptr_t)(s & ~UHMM_MIGRATE_FLAGS_MASK);
+	return NULL;
+}
+
+void *uhmm_migrate_sysbuf(const struct uhmm_migrate *a, unsigned long i)
+{
+	if (!a || i >= a->npages || !a->priv[P_BOUNCE])
+		return NULL;
+	return (char *)a->priv[P_BOUNCE] + (i << PAGE_SHIFT);
+}
+
+/*
+ * Move the CPU pages collected in src[] (HELD|MIGRATE, no address yet) into
+ * the staging chunk, run by run.
+ */
+static void take_system(struct uhmm_migrate *a)
+{
+	struct uhmm *h = a->h;
+	char *stg = uhmm__pool_get(&h->staging);
+	unsigned long n = a->npages, i = 0, j;
+	unsigned char vec[UHMM_MIGRATE_MAX_PAGES];
+
+	a->priv[P_STAGING] = (uintptr_t)stg;
+	while (i < n) {
+		if (a->src[i] != (S_HELD | UHMM_MIGRATE_MIGRATE)) {
+			i++;
+			continue;
+		}
+		for (j = i; j < n && a->src[j] == (S_HELD | UHMM_MIGRATE_MIGRATE); j++)
+			;
+		while (i < j) {
+			long got = uhmm__uffd_move(h->uffd, (uintptr_t)stg + (i << PAGE_SHIFT),
+						   page_addr(a, i), (j - i) << PAGE_SHIFT, true);
+
+			if (got > 0) {
+				i += (unsigned long)got >> PAGE_SHIFT;
+				continue;
+			}
+			if (got == -EAGAIN)
+				continue;
+			/*
+			 * EBUSY: the page is shared (a forked child holds it):
+			 * leave it, the helpers make it exclusive and retry.
+			 * Anything else (the mapping vanished or changed):
+			 * leave the page where it is.
+			 */
+			uhmm__unlock(mig_word(a, i), atomic_load(mig_word(a, i)));
+			a->src[i] = got == -EBUSY ? UHMM_MIGRATE_BUSY | S_SHARED : 0;
+			i++;
+		}
+	}
+	if (mincore(stg, n << PAGE_SHIFT, vec))
+		for (i = 0; i < n; i++)
+			vec[i] = 1; /* cannot tell: copy every page */
+	for (i = 0; i < n; i++) {
+		if (a->src[i] != (S_HELD | UHMM_MIGRATE_MIGRATE))
+			continue;
+		if (vec[i] & 1)
+			a->src[i] |= UHMM_MIGRATE_VALID | ((uintptr_t)stg + (i << PAGE_SHIFT));
+		a->cpages++;
+	}
+}
+
+int uhmm_migrate_setup(struct uhmm_migrate *a)
+{
+	struct uhmm *h;
+	struct range *r;
+	unsigned long n, i;
+	bool sys, dev, any_sys = false, any_dev = false;
+	struct uhmm_devmem *only;
+
+	if (!a || !a->h || !a->src || !a->dst)
+		return -EINVAL;
+	h = a->h;
+	sys = a->flags & UHMM_MIGRATE_SELECT_SYSTEM;
+	dev = a->flags & UHMM_MIGRATE_SELECT_DEVICE_PRIVATE;
+	if (((a->start | a->end) & ~PAGE_MASK) || a->start >= a->end || (!sys && !dev) ||
+	    (a->flags & ~(UHMM_MIGRATE_SELECT_SYSTEM | UHMM_MIGRATE_SELECT_DEVICE_PRIVATE |
+			  SELECT_ANY_OWNER)))
+		return -EINVAL;
+	n = (a->end - a->start) >> PAGE_SHIFT;
+	if (n > UHMM_MIGRATE_MAX_PAGES)
+		return -EINVAL;
+	if (sys && a->fault_page)
+		return -EINVAL; /* the fault path only brings pages home */
+	if (sys && uhmm_can_migrate(h))
+		return -EOPNOTSUPP;
+	only = (struct uhmm_devmem *)a->priv[P_ONLY];
+	for (i = 0; i < P_ONLY; i++)
+		a->priv[i] = 0;
+	a->npages = n;
+	a->cpages = 0;
+	for (i = 0; i < n; i++)
+		a->src[i] = a->dst[i] = 0;
+
+	uhmm__rd_enter(h);
+	r = uhmm__lookup(h, a->start);
+	if (!r || a->end > r->end || (sys && uhmm__leaving(h, a->start, a->end))) {
+		uhmm__rd_exit(h);
+		return -ENOENT;
+	}
+	a->priv[P_RANGE] = (uintptr_t)r;
+	a->priv[P_STATE] = 1;
+
+	for (i = 0; i < n; i++) {
+		_Atomic uint64_t *w = mig_word(a, i);
+		uint64_t v = atomic_load(w);
+		struct uhmm_page *page;
+
+		if (is_fault_page(a, i)) {
+			/* Locked by the fault path that called the driver. */
+			if (w_kind(v) == W_DEVICE && uhmm__word_page(h, v) == a->fault_page) {
+				a->src[i] = uhmm_migrate_dst_device(a->fault_page) |
+					    UHMM_MIGRATE_MIGRATE | S_HELD;
+				a->cpages++;
+				any_dev = true;
+			}
+			continue;
+		}
+		/* Look before locking: untouched words stay untouched. */
+		if (!(sys && w_kind(v) == W_CPU) && !(dev && w_kind(v) == W_DEVICE))
+			continue;
+		if (!uhmm__trylock(w, &v)) {
+			a->src[i] = UHMM_MIGRATE_BUSY;
+			continue;
+		}
+		if (sys && w_kind(v) == W_CPU) {
+			a->src[i] = S_HELD | UHMM_MIGRATE_MIGRATE;
+			any_sys = true;
+			continue;
+		}
+		page = w_kind(v) == W_DEVICE ? uhmm__word_page(h, v) : NULL;
+		if (dev && page && (!only || page->devmem == only) &&
+		    ((a->flags & SELECT_ANY_OWNER) || page->owner == a->pgmap_owner)) {
+			a->src[i] = uhmm_migrate_dst_device(page) | UHMM_MIGRATE_MIGRATE | S_HELD;
+			a->cpages++;
+			any_dev = true;
+			continue;
+		}
+		uhmm__unlock(w, v);
+	}
+	if (any_sys)
+		take_system(a);
+	if (any_dev)
+		a->priv[P_BOUNCE] = (uintptr_t)uhmm__pool_get(&h->bounce);
+	return 0;
+}
+
+/* Commit page i into the device page named by dst[i]. */
+static void commit_device(struct uhmm_migrate *a, unsigned long i)
+{
+	struct uhmm *h = a->h;
+	struct uhmm_page *np = uhmm_migrate_entry_page(a->dst[i]);
+	_Atomic uint64_t *w = mig_word(a, i);
+	uint64_t old = atomic_load(w);
+
+	if (!np || np->devmem->h != h || np->refcount <= 0) {
+		a->src[i] &= ~UHMM_MIGRATE_MIGRATE;
+		return;
+	}
+	np->addr = page_addr(a, i);
+	atomic_fetch_add(&np->devmem->resident, 1);
+	atomic_store(w, w_device(np->devmem->slot, np->pfn) | W_LOCKED | (old & W_WAITERS));
+	if (a->src[i] & UHMM_MIGRATE_DEVICE)
+		uhmm__release_word(h, old);
+	else
+		UHMM_STAT_ADD(h, pages_out, 1);
+	a->src[i] |= S_DONE;
+}
+
+static bool to_system(const struct uhmm_migrate *a, unsigned long i)
+{
+	uint64_t s = a->src[i], d = a->dst[i];
+
+	return (s & S_HELD) && (s & UHMM_MIGRATE_MIGRATE) && (s & UHMM_MIGRATE_DEVICE) &&
+	       !(s & S_DONE) && (d & UHMM_MIGRATE_VALID) && !(d & UHMM_MIGRATE_DEVICE);
+}
+
+/* The device page of page i is dead and its data is home (or gone with its mapping). */
+static void commit_system(struct uhmm_migrate *a, unsigned long i)
+{
+	_Atomic uint64_t *w = mig_word(a, i);
+	uint64_t old = atomic_load(w);
+
+	atomic_store(w, W_CPU | W_LOCKED | (old & W_WAITERS));
+	uhmm__release_word(a->h, old);
+	UHMM_STAT_ADD(a->h, pages_home, 1);
+	a->src[i] |= S_DONE;
+}
+
+void uhmm_migrate_pages(struct uhmm_migrate *a)
+{
+	unsigned long n, i, j;
+
+	if (!a || a->priv[P_STATE] != 1)
+		return;
+	n = a->npages;
+	for (i = 0; i < n;) {
+		uint64_t s = a->src[i], d = a->dst[i];
+
+		if (!(s & S_HELD) || !(s & UHMM_MIGRATE_MIGRATE) || (s & S_DONE)) {
+			i++;
+			continue;
+		}
+		if (!(d & UHMM_MIGRATE_VALID)) {
+			a->src[i] &= ~UHMM_MIGRATE_MIGRATE;
+			i++;
+			continue;
+		}
+		if (d & UHMM_MIGRATE_DEVICE) {
+			commit_device(a, i++);
+			continue;
+		}
+		if (!(s & UHMM_MIGRATE_DEVICE)) {
+			a->src[i] &= ~UHMM_MIGRATE_MIGRATE; /* system to system: nothing to do */
+			i++;
+			continue;
+		}
+		/* Device to system: install the run in one ioctl; it wakes touchers. */
+		for (j = i; j < n && to_system(a, j); j++)
+			;
+		int ret = uhmm__uffd_copy(a->h->uffd, page_addr(a, i),
+					  uhmm_migrate_sysbuf(a, i), (j - i) << PAGE_SHIFT, true);
+		for (; i < j; i++) {
+			if (!ret || ret == -ENOENT || ret == -EINVAL)
+				commit_system(a, i); /* home, or its mapping is gone */
+			else
+				a->src[i] &= ~UHMM_MIGRATE_MIGRATE;
+		}
+	}
+}
+
+static bool to_restore(const struct uhmm_migrate *a, unsigned long i)
+{
+	uint64_t s = a->src[i];
+
+	return (s & S_HELD) && !(s & S_DONE) && (s & UHMM_MIGRATE_VALID) &&
+	       !(s & UHMM_MIGRATE_DEVICE);
+}
+
+void uhmm_migrate_finalize(struct uhmm_migrate *a)
+{
+	struct uhmm *h;
+	unsigned long n, i, j;
+
+	if (!a || a->priv[P_STATE] != 1)
+		return;
+	h = a->h;
+	n = a->npages;
+	/* Pages taken from the CPU that did not move go back where they were. */
+	for (i = 0; i < n;) {
+		if (!to_restore(a, i)) {
+			i++;
+			continue;
+		}
+		for (j = i; j < n && to_restore(a, j); j++)
+			;
+		while (i < j) {
+			long got = uhmm__uffd_move(h->uffd, page_addr(a, i),
+						   a->priv[P_STAGING] + (i << PAGE_SHIFT),
+						   (j - i) << PAGE_SHIFT, false);
+
+			if (got > 0)
+				i += (unsigned long)got >> PAGE_SHIFT;
+			else if (got != -EAGAIN)
+				i++; /* the mapping vanished: its data went with it */
+		}
+	}
+	for (i = 0; i < n; i++) {
+		uint64_t d = a->dst[i];
+
+		if ((d & UHMM_MIGRATE_VALID) && (d & UHMM_MIGRATE_DEVICE) &&
+		    !((a->src[i] & S_HELD) && (a->src[i] & S_DONE)))
+			uhmm_page_put(uhmm_migrate_entry_page(d));
+		if ((a->src[i] & S_HELD) && !is_fault_page(a, i)) {
+			_Atomic uint64_t *w = mig_word(a, i);
+
+			uhmm__unlock(w, atomic_load(w));
+		}
+	}
+	if (a->priv[P_STAGING]) {
+		madvise((void *)a->priv[P_STAGING], n << PAGE_SHIFT, MADV_DONTNEED);
+		uhmm__pool_put(&h->staging, (char *)a->priv[P_STAGING]);
+	}
+	if (a->priv[P_BOUNCE])
+		uhmm__pool_put(&h->bounce, (char *)a->priv[P_BOUNCE]);
+	a->priv[P_STATE] = 2;
+	uhmm__rd_exit(h);
+}
+
+/* --- helpers --- */
+
+/* Where the chunk starting at @s ends: 2 MiB aligned, inside its range and @e. */
+static uintptr_t chunk_end(struct uhmm *h, uintptr_t s, uintptr_t e, bool *managed)
+{
+	uintptr_t ce = (s | (CHUNK_SIZE - 1)) + 1;
+	struct range *r;
+
+	uhmm__rd_enter(h);
+	r = uhmm__lookup(h, s);
+	*managed = r != NULL;
+	if (r && r->end < ce)
+		ce = r->end;
+	uhmm__rd_exit(h);
+	return ce < e ? ce : e;
+}
+
+static bool range_managed(struct uhmm *h, uintptr_t s, uintptr_t e)
+{
+	bool ok = true;
+
+	while (ok && s < e)
+		s = chunk_end(h, s, e, &ok);
+	return ok;
+}
+
+static unsigned long count_done(const struct uhmm_migrate *a)
+{
+	unsigned long k = 0;
+
+	for (unsigned long i = 0; i < a->npages; i++)
+		if ((a->src[i] & S_HELD) && (a->src[i] & S_DONE))
+			k++;
+	return k;
+}
+
+/* One chunk to the device; returns pages moved or -errno. */
+static int chunk_to_device(struct uhmm_devmem *dm, uintptr_t s, uintptr_t e, bool *full)
+{
+	uint64_t src[CHUNK_PAGES], dst[CHUNK_PAGES];
+	struct uhmm_page *pages[CHUNK_PAGES];
+	const void *data[CHUNK_PAGES];
+	unsigned long idx[CHUNK_PAGES];
+	int moved = 0;
+
+	for (int pass = 0; pass < 2; pass++) {
+		struct uhmm_migrate a = { .h = dm->h, .start = s, .end = e, .src = src,
+					  .dst = dst, .flags = UHMM_MIGRATE_SELECT_SYSTEM };
+		unsigned long m = 0, i;
+		bool shared = false;
+		int ret = uhmm_migrate_setup(&a);
+
+		if (ret)
+			return moved ? moved : ret;
+		for (i = 0; i < a.npages; i++) {
+			struct uhmm_page *p;
+
+			if (!(src[i] & UHMM_MIGRATE_MIGRATE))
+				continue;
+			p = uhmm_devmem_alloc_page(dm);
+			if (!p) {
+				*full = true;
+				break;
+			}
+			p->addr = page_addr(&a, i);
+			dst[i] = uhmm_migrate_dst_device(p);
+			pages[m] = p;
+			data[m] = uhmm_migrate_src_data(&a, i);
+			idx[m++] = i;
+		}
+		if (m && dm->ops->copy_to_device(dm, pages, data, m)) {
+			/* Find the pages that fail; they stay on the CPU. */
+			for (i = 0; i < m; i++)
+				if (dm->ops->copy_to_device(dm, &pages[i], &data[i], 1))
+					dst[idx[i]] = 0;
+		}
+		for (i = 0; i < m; i++)
+			if (!dst[idx[i]])
+				uhmm_page_put(pages[i]);
+		uhmm_migrate_pages(&a);
+		moved += (int)count_done(&a);
+		for (i = 0; i < a.npages; i++)
+			if ((src[i] & (S_HELD | S_SHARED)) == S_SHARED)
+				shared = true;
+		uhmm_migrate_finalize(&a);
+		if (!shared || pass || *full)
+			break;
+		/* Break copy-on-write sharing with a forked child; no lock is held now. */
+		for (i = 0; i < a.npages; i++)
+			if ((src[i] & (S_HELD | S_SHARED)) == S_SHARED)
+				madvise((void *)page_addr(&a, i), PAGE_SIZE, MADV_POPULATE_WRITE);
+	}
+	return moved;
+}
+
+int uhmm_migrate_to_device(struct uhmm_devmem *dm, void *addr, size_t len)
+{
+	uintptr_t s = (uintptr_t)addr, e = s + len, ce;
+	struct uhmm *h;
+	bool full = false, managed;
+	long total = 0;
+	int ret;
+
+	if (!dm)
+		return -EINVAL;
+	h = dm->h;
+	ret = uhmm__check_range(addr, len);
+	if (ret)
+		return ret;
+	ret = uhmm_can_migrate(h);
+	if (ret)
+		return ret;
+	if (atomic_load(&dm->dying) || atomic_load(&h->closed))
+		return -ENODEV;
+	if (!range_managed(h, s, e))
+		return -ENOENT;
+	for (; s < e && !full; s = ce) {
+		ce = chunk_end(h, s, e, &managed);
+		if (!managed)
+			break;
+		ret = chunk_to_device(dm, s, ce, &full);
+		if (ret < 0)
+			break;
+		total += ret;
+	}
+	if (!total && full)
+		return -ENOMEM;
+	if (!total && ret < 0)
+		return ret;
+	return total > INT32_MAX ? INT32_MAX : (int)total;
+}
+
+static void mig_poison(struct uhmm_migrate *a, unsigned long i)
+{
+	_Atomic uint64_t *w = mig_word(a, i);
+	uint64_t old = atomic_load(w);
+
+	atomic_store(w, W_POISON | W_LOCKED | (old & W_WAITERS));
+	uhmm__release_word(a->h, old);
+	uhmm__uffd_poison(a->h->uffd, page_addr(a, i), PAGE_SIZE);
+	UHMM_STAT_ADD(a->h, poisoned, 1);
+	a->src[i] |= S_DONE;
+}
+
+/* Copy device pages home, run by run of one region; failures are poisoned. */
+static int chunk_home(struct uhmm *h, uintptr_t s, uintptr_t e, struct uhmm_devmem *only,
+		      bool *busy, unsigned long *poisoned)
+{
+	uint64_t src[CHUNK_PAGES], dst[CHUNK_PAGES];
+	struct uhmm_page *pages[CHUNK_PAGES];
+	void *bufs[CHUNK_PAGES];
+	bool failed[CHUNK_PAGES] = { false };
+	struct uhmm_migrate a = { .h = h, .start = s, .end = e, .src = src, .dst = dst,
+				  .flags = UHMM_MIGRATE_SELECT_DEVICE_PRIVATE | SELECT_ANY_OWNER };
+	unsigned long i, j, k, m;
+	int ret;
+
+	a.priv[P_ONLY] = (uintptr_t)only;
+	ret = uhmm_migrate_setup(&a);
+	if (ret)
+		return ret;
+	for (i = 0; i < a.npages;) {
+		struct uhmm_devmem *dm;
+
+		if (src[i] & UHMM_MIGRATE_BUSY)
+			*busy = true;
+		if (!(src[i] & UHMM_MIGRATE_MIGRATE)) {
+			i++;
+			continue;
+		}
+		dm = uhmm_migrate_entry_page(src[i])->devmem;
+		for (j = i, m = 0; j < a.npages && (src[j] & UHMM_MIGRATE_MIGRATE) &&
+				   uhmm_migrate_entry_page(src[j])->devmem == dm;
+		     j++, m++) {
+			pages[m] = uhmm_migrate_entry_page(src[j]);
+			bufs[m] = uhmm_migrate_sysbuf(&a, j);
+			dst[j] = UHMM_MIGRATE_VALID;
+		}
+		if (dm->ops->copy_from_device(dm, bufs, pages, m)) {
+			for (k = 0; k < m; k++) {
+				if (dm->ops->copy_from_device(dm, &bufs[k], &pages[k], 1)) {
+					dst[i + k] = 0;
+					failed[i + k] = true;
+				}
+			}
+		}
+		i = j;
+	}
+	uhmm_migrate_pages(&a);
+	for (i = 0; i < a.npages; i++) {
+		if (failed[i]) {
+			mig_poison(&a, i);
+			++*poisoned;
+		}
+	}
+	ret = (int)(count_done(&a));
+	for (i = 0; i < a.npages; i++)
+		ret -= failed[i];
+	uhmm_migrate_finalize(&a);
+	return ret;
+}
+
+/* Whether the state words of [s, e) were ever written (else: all CPU, nothing to do). */
+static bool words_touched(struct uhmm *h, uintptr_t s, uintptr_t e)
+{
+	struct range *r;
+	uintptr_t w0, w1;
+	unsigned char vec[8];
+	bool touched = true;
+
+	uhmm__rd_enter(h);
+	r = uhmm__lookup(h, s);
+	if (r) {
+		w0 = (uintptr_t)uhmm__word(r, s) & PAGE_MASK;
+		w1 = ((uintptr_t)uhmm__word(r, e - PAGE_SIZE) & PAGE_MASK) + PAGE_SIZE;
+		if (w1 - w0 <= sizeof(vec) * PAGE_SIZE && !mincore((void *)w0, w1 - w0, vec)) {
+			touched = false;
+			for (size_t i = 0; i < (w1 - w0) / PAGE_SIZE; i++)
+				touched |= vec[i] & 1;
+		}
+	}
+	uhmm__rd_exit(h);
+	return touched;
+}
+
+static long home_pass(struct uhmm *h, uintptr_t s, uintptr_t e, struct uhmm_devmem *only,
+		      bool *busy, unsigned long *poisoned)
+{
+	uintptr_t ce;
+	bool managed;
+	long total = 0;
+
+	for (; s < e; s = ce) {
+		ce = chunk_end(h, s, e, &managed);
+		if (!managed || !words_touched(h, s, ce))
+			continue;
+		int ret = chunk_home(h, s, ce, only, busy, poisoned);
+
+		if (ret > 0)
+			total += ret;
+	}
+	return total;
+}
+
+/* Bring home every device page of [start, end), waiting out busy pages. */
+int uhmm__home_range(struct uhmm *h, uintptr_t start, uintptr_t end, struct uhmm_devmem *only,
+		     unsigned long *poisoned)
+{
+	long total = 0;
+	bool busy;
+
+	do {
+		busy = false;
+		total += home_pass(h, start, end, only, &busy, poisoned);
+		if (busy)
+			sched_yield();
+	} while (busy);
+	return total > INT32_MAX ? INT32_MAX : (int)total;
+}
+
+int uhmm_migrate_to_ram(struct uhmm *h, void *addr, size_t len)
+{
+	uintptr_t s = (uintptr_t)addr;
+	unsigned long poisoned = 0;
+	bool busy = false;
+	long total;
+	int ret;
+
+	if (!h)
+		return -EINVAL;
+	ret = uhmm__check_range(addr, len);
+	if (ret)
+		return ret;
+	if (!range_managed(h, s, s + len))
+		return -ENOENT;
+	total = home_pass(h, s, s + len, NULL, &busy, &poisoned);
+	return total > INT32_MAX ? INT32_MAX : (int)total;
+}

@@ -1,0 +1,212 @@
+/* SPDX-License-Identifier: MIT */
+/* probe.c - the userfaultfd: opening it, its features, and the ioctls uhmm uses. */
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+static int sys_userfaultfd(int flags)
+{
+	return (int)syscall(SYS_userfaultfd, flags);
+}
+
+/*
+ * A privileged userfaultfd serves faults raised inside system calls too.
+ * It comes from the system call where the process may have it, or from
+ * /dev/userfaultfd (6.1+) where the file is accessible; otherwise uhmm falls
+ * back to user-mode-only.
+ */
+static int open_uffd(bool user_only, bool *kernel_faults)
+{
+	int flags = O_CLOEXEC | O_NONBLOCK;
+	int fd, err;
+
+	if (!user_only) {
+		fd = sys_userfaultfd(flags);
+		if (fd >= 0) {
+			*kernel_faults = true;
+			return fd;
+		}
+		int dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
+		if (dev >= 0) {
+			fd = ioctl(dev, USERFAULTFD_IOC_NEW, flags);
+			close(dev);
+			if (fd >= 0) {
+				*kernel_faults = true;
+				return fd;
+			}
+		}
+	}
+	fd = sys_userfaultfd(flags | UFFD_USER_MODE_ONLY);
+	if (fd >= 0) {
+		*kernel_faults = false;
+		return fd;
+	}
+	err = errno;
+	return err == ENOSYS ? -ENOSYS : err == EINVAL ? -EPERM : -err;
+}
+
+static int uffd_api(int fd, uint64_t want, uint64_t *got, uint64_t *ioctls)
+{
+	struct uffdio_api api = { .api = UFFD_API, .features = want };
+
+	if (ioctl(fd, UFFDIO_API, &api))
+		return -errno;
+	*got = api.features;
+	*ioctls = api.ioctls;
+	return 0;
+}
+
+static const struct {
+	uint64_t uffd;
+	uint64_t uhmm;
+} feat_map[] = {
+	{ UFFD_FEATURE_PAGEFAULT_FLAG_WP, UHMM_FEAT_WP },
+	{ UFFD_FEATURE_POISON, UHMM_FEAT_POISON },
+	{ UFFD_FEATURE_MOVE, UHMM_FEAT_MOVE },
+	{ UFFD_FEATURE_EVENT_UNMAP, UHMM_FEAT_EVENT_UNMAP },
+	{ UFFD_FEATURE_EVENT_REMOVE, UHMM_FEAT_EVENT_REMOVE },
+	{ UFFD_FEATURE_EVENT_REMAP, UHMM_FEAT_EVENT_REMAP },
+	{ UFFD_FEATURE_EVENT_FORK, UHMM_FEAT_EVENT_FORK },
+	{ UFFD_FEATURE_THREAD_ID, UHMM_FEAT_THREAD_ID },
+	{ UFFD_FEATURE_SIGBUS, UHMM_FEAT_SIGBUS },
+};
+
+/* Features requested on the service descriptor (FORK and SIGBUS change behaviour). */
+#define WANTED                                                                             \
+	(UFFD_FEATURE_POISON | UFFD_FEATURE_MOVE | UFFD_FEATURE_EVENT_UNMAP |               \
+	 UFFD_FEATURE_EVENT_REMOVE | UFFD_FEATURE_EVENT_REMAP | UFFD_FEATURE_THREAD_ID |    \
+	 UFFD_FEATURE_PAGEFAULT_FLAG_WP)
+
+int uhmm__probe_open(struct uhmm *h, unsigned int flags, uint64_t mask)
+{
+	bool kf = false;
+	uint64_t avail = 0, ioctls = 0, got = 0;
+	int fd, ret, i;
+
+	/* UFFDIO_API may be called once per descriptor: probe on a throwaway one. */
+	fd = open_uffd(flags & UHMM_OPEN_USER_MODE_ONLY, &kf);
+	if (fd < 0)
+		return fd;
+	ret = uffd_api(fd, 0, &avail, &ioctls);
+	close(fd);
+	if (ret)
+		return ret;
+
+	fd = open_uffd(flags & UHMM_OPEN_USER_MODE_ONLY, &kf);
+	if (fd < 0)
+		return fd;
+	ret = uffd_api(fd, avail & WANTED, &got, &ioctls);
+	if (ret) {
+		close(fd);
+		return ret;
+	}
+
+	h->uffd = fd;
+	h->uffd_feats = got;
+	h->uffd_ioctls = ioctls;
+	h->features = UHMM_FEAT_MISSING | (kf ? UHMM_FEAT_KERNEL_FAULTS : 0);
+	for (i = 0; i < (int)(sizeof(feat_map) / sizeof(feat_map[0])); i++)
+		if (avail & feat_map[i].uffd)
+			h->features |= feat_map[i].uhmm;
+	h->features &= ~mask;
+	return 0;
+}
+
+int uhmm__uffd_register(struct uhmm *h, uintptr_t start, size_t len)
+{
+	struct uffdio_register reg = {
+		.range = { .start = start, .len = len },
+		.mode = UFFDIO_REGISTER_MODE_MISSING,
+	};
+
+	if (ioctl(h->uffd, UFFDIO_REGISTER, &reg))
+		return errno == ENOMEM ? -EFAULT : -errno;
+	return 0;
+}
+
+/* Install @len bytes from @src at @dst; a page already present is not an error. */
+int uhmm__uffd_copy(int uffd, uintptr_t dst, const void *src, size_t len, bool wake)
+{
+	size_t done = 0;
+
+	while (done < len) {
+		struct uffdio_copy c = {
+			.dst = dst + done,
+			.src = (uintptr_t)src + done,
+			.len = len - done,
+			.mode = wake ? 0 : UFFDIO_COPY_MODE_DONTWAKE,
+		};
+		if (ioctl(uffd, UFFDIO_COPY, &c) == 0) {
+			done = len;
+			break;
+		}
+		if (c.copy > 0) {
+			done += (size_t)c.copy;
+			continue;
+		}
+		if (errno == EAGAIN)
+			continue;
+		if (errno == EEXIST) {
+			/* Someone filled it first: skip the page, keep its data. */
+			uhmm__uffd_wake(uffd, dst + done, PAGE_SIZE);
+			done += PAGE_SIZE;
+			continue;
+		}
+		return -errno;
+	}
+	return 0;
+}
+
+int uhmm__uffd_zeropage(int uffd, uintptr_t dst, size_t len)
+{
+	struct uffdio_zeropage z = { .range = { .start = dst, .len = len } };
+
+	if (ioctl(uffd, UFFDIO_ZEROPAGE, &z) == 0)
+		return 0;
+	if (errno == EEXIST) {
+		uhmm__uffd_wake(uffd, dst, len);
+		return 0;
+	}
+	return -errno;
+}
+
+int uhmm__uffd_poison(int uffd, uintptr_t dst, size_t len)
+{
+	struct uffdio_poison p = { .range = { .start = dst, .len = len } };
+
+	if (ioctl(uffd, UFFDIO_POISON, &p) == 0)
+		return 0;
+	if (errno == EEXIST) {
+		uhmm__uffd_wake(uffd, dst, len);
+		return -EEXIST;
+	}
+	return -errno;
+}
+
+/* Returns bytes moved (holes included when allowed), or -errno if none moved. */
+long uhmm__uffd_move(int uffd, uintptr_t dst, uintptr_t src, size_t len, bool holes)
+{
+	struct uffdio_move m = {
+		.dst = dst,
+		.src = src,
+		.len = len,
+		.mode = holes ? UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES : 0,
+	};
+
+	if (ioctl(uffd, UFFDIO_MOVE, &m) == 0)
+		return (long)len;
+	if (m.move > 0)
+		return (long)m.move;
+	return -errno;
+}
+
+void uhmm__uffd_wake(int uffd, uintptr_t start, size_t len)
+{
+	struct uffdio_range r = { .start = start, .len = len };
+
+	ioctl(uffd, UFFDIO_WAKE, &r);
+}

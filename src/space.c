@@ -1,0 +1,843 @@
+/* SPDX-License-Identifier: MIT */
+/* space.c - the address space: handles, managed ranges, page state words, pools. */
+#include <errno.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+/* --- option structs --- */
+
+/* A caller's struct may be older (smaller) or newer (larger, zero tail). */
+static int opts_check(const void *opts, size_t given, size_t known)
+{
+	const unsigned char *p = opts;
+
+	if (given < sizeof(size_t))
+		return -EINVAL;
+	for (size_t i = known; i < given; i++)
+		if (p[i])
+			return -E2BIG;
+	return 0;
+}
+
+/* --- read sections and retirement (see internal.h) --- */
+
+void uhmm__rd_enter(struct uhmm *h)
+{
+	atomic_fetch_add(&h->readers, 1);
+}
+
+void uhmm__rd_exit(struct uhmm *h)
+{
+	atomic_fetch_sub(&h->readers, 1);
+}
+
+/* Under h->lock. */
+void uhmm__retire(struct uhmm *h, void (*fn)(struct uhmm *, void *), void *p)
+{
+	struct retired *r = malloc(sizeof(*r));
+
+	if (!r) {
+		/* Cannot defer: wait for the readers instead (they never wait for us). */
+		while (atomic_load(&h->readers))
+			sched_yield();
+		fn(h, p);
+		return;
+	}
+	r->fn = fn;
+	r->p = p;
+	r->next = h->retired;
+	h->retired = r;
+}
+
+/* Under h->lock. Frees what was retired if no reader can still see it. */
+void uhmm__reclaim(struct uhmm *h)
+{
+	struct retired *r = h->retired, *next;
+
+	if (!r || atomic_load(&h->readers))
+		return;
+	h->retired = NULL;
+	for (; r; r = next) {
+		next = r->next;
+		r->fn(h, r->p);
+		free(r);
+	}
+}
+
+static void free_ptr(struct uhmm *h, void *p)
+{
+	(void)h;
+	free(p);
+}
+
+static void tbl_put(struct state_tbl *t)
+{
+	if (--t->refs)
+		return;
+	munmap((void *)t->words, t->maplen);
+	free(t);
+}
+
+static void range_free(struct uhmm *h, void *p)
+{
+	struct range *r = p;
+
+	(void)h;
+	tbl_put(r->tbl);
+	free(r);
+}
+
+/* --- page locks --- */
+
+static long futex(_Atomic uint64_t *w, int op, uint32_t val)
+{
+	/* The kind and lock bits live in the low 32 bits (little endian). */
+	return syscall(SYS_futex, (uint32_t *)w, op, val, NULL, NULL, 0);
+}
+
+bool uhmm__trylock(_Atomic uint64_t *w, uint64_t *old)
+{
+	uint64_t v = atomic_load(w);
+
+	while (!(v & W_LOCKED)) {
+		if (atomic_compare_exchange_weak(w, &v, v | W_LOCKED)) {
+			*old = v;
+			return true;
+		}
+	}
+	return false;
+}
+
+/* Blocking: only while holding no other page lock. Async-signal-safe. */
+uint64_t uhmm__lock(_Atomic uint64_t *w)
+{
+	uint64_t v = atomic_load(w);
+
+	for (int spins = 0;; spins++) {
+		if (!(v & W_LOCKED)) {
+			if (atomic_compare_exchange_weak(w, &v, v | W_LOCKED))
+				return v & ~W_WAITERS;
+			continue;
+		}
+		if (spins < 100) {
+			__builtin_ia32_pause();
+			v = atomic_load(w);
+			continue;
+		}
+		if (!(v & W_WAITERS) && !atomic_compare_exchange_weak(w, &v, v | W_WAITERS))
+			continue;
+		futex(w, FUTEX_WAIT_PRIVATE, (uint32_t)(v | W_WAITERS));
+		v = atomic_load(w);
+	}
+}
+
+void uhmm__unlock(_Atomic uint64_t *w, uint64_t nw)
+{
+	uint64_t old = atomic_exchange(w, nw & ~(W_LOCKED | W_WAITERS));
+
+	if (old & W_WAITERS)
+		futex(w, FUTEX_WAKE_PRIVATE, INT_MAX);
+}
+
+/* --- ranges --- */
+
+int uhmm__check_range(const void *addr, size_t len)
+{
+	uintptr_t a = (uintptr_t)addr;
+
+	if (!len || (a & ~PAGE_MASK) || (len & ~PAGE_MASK) || a + len < a || !a)
+		return -EINVAL;
+	return 0;
+}
+
+/* In a read section. */
+struct range *uhmm__lookup(struct uhmm *h, uintptr_t addr)
+{
+	struct rtab *t = atomic_load(&h->rtab);
+	size_t lo = 0, hi = t ? t->n : 0;
+
+	while (lo < hi) {
+		size_t mid = (lo + hi) / 2;
+		struct range *r = t->r[mid];
+
+		if (addr < r->start)
+			hi = mid;
+		else if (addr >= r->end)
+			lo = mid + 1;
+		else
+			return r;
+	}
+	return NULL;
+}
+
+_Atomic uint64_t *uhmm__word(struct range *r, uintptr_t addr)
+{
+	return r->words + ((addr - r->start) >> PAGE_SHIFT);
+}
+
+/* Whether [start, end) is entirely managed. In a read section. */
+static bool covered(struct uhmm *h, uintptr_t start, uintptr_t end)
+{
+	while (start < end) {
+		struct range *r = uhmm__lookup(h, start);
+
+		if (!r)
+			return false;
+		start = r->end;
+	}
+	return true;
+}
+
+/* Publish @t in place of the current table; under h->lock. */
+static void publish(struct uhmm *h, struct rtab *t)
+{
+	struct rtab *old = atomic_exchange(&h->rtab, t);
+
+	if (old)
+		uhmm__retire(h, free_ptr, old);
+}
+
+static struct rtab *rtab_alloc(size_t n)
+{
+	struct rtab *t = malloc(sizeof(*t) + (n ? n : 1) * sizeof(t->r[0]));
+
+	if (t)
+		t->n = 0;
+	return t;
+}
+
+static struct state_tbl *tbl_new(size_t npages)
+{
+	struct state_tbl *t = calloc(1, sizeof(*t));
+	size_t len = (npages * sizeof(uint64_t) + PAGE_SIZE - 1) & PAGE_MASK;
+	void *p;
+
+	if (!t)
+		return NULL;
+	/* Reserved, not committed: untouched words cost nothing. */
+	p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+		 -1, 0);
+	if (p == MAP_FAILED) {
+		free(t);
+		return NULL;
+	}
+	t->words = p;
+	t->maplen = len;
+	t->refs = 0;
+	return t;
+}
+
+/*
+ * Insert a range with its own new state table, optionally filled by @fill
+ * (called before the range is visible). Under h->lock.
+ */
+static int insert_range(struct uhmm *h, uintptr_t start, uintptr_t end, bool alloced,
+			struct range **out)
+{
+	struct rtab *cur = atomic_load(&h->rtab), *nt;
+	size_t n = cur ? cur->n : 0, i, j = 0;
+	struct range *r;
+
+	for (i = 0; i < n; i++)
+		if (cur->r[i]->start < end && start < cur->r[i]->end)
+			return -EEXIST;
+	r = calloc(1, sizeof(*r));
+	if (!r)
+		return -ENOMEM;
+	r->tbl = tbl_new((end - start) >> PAGE_SHIFT);
+	if (!r->tbl) {
+		free(r);
+		return -ENOMEM;
+	}
+	r->tbl->refs = 1;
+	r->start = start;
+	r->end = end;
+	r->words = r->tbl->words;
+	r->alloced = alloced;
+	nt = rtab_alloc(n + 1);
+	if (!nt) {
+		tbl_put(r->tbl);
+		free(r);
+		return -ENOMEM;
+	}
+	for (i = 0; i < n && cur->r[i]->start < start; i++)
+		nt->r[j++] = cur->r[i];
+	nt->r[j++] = r;
+	for (; i < n; i++)
+		nt->r[j++] = cur->r[i];
+	nt->n = j;
+	*out = r;
+	publish(h, nt);
+	return 0;
+}
+
+int uhmm__add_range(struct uhmm *h, uintptr_t start, uintptr_t end, bool alloced,
+		    _Atomic uint64_t *copy_from)
+{
+	struct range *r;
+	int ret;
+
+	pthread_mutex_lock(&h->lock);
+	ret = insert_range(h, start, end, alloced, &r);
+	if (!ret && copy_from)
+		memcpy((void *)r->words, (void *)copy_from, ((end - start) >> PAGE_SHIFT) * 8);
+	pthread_mutex_unlock(&h->lock);
+	return ret;
+}
+
+/*
+ * Drop [start, end) from the table, splitting ranges that straddle it.
+ * The words of the dropped pages are the caller's to have released first.
+ */
+int uhmm__remove_ranges(struct uhmm *h, uintptr_t start, uintptr_t end)
+{
+	struct rtab *cur, *nt;
+	size_t i;
+	int removed = 0;
+
+	pthread_mutex_lock(&h->lock);
+	cur = atomic_load(&h->rtab);
+	nt = rtab_alloc((cur ? cur->n : 0) + 1);
+	if (!nt) {
+		pthread_mutex_unlock(&h->lock);
+		return -ENOMEM;
+	}
+	for (i = 0; cur && i < cur->n; i++) {
+		struct range *r = cur->r[i], *piece;
+		uintptr_t cut[2][2] = { { r->start, start }, { end, r->end } };
+
+		if (r->end <= start || end <= r->start) {
+			nt->r[nt->n++] = r;
+			continue;
+		}
+		removed = 1;
+		for (int k = 0; k < 2; k++) {
+			uintptr_t s = cut[k][0] > r->start ? cut[k][0] : r->start;
+			uintptr_t e = cut[k][1] < r->end ? cut[k][1] : r->end;
+
+			if (s >= e)
+				continue;
+			piece = malloc(sizeof(*piece));
+			if (!piece)
+				continue; /* the pages lose management; never their data */
+			*piece = *r;
+			piece->start = s;
+			piece->end = e;
+			piece->words = uhmm__word(r, s);
+			piece->tbl->refs++;
+			nt->r[nt->n++] = piece;
+		}
+		uhmm__retire(h, range_free, r);
+	}
+	publish(h, nt);
+	uhmm__reclaim(h);
+	pthread_mutex_unlock(&h->lock);
+	return removed ? 0 : -ENOENT;
+}
+
+bool uhmm__leaving(struct uhmm *h, uintptr_t start, uintptr_t end)
+{
+	bool hit = false;
+
+	if (!atomic_load(&h->nleaving))
+		return false;
+	pthread_mutex_lock(&h->lock);
+	for (int i = 0; i < MAX_LEAVING; i++)
+		if (h->leaving[i][0] < end && start < h->leaving[i][1])
+			hit = true;
+	pthread_mutex_unlock(&h->lock);
+	return hit;
+}
+
+static int leaving_set(struct uhmm *h, uintptr_t start, uintptr_t end)
+{
+	for (;;) {
+		pthread_mutex_lock(&h->lock);
+		for (int i = 0; i < MAX_LEAVING; i++) {
+			if (!h->leaving[i][1]) {
+				h->leaving[i][0] = start;
+				h->leaving[i][1] = end;
+				atomic_fetch_add(&h->nleaving, 1);
+				pthread_mutex_unlock(&h->lock);
+				return i;
+			}
+		}
+		pthread_mutex_unlock(&h->lock);
+		sched_yield();
+	}
+}
+
+static void leaving_clear(struct uhmm *h, int i)
+{
+	pthread_mutex_lock(&h->lock);
+	h->leaving[i][0] = h->leaving[i][1] = 0;
+	atomic_fetch_sub(&h->nleaving, 1);
+	pthread_mutex_unlock(&h->lock);
+}
+
+/* --- pools of 2 MiB chunks --- */
+
+int uhmm__pool_init(struct pool *p, bool populate)
+{
+	size_t len = POOL_CHUNKS * CHUNK_SIZE + CHUNK_SIZE;
+	char *m = mmap(NULL, len, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	uintptr_t a;
+
+	(void)populate;
+	if (m == MAP_FAILED)
+		return -ENOMEM;
+	/* Align to 2 MiB so whole huge pages can move; trim the rest. */
+	a = ((uintptr_t)m + CHUNK_SIZE - 1) & ~(CHUNK_SIZE - 1);
+	if (a > (uintptr_t)m)
+		munmap(m, a - (uintptr_t)m);
+	if ((uintptr_t)m + len > a + POOL_CHUNKS * CHUNK_SIZE)
+		munmap((void *)(a + POOL_CHUNKS * CHUNK_SIZE),
+		       (uintptr_t)m + len - (a + POOL_CHUNKS * CHUNK_SIZE));
+	p->base = (char *)a;
+	/* A forked child must not share these pages: MOVE refuses shared pages. */
+	madvise(p->base, POOL_CHUNKS * CHUNK_SIZE, MADV_DONTFORK);
+	atomic_store(&p->used, 0);
+	return 0;
+}
+
+void uhmm__pool_fini(struct pool *p)
+{
+	if (p->base)
+		munmap(p->base, POOL_CHUNKS * CHUNK_SIZE);
+	p->base = NULL;
+}
+
+/* Lock-free and async-signal-safe; waits while every chunk is in use. */
+char *uhmm__pool_get(struct pool *p)
+{
+	uint64_t u = atomic_load(&p->used);
+
+	for (;;) {
+		uint64_t freebits = ~u & ((1ULL << POOL_CHUNKS) - 1);
+
+		if (!freebits) {
+			sched_yield();
+			u = atomic_load(&p->used);
+			continue;
+		}
+		int i = __builtin_ctzll(freebits);
+
+		if (atomic_compare_exchange_weak(&p->used, &u, u | (1ULL << i)))
+			return p->base + (size_t)i * CHUNK_SIZE;
+	}
+}
+
+void uhmm__pool_put(struct pool *p, char *chunk)
+{
+	size_t i = (size_t)(chunk - p->base) / CHUNK_SIZE;
+
+	atomic_fetch_and(&p->used, ~(1ULL << i));
+}
+
+/* --- handles --- */
+
+static char zero_page[PAGE_SIZE] __attribute__((aligned(PAGE_SIZE)));
+
+int uhmm_open(struct uhmm **hp, const struct uhmm_open_opts *opts)
+{
+	struct uhmm_open_opts o = { .sz = sizeof(o) };
+	struct uhmm *h;
+	int ret;
+
+	if (!hp)
+		return -EINVAL;
+	*hp = NULL;
+	if (opts) {
+		ret = opts_check(opts, opts->sz, sizeof(o));
+		if (ret)
+			return ret;
+		memcpy(&o, opts, opts->sz < sizeof(o) ? opts->sz : sizeof(o));
+		if (o.flags & ~UHMM_OPEN_USER_MODE_ONLY)
+			return -EINVAL;
+	}
+	h = calloc(1, sizeof(*h));
+	if (!h)
+		return -ENOMEM;
+	h->uffd = -1;
+	h->wake_fd = -1;
+	pthread_mutex_init(&h->lock, NULL);
+	pthread_mutex_init(&h->sync_lock, NULL);
+	pthread_cond_init(&h->sync_cond, NULL);
+	atomic_store(&h->refs, 1);
+	h->zero_page = zero_page;
+
+	ret = uhmm__probe_open(h, o.flags, o.mask_features);
+	if (ret)
+		goto err_free;
+	ret = uhmm__pool_init(&h->staging, false);
+	if (ret)
+		goto err_uffd;
+	ret = uhmm__pool_init(&h->bounce, true);
+	if (ret)
+		goto err_staging;
+	/* MOVE's destination must be registered with this userfaultfd. */
+	ret = uhmm__uffd_register(h, (uintptr_t)h->staging.base, POOL_CHUNKS * CHUNK_SIZE);
+	if (ret)
+		goto err_bounce;
+	ret = uhmm__svc_start(h);
+	if (ret)
+		goto err_bounce;
+	*hp = h;
+	return 0;
+
+err_bounce:
+	uhmm__pool_fini(&h->bounce);
+err_staging:
+	uhmm__pool_fini(&h->staging);
+err_uffd:
+	close(h->uffd);
+err_free:
+	free(h);
+	return ret;
+}
+
+/* Drop a reference; the last one frees the handle. */
+void uhmm__put(struct uhmm *h)
+{
+	if (atomic_fetch_sub(&h->refs, 1) != 1)
+		return;
+	pthread_mutex_lock(&h->lock);
+	publish(h, NULL);
+	while (atomic_load(&h->readers))
+		sched_yield();
+	uhmm__reclaim(h);
+	pthread_mutex_unlock(&h->lock);
+	uhmm__pool_fini(&h->staging);
+	uhmm__pool_fini(&h->bounce);
+	pthread_mutex_destroy(&h->lock);
+	pthread_mutex_destroy(&h->sync_lock);
+	pthread_cond_destroy(&h->sync_cond);
+	free(h);
+}
+
+/* A snapshot of the managed ranges' bounds; the caller frees it. */
+static size_t snapshot(struct uhmm *h, uintptr_t (**out)[2])
+{
+	struct rtab *t;
+	size_t n;
+
+	pthread_mutex_lock(&h->lock);
+	t = atomic_load(&h->rtab);
+	n = t ? t->n : 0;
+	*out = calloc(n ? n : 1, sizeof(**out));
+	if (!*out)
+		n = 0;
+	for (size_t i = 0; i < n; i++) {
+		(*out)[i][0] = t->r[i]->start;
+		(*out)[i][1] = t->r[i]->end;
+	}
+	pthread_mutex_unlock(&h->lock);
+	return n;
+}
+
+void uhmm_close(struct uhmm *h)
+{
+	uintptr_t(*rs)[2];
+	size_t n, i;
+	unsigned long poisoned;
+
+	if (!h || atomic_exchange(&h->closed, 1))
+		return;
+	n = snapshot(h, &rs);
+	for (i = 0; i < n; i++) {
+		uhmm__home_range(h, rs[i][0], rs[i][1], NULL, &poisoned);
+		struct uffdio_range ur = { .start = rs[i][0], .len = rs[i][1] - rs[i][0] };
+		ioctl(h->uffd, UFFDIO_UNREGISTER, &ur);
+		uhmm__remove_ranges(h, rs[i][0], rs[i][1]);
+	}
+	free(rs);
+	uhmm__svc_stop(h);
+	uhmm__devmem_orphan_all(h);
+	close(h->uffd);
+	h->uffd = -1;
+	uhmm__put(h);
+}
+
+uint64_t uhmm_features(const struct uhmm *h)
+{
+	return h ? h->features : 0;
+}
+
+int uhmm_can_migrate(const struct uhmm *h)
+{
+	if (!h)
+		return -EINVAL;
+	if ((h->features & UHMM_FEAT_REQUIRED) != UHMM_FEAT_REQUIRED)
+		return -EOPNOTSUPP;
+	return 0;
+}
+
+/*
+ * Private anonymous memory only: it is what UFFDIO_MOVE can take and what a
+ * discard really empties (the kernel's rule for device-private memory too).
+ */
+static int check_anon_private(uintptr_t start, uintptr_t end)
+{
+	FILE *f = fopen("/proc/self/maps", "re");
+	char line[512];
+	uintptr_t at = start;
+	int ret = -EFAULT;
+
+	if (!f)
+		return 0; /* no procfs: let registration decide */
+	while (at < end && fgets(line, sizeof(line), f)) {
+		unsigned long s, e, ino;
+		char perms[8], path[256] = "";
+		unsigned long off;
+		unsigned dmaj, dmin;
+
+		if (sscanf(line, "%lx-%lx %7s %lx %x:%x %lu %255s", &s, &e, perms, &off, &dmaj,
+			   &dmin, &ino, path) < 7)
+			continue;
+		if (e <= at)
+			continue;
+		if (s > at)
+			break; /* a hole */
+		if (perms[3] != 'p' || ino != 0 ||
+		    (path[0] && strcmp(path, "[heap]") && strcmp(path, "[stack]") &&
+		     strncmp(path, "[anon:", 6))) {
+			ret = -EINVAL;
+			goto out;
+		}
+		at = e;
+	}
+	if (at >= end)
+		ret = 0;
+out:
+	fclose(f);
+	return ret;
+}
+
+int uhmm_manage(struct uhmm *h, void *addr, size_t len)
+{
+	uintptr_t s = (uintptr_t)addr;
+	int ret;
+
+	if (!h || atomic_load(&h->closed))
+		return -EINVAL;
+	ret = uhmm__check_range(addr, len);
+	if (ret)
+		return ret;
+	ret = check_anon_private(s, s + len);
+	if (ret)
+		return ret;
+	ret = uhmm__add_range(h, s, s + len, false, NULL);
+	if (ret)
+		return ret;
+	ret = uhmm__uffd_register(h, s, len);
+	if (ret)
+		uhmm__remove_ranges(h, s, s + len);
+	return ret;
+}
+
+int uhmm_unmanage(struct uhmm *h, void *addr, size_t len)
+{
+	uintptr_t s = (uintptr_t)addr, e = s + len;
+	unsigned long poisoned = 0;
+	int ret, slot;
+	bool ok;
+
+	if (!h)
+		return -EINVAL;
+	ret = uhmm__check_range(addr, len);
+	if (ret)
+		return ret;
+	uhmm__rd_enter(h);
+	ok = covered(h, s, e);
+	uhmm__rd_exit(h);
+	if (!ok)
+		return -ENOENT;
+	/* No migration may take these pages from now on; bring home what is out. */
+	slot = leaving_set(h, s, e);
+	ret = uhmm__home_range(h, s, e, NULL, &poisoned);
+	struct uffdio_range ur = { .start = s, .len = len };
+	ioctl(h->uffd, UFFDIO_UNREGISTER, &ur);
+	uhmm__remove_ranges(h, s, e);
+	leaving_clear(h, slot);
+	return ret;
+}
+
+int uhmm_alloc(struct uhmm *h, size_t len, void **out)
+{
+	void *p;
+	int ret;
+
+	if (!h || !out || !len || len > SIZE_MAX - PAGE_SIZE || atomic_load(&h->closed))
+		return -EINVAL;
+	*out = NULL;
+	len = (len + PAGE_SIZE - 1) & PAGE_MASK;
+	p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (p == MAP_FAILED)
+		return -ENOMEM;
+	ret = uhmm__add_range(h, (uintptr_t)p, (uintptr_t)p + len, true, NULL);
+	if (!ret)
+		ret = uhmm__uffd_register(h, (uintptr_t)p, len);
+	if (ret) {
+		uhmm__remove_ranges(h, (uintptr_t)p, (uintptr_t)p + len);
+		munmap(p, len);
+		return ret == -EEXIST ? -ENOMEM : ret;
+	}
+	*out = p;
+	return 0;
+}
+
+int uhmm_free(struct uhmm *h, void *addr, size_t len)
+{
+	uintptr_t s = (uintptr_t)addr;
+	bool ok;
+	int ret;
+
+	if (!h)
+		return -EINVAL;
+	len = (len + PAGE_SIZE - 1) & PAGE_MASK;
+	ret = uhmm__check_range(addr, len);
+	if (ret)
+		return ret;
+	uhmm__rd_enter(h);
+	ok = covered(h, s, s + len);
+	uhmm__rd_exit(h);
+	if (!ok)
+		return -ENOENT;
+	/* The unmap event frees the device pages; wait until it has been handled. */
+	if (munmap(addr, len))
+		return -errno;
+	uhmm__sync(h);
+	return 0;
+}
+
+int uhmm_page_state(struct uhmm *h, const void *addr)
+{
+	uintptr_t a = (uintptr_t)addr & PAGE_MASK;
+	struct range *r;
+	uint64_t w;
+	unsigned char vec = 0;
+
+	if (!h)
+		return -EINVAL;
+	uhmm__rd_enter(h);
+	r = uhmm__lookup(h, a);
+	if (!r) {
+		uhmm__rd_exit(h);
+		return -ENOENT;
+	}
+	w = atomic_load(uhmm__word(r, a));
+	uhmm__rd_exit(h);
+	if (w_kind(w) == W_DEVICE)
+		return UHMM_PAGE_DEVICE;
+	if (w_kind(w) == W_POISON)
+		return UHMM_PAGE_POISON;
+	if (mincore((void *)a, PAGE_SIZE, &vec) == 0 && (vec & 1))
+		return UHMM_PAGE_SYSTEM;
+	return UHMM_PAGE_EMPTY;
+}
+
+int uhmm_stats(struct uhmm *h, struct uhmm_stats *st)
+{
+	struct uhmm_stats s = { .sz = sizeof(s) };
+	size_t sz;
+	int ret;
+
+	if (!h || !st)
+		return -EINVAL;
+	sz = st->sz;
+	ret = opts_check(st, sz, sizeof(s));
+	if (ret)
+		return ret;
+	s.faults = atomic_load(&h->st.faults);
+	s.faults_device = atomic_load(&h->st.faults_device);
+	s.pages_home = atomic_load(&h->st.pages_home);
+	s.pages_out = atomic_load(&h->st.pages_out);
+	s.zero_fills = atomic_load(&h->st.zero_fills);
+	s.poisoned = atomic_load(&h->st.poisoned);
+	s.events = atomic_load(&h->st.events);
+	memcpy(st, &s, sz < sizeof(s) ? sz : sizeof(s));
+	st->sz = sz;
+	return 0;
+}
+
+int uhmm__opts_check(const void *opts, size_t given, size_t known)
+{
+	return opts_check(opts, given, known);
+}
+
+const char *uhmm_feature_name(uint64_t feat)
+{
+	switch (feat) {
+	case UHMM_FEAT_MISSING: return "MISSING";
+	case UHMM_FEAT_WP: return "WP";
+	case UHMM_FEAT_POISON: return "POISON";
+	case UHMM_FEAT_MOVE: return "MOVE";
+	case UHMM_FEAT_EVENT_UNMAP: return "EVENT_UNMAP";
+	case UHMM_FEAT_EVENT_REMOVE: return "EVENT_REMOVE";
+	case UHMM_FEAT_EVENT_REMAP: return "EVENT_REMAP";
+	case UHMM_FEAT_EVENT_FORK: return "EVENT_FORK";
+	case UHMM_FEAT_THREAD_ID: return "THREAD_ID";
+	case UHMM_FEAT_SIGBUS: return "SIGBUS";
+	case UHMM_FEAT_KERNEL_FAULTS: return "KERNEL_FAULTS";
+	default: return NULL;
+	}
+}
+
+const char *uhmm_strerror(int err)
+{
+	switch (err < 0 ? -err : err) {
+	case 0:
+		return "success";
+	case EPERM:
+		return "userfaultfd is not permitted: run as root, grant access to "
+		       "/dev/userfaultfd, or set vm.unprivileged_userfaultfd=1 (a seccomp "
+		       "profile may also block the system call)";
+	case ENOSYS:
+		return "the kernel has no userfaultfd: build it with CONFIG_USERFAULTFD=y "
+		       "(Linux 6.8 or newer for migration to devices)";
+	case EOPNOTSUPP:
+		return "the kernel lacks a userfaultfd feature the CPU fault path needs "
+		       "(UFFDIO_POISON needs Linux 6.6, UFFDIO_MOVE Linux 6.8): pages may not "
+		       "leave the CPU without a way home; run `uhmm info` to see what is missing";
+	case EINVAL:
+		return "invalid argument: addresses and lengths must be page aligned, non-zero "
+		       "and not wrap; memory must be private anonymous; handles and tables must "
+		       "not be NULL";
+	case EFAULT:
+		return "bad address: part of the range is not mapped (or, in user-mode-only "
+		       "mode, a system call touched device-resident memory)";
+	case EEXIST:
+		return "part of the range is already managed: unmanage it first";
+	case ENOENT:
+		return "the address is not managed by this handle: call uhmm_manage or "
+		       "uhmm_alloc first";
+	case ENOMEM:
+		return "out of memory: the device memory is full or the system is out of memory";
+	case E2BIG:
+		return "options struct is newer than this library and uses fields it does not "
+		       "know: upgrade libuhmm or zero those fields";
+	case ENODEV:
+		return "the device memory is being removed or the device is dead";
+	case ENOSPC:
+		return "too many device memory regions or owners on this handle";
+	case EBUSY:
+		return "the pages are busy (locked by a concurrent migration): retry";
+	case EIO:
+		return "the device failed to copy the data: affected pages are poisoned "
+		       "(SIGBUS on touch); discard them with MADV_DONTNEED to reuse them";
+	case ESHUTDOWN:
+		return "the handle is closed";
+	default:
+		return "unknown error (see errno(3))";
+	}
+}
