@@ -41,6 +41,53 @@ static void poison_page(struct uhmm *h, uintptr_t addr)
 	UHMM_STAT_ADD(h, poisoned, 1);
 }
 
+#define ZERO_AROUND 64 /* pages: first touches of fresh memory come in streams */
+
+/*
+ * The neighbours of a zero-filled hole are likely holes about to be touched:
+ * map the zero page over those that are holes on the CPU side, so their first
+ * read costs nothing and their first write is the kernel's own fault, not a
+ * userfaultfd round trip. Only pages this call can lock are touched.
+ */
+static void zero_around(struct uhmm *h, struct range *r, uintptr_t addr)
+{
+	uintptr_t s = addr & ~(ZERO_AROUND * PAGE_SIZE - 1), e = s + ZERO_AROUND * PAGE_SIZE;
+	unsigned char vec[ZERO_AROUND];
+	bool held[ZERO_AROUND] = { false };
+	unsigned long i, j, n;
+
+	if (s < r->start)
+		s = r->start;
+	if (e > r->end)
+		e = r->end;
+	n = (e - s) >> PAGE_SHIFT;
+	if (n <= 1 || mincore((void *)s, e - s, vec))
+		return;
+	for (i = 0; i < n; i++) {
+		_Atomic uint64_t *w = uhmm__word(r, s + (i << PAGE_SHIFT));
+		uint64_t v;
+
+		if (vec[i] & 1 || atomic_load(w) || !uhmm__trylock(w, &v))
+			continue;
+		if (v) {
+			uhmm__unlock(w, v);
+			continue;
+		}
+		held[i] = true;
+	}
+	for (i = 0; i < n; i = j) {
+		for (; i < n && !held[i]; i++)
+			;
+		for (j = i; j < n && held[j]; j++)
+			;
+		if (j > i) {
+			uhmm__uffd_zeropage(h->uffd, s + (i << PAGE_SHIFT), (j - i) << PAGE_SHIFT);
+			for (unsigned long k = i; k < j; k++)
+				uhmm__unlock(uhmm__word(r, s + (k << PAGE_SHIFT)), W_CPU);
+		}
+	}
+}
+
 /*
  * Serve a CPU fault at @addr. Returns 0 when served, -ENOENT when the address
  * is not (yet) managed. The toucher is woken by the ioctl that fills the page.
@@ -71,6 +118,7 @@ again:
 			uhmm__uffd_zeropage(h->uffd, addr, PAGE_SIZE);
 		UHMM_STAT_ADD(h, zero_fills, 1);
 		uhmm__unlock(w, v);
+		zero_around(h, r, addr);
 		break;
 	case W_POISON:
 		uhmm__uffd_poison(h->uffd, addr, PAGE_SIZE); /* counted when it was poisoned */

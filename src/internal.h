@@ -164,6 +164,7 @@ struct uhmm {
 	pthread_cond_t sync_cond;
 	uint64_t sync_req, sync_done; /* under sync_lock */
 
+	struct uhmm *next_open; /* the list of open handles, for fork */
 	atomic_int refs; /* the user's + one per device memory region */
 	atomic_int closed;
 

@@ -446,6 +446,71 @@ void uhmm__pool_put(struct pool *p, char *chunk)
 
 /* --- handles --- */
 
+/*
+ * fork: without a service for the child's userfaultfd, the child's managed
+ * memory is ordinary memory, and a page that lives on a device would read as
+ * zeros there. So every device-resident page comes home before fork; the
+ * child then sees all its data (copy-on-write, as usual). In the child the
+ * inherited handles are closed: a child opens its own.
+ */
+static size_t snapshot(struct uhmm *h, uintptr_t (**out)[2]);
+static pthread_mutex_t open_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct uhmm *open_list;
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+
+static void fork_prepare(void)
+{
+	pthread_mutex_lock(&open_lock);
+	for (struct uhmm *h = open_list; h; h = h->next_open) {
+		uintptr_t(*rs)[2];
+		unsigned long poisoned;
+		size_t n = snapshot(h, &rs);
+
+		for (size_t i = 0; i < n; i++)
+			uhmm__home_range(h, rs[i][0], rs[i][1], NULL, &poisoned);
+		free(rs);
+	}
+}
+
+static void fork_parent(void)
+{
+	pthread_mutex_unlock(&open_lock);
+}
+
+static void fork_child(void)
+{
+	for (struct uhmm *h = open_list; h; h = h->next_open)
+		atomic_store(&h->closed, 1);
+	open_list = NULL;
+	pthread_mutex_unlock(&open_lock);
+}
+
+static void atfork_init(void)
+{
+	pthread_atfork(fork_prepare, fork_parent, fork_child);
+}
+
+static void open_list_add(struct uhmm *h)
+{
+	pthread_once(&atfork_once, atfork_init);
+	pthread_mutex_lock(&open_lock);
+	h->next_open = open_list;
+	open_list = h;
+	pthread_mutex_unlock(&open_lock);
+}
+
+static void open_list_del(struct uhmm *h)
+{
+	pthread_mutex_lock(&open_lock);
+	for (struct uhmm **p = &open_list; *p; p = &(*p)->next_open) {
+		if (*p == h) {
+			*p = h->next_open;
+			break;
+		}
+	}
+	pthread_mutex_unlock(&open_lock);
+}
+
 static char zero_page[PAGE_SIZE] __attribute__((aligned(PAGE_SIZE)));
 
 int uhmm_open(struct uhmm **hp, const struct uhmm_open_opts *opts)
@@ -492,6 +557,7 @@ int uhmm_open(struct uhmm **hp, const struct uhmm_open_opts *opts)
 	ret = uhmm__svc_start(h);
 	if (ret)
 		goto err_bounce;
+	open_list_add(h);
 	*hp = h;
 	return 0;
 
@@ -551,7 +617,10 @@ void uhmm_close(struct uhmm *h)
 	size_t n, i;
 	unsigned long poisoned;
 
-	if (!h || atomic_exchange(&h->closed, 1))
+	if (!h)
+		return;
+	open_list_del(h);
+	if (atomic_exchange(&h->closed, 1))
 		return;
 	n = snapshot(h, &rs);
 	for (i = 0; i < n; i++) {
