@@ -252,7 +252,9 @@ UHMM_API int uhmm_page_state(struct uhmm *h, const void *addr);
  * @faults_device: of those, faults on device-resident pages.
  * @pages_home:    pages brought home to system memory (faults and migrations).
  * @pages_out:     pages migrated to device memory.
- * @zero_fills:    pages filled with zeros on first touch or after discard.
+ * @zero_fills:    pages filled with zeros on first touch or after discard,
+ *                 including neighbours of a touched hole mapped with the zero
+ *                 page in the same fault (fault-around: up to 64 pages).
  * @poisoned:      pages poisoned because their device failed.
  * @events:        unmap, remove and remap events handled.
  */

@@ -82,6 +82,7 @@ static void zero_around(struct uhmm *h, struct range *r, uintptr_t addr)
 			;
 		if (j > i) {
 			uhmm__uffd_zeropage(h->uffd, s + (i << PAGE_SHIFT), (j - i) << PAGE_SHIFT);
+			UHMM_STAT_ADD(h, zero_fills, j - i);
 			for (unsigned long k = i; k < j; k++)
 				uhmm__unlock(uhmm__word(r, s + (k << PAGE_SHIFT)), W_CPU);
 		}

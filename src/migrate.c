@@ -30,7 +30,7 @@
 /* Internal selection flag: any owner (the core's own helpers). */
 #define SELECT_ANY_OWNER (1U << 30)
 
-enum { P_STAGING, P_BOUNCE, P_RANGE, P_STATE, P_ONLY };
+enum { P_STAGING, P_BOUNCE, P_RANGE, P_STATE, P_ONLY, P_FAULT };
 
 static uintptr_t page_addr(const struct uhmm_migrate *a, unsigned long i)
 {
@@ -44,7 +44,8 @@ static _Atomic uint64_t *mig_word(const struct uhmm_migrate *a, unsigned long i)
 
 static bool is_fault_page(const struct uhmm_migrate *a, unsigned long i)
 {
-	return a->fault_page && a->fault_page->addr == page_addr(a, i);
+	/* Not fault_page->addr: committing the page home clears it. */
+	return a->fault_page && a->priv[P_FAULT] == page_addr(a, i);
 }
 
 const void *uhmm_migrate_src_data(const struct uhmm_migrate *a, unsigned long i)
@@ -158,6 +159,7 @@ int uhmm_migrate_setup(struct uhmm_migrate *a)
 	}
 	a->priv[P_RANGE] = (uintptr_t)r;
 	a->priv[P_STATE] = 1;
+	a->priv[P_FAULT] = a->fault_page ? a->fault_page->addr : 0;
 
 	for (i = 0; i < n; i++) {
 		_Atomic uint64_t *w = mig_word(a, i);
@@ -273,17 +275,23 @@ void uhmm_migrate_pages(struct uhmm_migrate *a)
 			i++;
 			continue;
 		}
-		/* Device to system: install the run in one ioctl; it wakes touchers. */
+		/*
+		 * Device to system: install the run in one ioctl, commit, then
+		 * wake the touchers, so that a woken toucher finds the page's
+		 * state and its device page's release already done.
+		 */
 		for (j = i; j < n && to_system(a, j); j++)
 			;
-		int ret = uhmm__uffd_copy(a->h->uffd, page_addr(a, i),
-					  uhmm_migrate_sysbuf(a, i), (j - i) << PAGE_SHIFT, true);
+		uintptr_t s0 = page_addr(a, i);
+		int ret = uhmm__uffd_copy(a->h->uffd, s0, uhmm_migrate_sysbuf(a, i),
+					  (j - i) << PAGE_SHIFT, false);
 		for (; i < j; i++) {
 			if (!ret || ret == -ENOENT || ret == -EINVAL)
 				commit_system(a, i); /* home, or its mapping is gone */
 			else
 				a->src[i] &= ~UHMM_MIGRATE_MIGRATE;
 		}
+		uhmm__uffd_wake(a->h->uffd, s0, page_addr(a, j) - s0);
 	}
 }
 
