@@ -1,0 +1,292 @@
+/* data: every byte survives migration to the device and the CPU touches (reads, writes) that bring it home. */
+#include "harness.h"
+
+#define BIG_LEN (64 * MiB)
+#define BIG_PAGES (BIG_LEN / PAGE) /* 16384 */
+
+struct big {
+	struct uhmm *h;
+	struct uhmm_sim *sim;
+	struct uhmm_devmem *dm;
+	char *buf;
+	uint64_t seed;
+	struct prng rng;
+};
+
+/* 64 MiB from uhmm_alloc, pattern-filled, all of it migrated to a sim device. */
+static void big_setup(struct big *b, uint64_t seed)
+{
+	struct uhmm_devmem_stats ds;
+	void *p = NULL;
+	size_t i;
+
+	b->h = uhmm_test_open_migrating();
+	b->sim = uhmm_test_sim(b->h, BIG_PAGES);
+	b->dm = uhmm_sim_devmem(b->sim);
+	CHECK_EQ(uhmm_alloc(b->h, BIG_LEN, &p), 0);
+	CHECK_NONNULL(p);
+	b->buf = p;
+	prng_init(&b->rng, seed, "page order");
+	b->seed = prng_next(&b->rng);
+	pattern_fill(b->buf, BIG_LEN, b->seed);
+
+	CHECK_EQ(uhmm_migrate_to_device(b->dm, b->buf, BIG_LEN), (long long)BIG_PAGES);
+
+	/* Sampled pages, the first and the last included, are on the device. */
+	CHECK_STATE(b->h, b->buf, UHMM_PAGE_DEVICE);
+	CHECK_STATE(b->h, b->buf + BIG_LEN - PAGE, UHMM_PAGE_DEVICE);
+	for (i = 0; i < 256; i++)
+		CHECK_STATE(b->h, b->buf + prng_below(&b->rng, BIG_PAGES) * PAGE,
+			    UHMM_PAGE_DEVICE);
+
+	ds = dmstats(b->dm);
+	CHECK_EQ(ds.in_use, BIG_PAGES);
+	CHECK_EQ(ds.resident, BIG_PAGES);
+}
+
+static void big_teardown(struct big *b)
+{
+	CHECK_EQ(uhmm_free(b->h, b->buf, BIG_LEN), 0);
+	CHECK_EQ(uhmm_sim_destroy(b->sim), 0);
+	uhmm_close(b->h);
+}
+
+TEST(read_64mib_random_order)
+{
+	struct big b;
+	struct uhmm_devmem_stats ds;
+	size_t *perm, i;
+
+	big_setup(&b, 0x5eed0001);
+	perm = prng_perm(&b.rng, BIG_PAGES);
+	for (i = 0; i < BIG_PAGES; i++)
+		CHECK_PATTERN_PAGE(b.buf, perm[i], b.seed);
+	free(perm);
+
+	ds = dmstats(b.dm);
+	CHECK_EQ(ds.in_use, 0);
+	CHECK_EQ(ds.resident, 0);
+	CHECK_EQ(count_state(b.h, b.buf, BIG_PAGES, UHMM_PAGE_DEVICE), 0);
+	CHECK_STATE(b.h, b.buf + (BIG_PAGES / 2) * PAGE, UHMM_PAGE_SYSTEM);
+	big_teardown(&b);
+}
+
+TEST(write_64mib_random_order)
+{
+	struct big b;
+	struct uhmm_devmem_stats ds;
+	size_t *perm, i, k;
+
+	big_setup(&b, 0x5eed0002);
+	perm = prng_perm(&b.rng, BIG_PAGES);
+	for (i = 0; i < BIG_PAGES; i++) {
+		size_t idx = perm[i];
+		char *pg = b.buf + idx * PAGE;
+		uint64_t expw[PAGE / 8];
+		unsigned char *exp = (unsigned char *)expw;
+		size_t off[3];
+
+		/* Three writes at random offsets; the first touch of the page is a write. */
+		pattern_page(expw, idx, b.seed);
+		for (k = 0; k < ARRAY_SIZE(off); k++) {
+			unsigned char v;
+
+			off[k] = (size_t)prng_below(&b.rng, PAGE);
+			v = (unsigned char)(exp[off[k]] ^ (0x5a + k));
+			((volatile char *)pg)[off[k]] = (char)v;
+			exp[off[k]] = v;
+		}
+		CHECK_MEM(pg, exp, PAGE);
+	}
+	free(perm);
+
+	ds = dmstats(b.dm);
+	CHECK_EQ(ds.in_use, 0);
+	CHECK_EQ(ds.resident, 0);
+	CHECK_EQ(count_state(b.h, b.buf, BIG_PAGES, UHMM_PAGE_DEVICE), 0);
+	big_teardown(&b);
+}
+
+/* Migrate @npages of pattern-filled memory at @buf, touch them back in random order. */
+static void migrate_touch_check(struct uhmm *h, struct uhmm_devmem *dm, char *buf, size_t npages,
+				uint64_t seed, struct prng *rng)
+{
+	size_t *perm, i;
+
+	CHECK_EQ(uhmm_migrate_to_device(dm, buf, npages * PAGE), (long long)npages);
+	CHECK_EQ(count_state(h, buf, npages, UHMM_PAGE_DEVICE), npages);
+	CHECK_EQ(dmstats(dm).resident, npages);
+	perm = prng_perm(rng, npages);
+	for (i = 0; i < npages; i++)
+		CHECK_PATTERN_PAGE(buf, perm[i], seed);
+	free(perm);
+	CHECK_EQ(count_state(h, buf, npages, UHMM_PAGE_SYSTEM), npages);
+	CHECK_EQ(dmstats(dm).in_use, 0);
+}
+
+TEST(manage_mmap_keeps_data)
+{
+	const size_t npages = 256;
+	struct uhmm *h = uhmm_test_open_migrating();
+	struct uhmm_sim *sim = uhmm_test_sim(h, npages);
+	char *buf = map_anon(npages * PAGE);
+	struct prng rng;
+	uint64_t seed;
+
+	prng_init(&rng, 0x5eed0003, "mmap data");
+	seed = prng_next(&rng);
+	pattern_fill(buf, npages * PAGE, seed);
+	CHECK_EQ(uhmm_manage(h, buf, npages * PAGE), 0);
+	/* Adopted memory keeps its data and stays on the CPU. */
+	CHECK_EQ(count_state(h, buf, npages, UHMM_PAGE_SYSTEM), npages);
+	CHECK_PATTERN_PAGE(buf, 0, seed);
+	CHECK_PATTERN_PAGE(buf, npages - 1, seed);
+
+	migrate_touch_check(h, uhmm_sim_devmem(sim), buf, npages, seed, &rng);
+	CHECK_EQ(uhmm_unmanage(h, buf, npages * PAGE), 0);
+	CHECK_EQ(uhmm_page_state(h, buf), -ENOENT);
+	CHECK_PATTERN_PAGE(buf, 17, seed);
+	unmap(buf, npages * PAGE);
+	CHECK_EQ(uhmm_sim_destroy(sim), 0);
+	uhmm_close(h);
+}
+
+TEST(manage_posix_memalign_keeps_data)
+{
+	const size_t npages = 300; /* > the malloc mmap threshold: private anonymous */
+	struct uhmm *h = uhmm_test_open_migrating();
+	struct uhmm_sim *sim = uhmm_test_sim(h, npages);
+	void *p = NULL;
+	char *buf;
+	struct prng rng;
+	uint64_t seed;
+
+	CHECK_EQ(posix_memalign(&p, PAGE, npages * PAGE), 0);
+	buf = p;
+	prng_init(&rng, 0x5eed0004, "posix_memalign data");
+	seed = prng_next(&rng);
+	pattern_fill(buf, npages * PAGE, seed);
+	CHECK_EQ(uhmm_manage(h, buf, npages * PAGE), 0);
+	migrate_touch_check(h, uhmm_sim_devmem(sim), buf, npages, seed, &rng);
+	/* Once more, then unmanage with the pages still on the device: they come home. */
+	CHECK_EQ(uhmm_migrate_to_device(uhmm_sim_devmem(sim), buf, npages * PAGE),
+		 (long long)npages);
+	CHECK_EQ(uhmm_unmanage(h, buf, npages * PAGE), (long long)npages);
+	CHECK_EQ(dmstats(uhmm_sim_devmem(sim)).in_use, 0);
+	for (size_t i = 0; i < npages; i++)
+		CHECK_PATTERN_PAGE(buf, i, seed);
+	free(p);
+	CHECK_EQ(uhmm_sim_destroy(sim), 0);
+	uhmm_close(h);
+}
+
+TEST(manage_malloc_aligned_part_keeps_data)
+{
+	const size_t len = 2 * MiB + 1234;
+	struct uhmm *h = uhmm_test_open_migrating();
+	struct uhmm_sim *sim = uhmm_test_sim(h, len / PAGE);
+	char *raw = malloc(len), *buf;
+	uintptr_t start, end;
+	size_t npages;
+	struct prng rng;
+	uint64_t seed;
+
+	CHECK_NONNULL(raw);
+	start = ((uintptr_t)raw + PAGE - 1) & ~(uintptr_t)(PAGE - 1);
+	end = ((uintptr_t)raw + len) & ~(uintptr_t)(PAGE - 1);
+	buf = (char *)start;
+	npages = (end - start) / PAGE;
+	CHECK_GT(npages, 500);
+	prng_init(&rng, 0x5eed0005, "malloc data");
+	seed = prng_next(&rng);
+	/* The bytes around the managed part stay untouched, and are checked. */
+	memset(raw, 0xa5, len);
+	pattern_fill(buf, npages * PAGE, seed);
+	CHECK_EQ(uhmm_manage(h, buf, npages * PAGE), 0);
+	migrate_touch_check(h, uhmm_sim_devmem(sim), buf, npages, seed, &rng);
+	CHECK_EQ(uhmm_unmanage(h, buf, npages * PAGE), 0);
+	for (char *q = raw; q < buf; q++)
+		CHECK_EQ((unsigned char)*q, 0xa5);
+	for (char *q = (char *)end; q < raw + len; q++)
+		CHECK_EQ((unsigned char)*q, 0xa5);
+	free(raw);
+	CHECK_EQ(uhmm_sim_destroy(sim), 0);
+	uhmm_close(h);
+}
+
+TEST(empty_pages_come_back_as_zeros)
+{
+	const size_t npages = 64;
+	struct uhmm *h = uhmm_test_open_migrating();
+	struct uhmm_sim *sim = uhmm_test_sim(h, npages);
+	struct uhmm_devmem *dm = uhmm_sim_devmem(sim);
+	struct uhmm_devmem_stats ds;
+	void *p = NULL;
+	char *buf;
+	size_t i;
+
+	CHECK_EQ(uhmm_alloc(h, npages * PAGE, &p), 0);
+	buf = p;
+	CHECK_EQ(count_state(h, buf, npages, UHMM_PAGE_EMPTY), npages);
+	CHECK_EQ(uhmm_migrate_to_device(dm, buf, npages * PAGE), (long long)npages);
+	CHECK_EQ(count_state(h, buf, npages, UHMM_PAGE_DEVICE), npages);
+	ds = dmstats(dm);
+	CHECK_EQ(ds.in_use, npages);
+	CHECK_EQ(ds.resident, npages);
+	for (i = 0; i < npages; i++)
+		CHECK_ZERO_PAGE(buf + i * PAGE);
+	CHECK_EQ(count_state(h, buf, npages, UHMM_PAGE_DEVICE), 0);
+	CHECK_EQ(dmstats(dm).in_use, 0);
+	CHECK_EQ(uhmm_free(h, buf, npages * PAGE), 0);
+	CHECK_EQ(uhmm_sim_destroy(sim), 0);
+	uhmm_close(h);
+}
+
+TEST(migrate_to_ram_brings_pages_home)
+{
+	const size_t npages = 256;
+	struct uhmm *h = uhmm_test_open_migrating();
+	struct uhmm_sim *sim = uhmm_test_sim(h, npages);
+	struct uhmm_devmem *dm = uhmm_sim_devmem(sim);
+	struct uhmm_devmem_stats ds;
+	struct uhmm_stats before, after;
+	struct prng rng;
+	uint64_t seed;
+	void *p = NULL;
+	char *buf;
+	size_t i;
+
+	CHECK_EQ(uhmm_alloc(h, npages * PAGE, &p), 0);
+	buf = p;
+	prng_init(&rng, 0x5eed0006, "migrate_to_ram data");
+	seed = prng_next(&rng);
+	pattern_fill(buf, npages * PAGE, seed);
+	CHECK_EQ(uhmm_migrate_to_device(dm, buf, npages * PAGE), (long long)npages);
+	CHECK_EQ(dmstats(dm).in_use, npages);
+
+	CHECK_EQ(uhmm_migrate_to_ram(h, buf, npages * PAGE), (long long)npages);
+	CHECK_EQ(count_state(h, buf, npages, UHMM_PAGE_SYSTEM), npages);
+	ds = dmstats(dm);
+	CHECK_EQ(ds.in_use, 0);
+	CHECK_EQ(ds.resident, 0);
+	/* The pages are really home: reading them faults nothing. */
+	before = hstats(h);
+	for (i = 0; i < npages; i++)
+		CHECK_PATTERN_PAGE(buf, i, seed);
+	after = hstats(h);
+	CHECK_EQ(after.faults, before.faults);
+	/* Nothing left to bring home. */
+	CHECK_EQ(uhmm_migrate_to_ram(h, buf, npages * PAGE), 0);
+
+	/* A part of the range: only those pages come home. */
+	CHECK_EQ(uhmm_migrate_to_device(dm, buf, npages * PAGE), (long long)npages);
+	CHECK_EQ(uhmm_migrate_to_ram(h, buf + 16 * PAGE, 32 * PAGE), 32);
+	CHECK_EQ(count_state(h, buf + 16 * PAGE, 32, UHMM_PAGE_SYSTEM), 32);
+	CHECK_EQ(count_state(h, buf, npages, UHMM_PAGE_DEVICE), npages - 32);
+	CHECK_EQ(dmstats(dm).in_use, npages - 32);
+	for (i = 0; i < npages; i++)
+		CHECK_PATTERN_PAGE(buf, i, seed);
+	CHECK_EQ(uhmm_free(h, buf, npages * PAGE), 0);
+	CHECK_EQ(uhmm_sim_destroy(sim), 0);
+	uhmm_close(h);
+}

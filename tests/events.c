@@ -1,0 +1,212 @@
+/* events: munmap, madvise(MADV_DONTNEED) and mremap of managed memory keep page states and device pages true to the CPU side. */
+#include "harness.h"
+
+#define NP 64
+
+struct fix {
+	struct uhmm *h;
+	struct uhmm_sim *sim;
+	struct uhmm_devmem *dm;
+	char *buf;
+	uint64_t seed;
+};
+
+/* NP pages of our own mmap, pattern-filled and managed; [0, ndev) migrated. */
+static void fix_setup(struct fix *f, uint64_t seed, size_t ndev)
+{
+	f->h = uhmm_test_open_migrating();
+	f->sim = uhmm_test_sim(f->h, NP);
+	f->dm = uhmm_sim_devmem(f->sim);
+	f->buf = map_anon(NP * PAGE);
+	f->seed = seed;
+	NOTE("pattern seed=0x%llx", (unsigned long long)seed);
+	pattern_fill(f->buf, NP * PAGE, seed);
+	CHECK_EQ(uhmm_manage(f->h, f->buf, NP * PAGE), 0);
+	if (ndev) {
+		CHECK_EQ(uhmm_migrate_to_device(f->dm, f->buf, ndev * PAGE), (long long)ndev);
+		CHECK_EQ(dm_in_use(f->dm), (long long)ndev);
+	}
+}
+
+static void fix_teardown(struct fix *f)
+{
+	CHECK_EQ(uhmm_sim_destroy(f->sim), 0);
+	uhmm_close(f->h);
+}
+
+static char *pg(struct fix *f, size_t i)
+{
+	return f->buf + i * PAGE;
+}
+
+static long long events(struct uhmm *h)
+{
+	return (long long)hstats(h).events;
+}
+
+TEST(munmap_frees_device_pages)
+{
+	struct fix f;
+	struct uhmm_devmem_stats d0;
+	struct uhmm_sim_stats s0;
+	long long e0;
+
+	fix_setup(&f, 0xe7e70001, 32);
+	d0 = dmstats(f.dm);
+	s0 = simstats(f.sim);
+	e0 = events(f.h);
+
+	/* Unmap [16, 48): pages 16..31 were on the device. */
+	unmap(pg(&f, 16), 32 * PAGE);
+	WAIT_FOR(dm_in_use(f.dm) == 16);
+	WAIT_FOR(events(f.h) > e0);
+	CHECK_EQ(dmstats(f.dm).resident, 16);
+	CHECK_EQ(dmstats(f.dm).page_frees - d0.page_frees, 16);
+	CHECK_EQ(simstats(f.sim).page_frees - s0.page_frees, 16);
+	/* Freed, not brought home. */
+	CHECK_EQ(simstats(f.sim).copies_from, s0.copies_from);
+
+	/* Both sides still work: the device pages come home on touch, the rest is there. */
+	CHECK_EQ(count_state(f.h, f.buf, 16, UHMM_PAGE_DEVICE), 16);
+	for (size_t i = 0; i < 16; i++)
+		CHECK_PATTERN_PAGE(f.buf, i, f.seed);
+	for (size_t i = 48; i < NP; i++)
+		CHECK_PATTERN_PAGE(f.buf, i, f.seed);
+	CHECK_EQ(dm_in_use(f.dm), 0);
+	CHECK_EQ(dmstats(f.dm).page_frees - d0.page_frees, 32);
+
+	/* Unmapping the rest with pages on the device frees them too. */
+	CHECK_EQ(uhmm_migrate_to_device(f.dm, pg(&f, 48), 16 * PAGE), 16);
+	unmap(f.buf, 16 * PAGE);
+	unmap(pg(&f, 48), 16 * PAGE);
+	WAIT_FOR(dm_in_use(f.dm) == 0);
+	CHECK_EQ(dmstats(f.dm).page_frees - d0.page_frees, 48);
+	fix_teardown(&f);
+}
+
+TEST(dontneed_frees_device_pages_and_reads_zeros)
+{
+	struct fix f;
+	struct uhmm_devmem_stats d0;
+	long long e0;
+
+	fix_setup(&f, 0xe7e70002, 32);
+	d0 = dmstats(f.dm);
+	e0 = events(f.h);
+
+	/* Discard [16, 48): pages 16..31 were on the device, 32..47 on the CPU. */
+	CHECK_EQ(madvise(pg(&f, 16), 32 * PAGE, MADV_DONTNEED), 0);
+	/* Touched right away: zeros, never the discarded device data. */
+	for (size_t i = 16; i < 48; i++)
+		CHECK_ZERO_PAGE(pg(&f, i));
+	WAIT_FOR(dm_in_use(f.dm) == 16);
+	WAIT_FOR(events(f.h) > e0);
+	CHECK_EQ(dmstats(f.dm).resident, 16);
+	CHECK_EQ(dmstats(f.dm).page_frees - d0.page_frees, 16);
+	for (size_t i = 16; i < 48; i++) {
+		CHECK_NE(uhmm_page_state(f.h, pg(&f, i)), UHMM_PAGE_DEVICE);
+		CHECK_STATE_CPU(f.h, pg(&f, i));
+	}
+	for (size_t i = 0; i < 16; i++)
+		CHECK_STATE(f.h, pg(&f, i), UHMM_PAGE_DEVICE);
+
+	for (size_t i = 0; i < 16; i++)
+		CHECK_PATTERN_PAGE(f.buf, i, f.seed);
+	for (size_t i = 48; i < NP; i++)
+		CHECK_PATTERN_PAGE(f.buf, i, f.seed);
+	CHECK_EQ(dm_in_use(f.dm), 0);
+
+	/* Discard device pages nobody touched again: state first, then the data. */
+	CHECK_EQ(uhmm_migrate_to_device(f.dm, f.buf, 16 * PAGE), 16);
+	e0 = events(f.h);
+	CHECK_EQ(madvise(f.buf, 8 * PAGE, MADV_DONTNEED), 0);
+	WAIT_FOR(events(f.h) > e0);
+	WAIT_FOR(dm_in_use(f.dm) == 8);
+	for (size_t i = 0; i < 8; i++) {
+		CHECK_NE(uhmm_page_state(f.h, pg(&f, i)), UHMM_PAGE_DEVICE);
+		CHECK_ZERO_PAGE(pg(&f, i));
+	}
+	for (size_t i = 8; i < 16; i++)
+		CHECK_PATTERN_PAGE(f.buf, i, f.seed);
+	CHECK_EQ(dm_in_use(f.dm), 0);
+
+	CHECK_EQ(uhmm_unmanage(f.h, f.buf, NP * PAGE), 0);
+	unmap(f.buf, NP * PAGE);
+	fix_teardown(&f);
+}
+
+TEST(mremap_moves_device_pages_with_the_range)
+{
+	struct fix f;
+	struct uhmm_devmem_stats d0;
+	char *dst, *moved;
+	long long e0;
+
+	fix_setup(&f, 0xe7e70003, 32);
+	d0 = dmstats(f.dm);
+	/* A place to move to, surely different from where the range is. */
+	dst = mmap(NULL, NP * PAGE, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	CHECK(dst != MAP_FAILED);
+	e0 = events(f.h);
+	moved = mremap(f.buf, NP * PAGE, NP * PAGE, MREMAP_MAYMOVE | MREMAP_FIXED, dst);
+	CHECK_MSG(moved != MAP_FAILED, "mremap: %s", strerror(errno));
+	CHECK_PTR(moved, dst);
+	WAIT_FOR(events(f.h) > e0);
+
+	/* The device pages are still in use, now for the new addresses. */
+	CHECK_EQ(dm_in_use(f.dm), 32);
+	CHECK_EQ(dmstats(f.dm).resident, 32);
+	CHECK_EQ(dmstats(f.dm).page_frees, d0.page_frees);
+	CHECK_EQ(count_state(f.h, moved, 32, UHMM_PAGE_DEVICE), 32);
+	CHECK_EQ(count_state(f.h, moved + 32 * PAGE, 32, UHMM_PAGE_SYSTEM), 32);
+
+	/* Every byte is at the new address; touching brings the pages home. */
+	for (size_t i = 0; i < NP; i++)
+		CHECK_PATTERN_PAGE(moved, i, f.seed);
+	CHECK_EQ(dm_in_use(f.dm), 0);
+	CHECK_EQ(count_state(f.h, moved, NP, UHMM_PAGE_SYSTEM), NP);
+
+	/* The moved range is managed memory like before. */
+	CHECK_EQ(uhmm_migrate_to_device(f.dm, moved, NP * PAGE), NP);
+	for (size_t i = NP; i-- > 0;)
+		CHECK_PATTERN_PAGE(moved, i, f.seed);
+	CHECK_EQ(uhmm_migrate_to_device(f.dm, moved, NP * PAGE), NP);
+	unmap(moved, NP * PAGE);
+	WAIT_FOR(dm_in_use(f.dm) == 0);
+	fix_teardown(&f);
+}
+
+TEST(partial_munmap_in_the_middle_leaves_both_sides_working)
+{
+	struct fix f;
+	long long e0;
+
+	fix_setup(&f, 0xe7e70004, 0);
+	e0 = events(f.h);
+	unmap(pg(&f, 24), 16 * PAGE);
+	WAIT_FOR(events(f.h) > e0);
+
+	CHECK_EQ(uhmm_migrate_to_device(f.dm, f.buf, 24 * PAGE), 24);
+	CHECK_EQ(uhmm_migrate_to_device(f.dm, pg(&f, 40), 24 * PAGE), 24);
+	CHECK_EQ(dm_in_use(f.dm), 48);
+	CHECK_EQ(count_state(f.h, f.buf, 24, UHMM_PAGE_DEVICE), 24);
+	CHECK_EQ(count_state(f.h, pg(&f, 40), 24, UHMM_PAGE_DEVICE), 24);
+	for (size_t i = 0; i < 24; i++)
+		CHECK_PATTERN_PAGE(f.buf, i, f.seed);
+	for (size_t i = 40; i < NP; i++)
+		CHECK_PATTERN_PAGE(f.buf, i, f.seed);
+	CHECK_EQ(dm_in_use(f.dm), 0);
+	CHECK_EQ(count_state(f.h, f.buf, 24, UHMM_PAGE_SYSTEM), 24);
+	CHECK_EQ(count_state(f.h, pg(&f, 40), 24, UHMM_PAGE_SYSTEM), 24);
+
+	/* Both sides can be released on their own. */
+	CHECK_EQ(uhmm_migrate_to_device(f.dm, pg(&f, 40), 24 * PAGE), 24);
+	CHECK_EQ(uhmm_unmanage(f.h, f.buf, 24 * PAGE), 0);
+	CHECK_EQ(uhmm_unmanage(f.h, pg(&f, 40), 24 * PAGE), 24);
+	CHECK_EQ(dm_in_use(f.dm), 0);
+	for (size_t i = 40; i < NP; i++)
+		CHECK_PATTERN_PAGE(f.buf, i, f.seed);
+	unmap(f.buf, 24 * PAGE);
+	unmap(pg(&f, 40), 24 * PAGE);
+	fix_teardown(&f);
+}
