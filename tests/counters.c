@@ -213,22 +213,31 @@ TEST(handle_stats_count_faults_and_migrations)
 	buf = p;
 	s0 = hstats(h);
 
-	/* A read of an empty page: one fault, one zero fill. */
+	/*
+	 * A read of an empty page: one fault, no device. The core may zero-fill
+	 * empty neighbours in the same go (fault-around), so zero_fills counts
+	 * at least this page and at most the whole range.
+	 */
 	touch_read(buf);
 	s = hstats(h);
 	CHECK_EQ(s.faults - s0.faults, 1);
 	CHECK_EQ(s.faults_device - s0.faults_device, 0);
-	CHECK_EQ(s.zero_fills - s0.zero_fills, 1);
+	CHECK_GE(s.zero_fills - s0.zero_fills, 1);
+	CHECK_LE(s.zero_fills - s0.zero_fills, npages);
 	CHECK_EQ(s.pages_home - s0.pages_home, 0);
 	CHECK_EQ(s.pages_out - s0.pages_out, 0);
 
-	/* First writes of pages 1..31: one fault each. */
+	/* First writes of pages 1..31: at most one fault each; each page zero-filled once. */
 	for (i = 1; i < 32; i++)
 		memset(buf + i * PAGE, (int)i, PAGE);
 	s = hstats(h);
-	CHECK_EQ(s.faults - s0.faults, 32);
-	CHECK_EQ(s.zero_fills - s0.zero_fills, 32);
+	CHECK_GE(s.faults - s0.faults, 1);
+	CHECK_LE(s.faults - s0.faults, 32);
+	CHECK_GE(s.zero_fills - s0.zero_fills, 32);
+	CHECK_LE(s.zero_fills - s0.zero_fills, npages);
+	CHECK_LE(s.faults - s0.faults, s.zero_fills - s0.zero_fills);
 	CHECK_EQ(s.faults_device - s0.faults_device, 0);
+	CHECK_EQ(s.pages_home - s0.pages_home, 0);
 
 	/* Migrating counts pages out and faults nothing (pages 32..63 are empty). */
 	s0 = hstats(h);
@@ -257,7 +266,6 @@ TEST(handle_stats_count_faults_and_migrations)
 	CHECK_EQ(s.faults - s0.faults, 0);
 	CHECK_EQ(s.faults_device - s0.faults_device, 0);
 	CHECK_EQ(s.poisoned, 0);
-	CHECK_EQ(s.events, 0);
 
 	for (i = 1; i < 32; i++)
 		CHECK_EQ(buf[i * PAGE + i], (char)i);
@@ -266,4 +274,30 @@ TEST(handle_stats_count_faults_and_migrations)
 	CHECK_EQ(uhmm_free(h, buf, npages * PAGE), 0);
 	CHECK_EQ(uhmm_sim_destroy(sim), 0);
 	uhmm_close(h);
+}
+
+/*
+ * @events counts what the application did to managed memory (unmap, discard,
+ * remap), not the core's own bookkeeping: migrations alone add nothing.
+ */
+TEST(events_counter_ignores_migrations)
+{
+	struct fix f;
+	struct uhmm_stats s0, s;
+
+	fix_setup(&f, 64, 64, 0xc0c0a004);
+	s0 = hstats(f.h);
+	for (int round = 0; round < 3; round++) {
+		CHECK_EQ(uhmm_migrate_to_device(f.dm, f.buf, f.npages * PAGE), (long long)f.npages);
+		CHECK_PATTERN_PAGE(f.buf, 1, f.seed);
+		CHECK_EQ(uhmm_migrate_to_ram(f.h, f.buf, f.npages * PAGE), (long long)f.npages - 1);
+	}
+	s = hstats(f.h);
+	CHECK_EQ(s.pages_out - s0.pages_out, 3 * f.npages);
+	CHECK_EQ(s.events - s0.events, 0);
+	/* One discard of managed memory is one event. */
+	CHECK_EQ(madvise(f.buf, PAGE, MADV_DONTNEED), 0);
+	WAIT_FOR(hstats(f.h).events - s0.events >= 1);
+	CHECK_EQ(hstats(f.h).events - s0.events, 1);
+	fix_teardown(&f);
 }
