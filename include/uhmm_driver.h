@@ -58,7 +58,8 @@ struct uhmm_page {
  * struct uhmm_fault - a CPU fault on a device page, given to migrate_to_ram.
  * @h:       the handle.
  * @address: the faulting page's address (page aligned).
- * @page:    the device page the CPU touched; locked and referenced for the call.
+ * @page:    the device page the CPU touched; locked for the call, which keeps it
+ *           alive until uhmm_migrate_pages() releases it.
  * @write:   1 for a write access, 0 for a read or unknown.
  */
 struct uhmm_fault {

@@ -8,6 +8,7 @@
  */
 #include <errno.h>
 #include <poll.h>
+#include <stdlib.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -17,8 +18,6 @@
 
 #include "internal.h"
 
-#define MAX_PENDING 256
-#define PENDING_MS 10
 
 /* Release what a state word holds (its device page); the word is the caller's. */
 void uhmm__release_word(struct uhmm *h, uint64_t w)
@@ -37,7 +36,7 @@ void uhmm__release_word(struct uhmm *h, uint64_t w)
 
 static void poison_page(struct uhmm *h, uintptr_t addr)
 {
-	uhmm__uffd_poison(h->uffd, addr, PAGE_SIZE);
+	uhmm__uffd_poison(h->uffd, addr, PAGE_SIZE, false);
 	UHMM_STAT_ADD(h, poisoned, 1);
 }
 
@@ -81,7 +80,7 @@ static void zero_around(struct uhmm *h, struct range *r, uintptr_t addr)
 		for (j = i; j < n && held[j]; j++)
 			;
 		if (j > i) {
-			uhmm__uffd_zeropage(h->uffd, s + (i << PAGE_SHIFT), (j - i) << PAGE_SHIFT);
+			uhmm__uffd_zeropage(h->uffd, s + (i << PAGE_SHIFT), (j - i) << PAGE_SHIFT, true);
 			UHMM_STAT_ADD(h, zero_fills, j - i);
 			for (unsigned long k = i; k < j; k++)
 				uhmm__unlock(uhmm__word(r, s + (k << PAGE_SHIFT)), W_CPU);
@@ -89,16 +88,31 @@ static void zero_around(struct uhmm *h, struct range *r, uintptr_t addr)
 	}
 }
 
+/* Ask the holder of a locked page to kick the service threads when it unlocks. */
+static bool set_waiters(_Atomic uint64_t *w)
+{
+	uint64_t v = atomic_load(w);
+
+	while (v & W_LOCKED) {
+		if ((v & W_WAITERS) || atomic_compare_exchange_weak(w, &v, v | W_WAITERS))
+			return true;
+	}
+	return false; /* unlocked meanwhile: try again at once */
+}
+
 /*
- * Serve a CPU fault at @addr. Returns 0 when served, -ENOENT when the address
- * is not (yet) managed. The toucher is woken by the ioctl that fills the page.
+ * Serve a CPU fault at @addr, without ever blocking: the service thread must
+ * always get back to reading the userfaultfd, because a pending event makes
+ * every fill ioctl fail with EAGAIN until it is read. Returns 0 when served,
+ * -EAGAIN when the page is locked or an ioctl must wait for an event (retry
+ * later), -ENOENT when no range covers the address (yet).
  */
 static int serve(struct uhmm *h, uintptr_t addr, bool write)
 {
 	_Atomic uint64_t *w;
 	struct range *r;
 	uint64_t v, nv;
-	int tries = 0, ret;
+	int tries = 0, ret = 0;
 
 	uhmm__rd_enter(h);
 	r = uhmm__lookup(h, addr);
@@ -106,23 +120,31 @@ static int serve(struct uhmm *h, uintptr_t addr, bool write)
 		uhmm__rd_exit(h);
 		return -ENOENT;
 	}
-	UHMM_STAT_ADD(h, faults, 1);
 	w = uhmm__word(r, addr);
 again:
-	v = uhmm__lock(w);
+	while (!uhmm__trylock(w, &v)) {
+		if (set_waiters(w)) {
+			uhmm__rd_exit(h);
+			return -EAGAIN;
+		}
+	}
+	uhmm__svc_eagain = 0;
 	switch (w_kind(v)) {
 	case W_CPU:
 		/* A hole: its content is zeros. A write gets a private page at once. */
 		if (write)
-			uhmm__uffd_copy(h->uffd, addr, h->zero_page, PAGE_SIZE, true);
+			ret = uhmm__uffd_copy(h->uffd, addr, h->zero_page, PAGE_SIZE, false);
 		else
-			uhmm__uffd_zeropage(h->uffd, addr, PAGE_SIZE);
-		UHMM_STAT_ADD(h, zero_fills, 1);
+			ret = uhmm__uffd_zeropage(h->uffd, addr, PAGE_SIZE, false);
 		uhmm__unlock(w, v);
+		if (ret == -EAGAIN)
+			break;
+		uhmm__uffd_wake(h->uffd, addr, PAGE_SIZE);
+		UHMM_STAT_ADD(h, zero_fills, 1);
 		zero_around(h, r, addr);
 		break;
 	case W_POISON:
-		uhmm__uffd_poison(h->uffd, addr, PAGE_SIZE); /* counted when it was poisoned */
+		ret = uhmm__uffd_poison(h->uffd, addr, PAGE_SIZE, true); /* counted when poisoned */
 		uhmm__unlock(w, v);
 		break;
 	case W_DEVICE: {
@@ -130,43 +152,64 @@ again:
 		struct uhmm_fault vmf = { .h = h, .address = addr, .page = page, .write = write };
 
 		if (!page) {
-			uhmm__unlock(w, W_POISON);
+			atomic_store(w, W_POISON | W_LOCKED | (atomic_load(w) & W_WAITERS));
 			poison_page(h, addr);
+			uhmm__unlock(w, W_POISON);
+			uhmm__uffd_wake(h->uffd, addr, PAGE_SIZE);
 			break;
 		}
-		if (!tries)
-			UHMM_STAT_ADD(h, faults_device, 1);
-		uhmm_page_get(page);
+		/*
+		 * The page lock keeps the page ours for the call; no extra
+		 * reference, so that its release (page_free) happens before
+		 * the toucher is woken, as in the kernel's fault path.
+		 */
 		ret = page->devmem->ops->migrate_to_ram(&vmf);
 		nv = atomic_load(w);
+		if (w_kind(nv) == W_DEVICE && uhmm__svc_eagain) {
+			/* An event is pending: the page stays put, the fault is retried. */
+			uhmm__unlock(w, nv);
+			ret = -EAGAIN;
+			break;
+		}
 		if (w_kind(nv) == W_DEVICE) {
 			/* Still on the device: retry a driver that declined, then give up. */
 			if (!ret && ++tries < 3) {
 				uhmm__unlock(w, nv);
-				uhmm_page_put(page);
 				goto again;
 			}
-			poison_page(h, addr);
+			/* State first, then the ioctl that wakes the toucher into SIGBUS. */
 			uhmm__release_word(h, nv);
 			nv = W_POISON;
+			atomic_store(w, W_POISON | W_LOCKED | (atomic_load(w) & W_WAITERS));
+			poison_page(h, addr);
 		}
+		UHMM_STAT_ADD(h, faults_device, 1);
 		uhmm__unlock(w, nv);
-		uhmm_page_put(page);
+		/* Wake the toucher only now, so it finds its page unlocked. */
+		uhmm__uffd_wake(h->uffd, addr, PAGE_SIZE);
+		ret = 0;
 		break;
 	}
 	}
+	if (ret != -EAGAIN) {
+		UHMM_STAT_ADD(h, faults, 1);
+		ret = 0;
+	}
 	uhmm__rd_exit(h);
-	return 0;
+	return ret;
 }
 
 /*
- * Call @fn on every page of [start, end) whose word may be non-zero, skipping
+ * Call @fn on every page of [*at, end) whose word may be non-zero, skipping
  * state-table pages the kernel never populated (never written: all zero).
- * In a read section.
+ * @fn returns 0 to go on or -EAGAIN to stop there; *at then names that page,
+ * so the walk can resume. In a read section.
  */
-static void for_each_word(struct uhmm *h, uintptr_t start, uintptr_t end,
-			  void (*fn)(struct uhmm *, struct range *, uintptr_t, void *), void *arg)
+static int for_each_word(struct uhmm *h, uintptr_t *at, uintptr_t end,
+			 int (*fn)(struct uhmm *, struct range *, uintptr_t, void *), void *arg)
 {
+	uintptr_t start = *at;
+
 	while (start < end) {
 		struct range *r = uhmm__lookup(h, start);
 		uintptr_t stop;
@@ -195,29 +238,38 @@ static void for_each_word(struct uhmm *h, uintptr_t start, uintptr_t end,
 				start = until;
 				continue;
 			}
-			for (; start < until; start += PAGE_SIZE)
-				if (atomic_load(uhmm__word(r, start)))
-					fn(h, r, start, arg);
+			for (; start < until; start += PAGE_SIZE) {
+				if (atomic_load(uhmm__word(r, start)) && fn(h, r, start, arg)) {
+					*at = start;
+					return -EAGAIN;
+				}
+			}
 		}
 	}
+	*at = end;
+	return 0;
 }
 
-static void discard_one(struct uhmm *h, struct range *r, uintptr_t addr, void *arg)
+/* Lock a page for an event without blocking; -EAGAIN asks for a kick on unlock. */
+static int event_trylock(_Atomic uint64_t *w, uint64_t *v)
+{
+	while (!uhmm__trylock(w, v))
+		if (set_waiters(w))
+			return -EAGAIN;
+	return 0;
+}
+
+static int discard_one(struct uhmm *h, struct range *r, uintptr_t addr, void *arg)
 {
 	_Atomic uint64_t *w = uhmm__word(r, addr);
-	uint64_t v = uhmm__lock(w);
+	uint64_t v;
 
 	(void)arg;
+	if (event_trylock(w, &v))
+		return -EAGAIN;
 	uhmm__release_word(h, v);
 	uhmm__unlock(w, W_CPU);
-}
-
-/* The CPU side of [start, end) was discarded or unmapped: its device pages die. */
-static void discard(struct uhmm *h, uintptr_t start, uintptr_t end)
-{
-	uhmm__rd_enter(h);
-	for_each_word(h, start, end, discard_one, NULL);
-	uhmm__rd_exit(h);
+	return 0;
 }
 
 struct remap_arg {
@@ -225,13 +277,15 @@ struct remap_arg {
 	_Atomic uint64_t *nwords;
 };
 
-static void remap_one(struct uhmm *h, struct range *r, uintptr_t addr, void *arg)
+static int remap_one(struct uhmm *h, struct range *r, uintptr_t addr, void *arg)
 {
 	struct remap_arg *ra = arg;
 	_Atomic uint64_t *w = uhmm__word(r, addr);
-	uint64_t v = uhmm__lock(w);
 	uintptr_t naddr = ra->to + (addr - ra->from);
+	uint64_t v;
 
+	if (event_trylock(w, &v))
+		return -EAGAIN;
 	if (w_kind(v) == W_DEVICE) {
 		struct uhmm_page *page = uhmm__word_page(h, v);
 
@@ -240,44 +294,25 @@ static void remap_one(struct uhmm *h, struct range *r, uintptr_t addr, void *arg
 	}
 	atomic_store(&ra->nwords[(naddr - ra->to) >> PAGE_SHIFT], v);
 	uhmm__unlock(w, W_CPU);
+	return 0;
 }
 
-/*
- * mremap moved [from, from+len) to [to, to+len): the page tables moved with
- * it; the state words (device pages) must follow before a fault on the new
- * range is served (such faults wait as pending until then).
- */
-static void remap(struct uhmm *h, uintptr_t from, uintptr_t to, size_t len)
-{
-	struct remap_arg ra = { .from = from, .to = to };
-	size_t n = len >> PAGE_SHIFT, mlen = (n * 8 + PAGE_SIZE - 1) & PAGE_MASK;
-	unsigned char vec;
-	bool managed;
+/* Work the service thread has read and not finished: faults and events, in order. */
+enum { WK_FAULT = 1, WK_REMOVE, WK_UNMAP, WK_REMAP };
 
-	uhmm__rd_enter(h);
-	managed = uhmm__lookup(h, from) != NULL;
-	uhmm__rd_exit(h);
-	if (!managed)
-		return;
-	ra.nwords = mmap(NULL, mlen, PROT_READ | PROT_WRITE,
-			 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-	if (ra.nwords == MAP_FAILED)
-		return;
-	uhmm__rd_enter(h);
-	for_each_word(h, from, from + len, remap_one, &ra);
-	uhmm__rd_exit(h);
-	uhmm__add_range(h, to, to + len, false, ra.nwords);
-	munmap((void *)ra.nwords, mlen);
-	/* With MREMAP_DONTUNMAP the old range stays, empty; otherwise it is gone. */
-	if (mincore((void *)from, PAGE_SIZE, &vec) && errno == ENOMEM)
-		uhmm__remove_ranges(h, from, from + len);
-}
-
-struct pending {
-	uintptr_t addr;
+struct work {
+	int type;
 	bool write;
+	uintptr_t a, b; /* fault: a; remove/unmap: [a, b); remap: from a to b */
+	size_t len;     /* remap */
+	uintptr_t at;   /* progress of an event's walk */
+	_Atomic uint64_t *nwords; /* remap: the new range's words */
+	size_t nlen;
 	struct timespec since;
 };
+
+#define MAX_WORK 1024
+#define UNKNOWN_MS 10
 
 static long ms_since(const struct timespec *t)
 {
@@ -288,108 +323,207 @@ static long ms_since(const struct timespec *t)
 }
 
 /*
- * A fault on an address no range covers: the new side of an mremap whose
- * event has not arrived yet, or registered memory uhmm does not track (the
- * grown tail of an mremap). Retry it; after a while it is an ordinary hole.
+ * mremap moved [from, from+len) to [to, to+len): the page tables moved with
+ * it; the state words (device pages) follow before any fault on the new
+ * range is served (those faults wait in the queue until then).
  */
-static size_t retry_pending(struct uhmm *h, struct pending *p, size_t n, bool flush)
+static int remap_try(struct uhmm *h, struct work *wk)
 {
-	size_t k = 0;
+	struct remap_arg ra = { .from = wk->a, .to = wk->b };
+	unsigned char vec;
+	int ret;
 
-	for (size_t i = 0; i < n; i++) {
-		if (!serve(h, p[i].addr, p[i].write))
-			continue;
-		if (flush || ms_since(&p[i].since) >= PENDING_MS) {
-			if (uhmm__uffd_zeropage(h->uffd, p[i].addr, PAGE_SIZE))
-				uhmm__uffd_wake(h->uffd, p[i].addr, PAGE_SIZE);
-			continue;
+	if (!wk->nwords) {
+		bool managed;
+
+		uhmm__rd_enter(h);
+		managed = uhmm__lookup(h, wk->a) != NULL;
+		uhmm__rd_exit(h);
+		if (!managed)
+			return 0;
+		wk->nlen = ((wk->len >> PAGE_SHIFT) * 8 + PAGE_SIZE - 1) & PAGE_MASK;
+		wk->nwords = mmap(NULL, wk->nlen, PROT_READ | PROT_WRITE,
+				  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+		if (wk->nwords == MAP_FAILED) {
+			wk->nwords = NULL;
+			return -EAGAIN;
 		}
-		p[k++] = p[i];
+		wk->at = wk->a;
 	}
-	return k;
+	ra.nwords = wk->nwords;
+	uhmm__rd_enter(h);
+	ret = for_each_word(h, &wk->at, wk->a + wk->len, remap_one, &ra);
+	uhmm__rd_exit(h);
+	if (ret)
+		return ret;
+	uhmm__add_range(h, wk->b, wk->b + wk->len, false, wk->nwords);
+	munmap((void *)wk->nwords, wk->nlen);
+	wk->nwords = NULL;
+	/* With MREMAP_DONTUNMAP the old range stays, empty; otherwise it is gone. */
+	if (mincore((void *)wk->a, PAGE_SIZE, &vec) && errno == ENOMEM)
+		uhmm__remove_ranges(h, wk->a, wk->a + wk->len);
+	return 0;
+}
+
+static int work_try(struct uhmm *h, struct work *wk, bool remap_pending)
+{
+	int ret;
+
+	switch (wk->type) {
+	case WK_FAULT:
+		ret = serve(h, wk->a, wk->write);
+		if (ret != -ENOENT)
+			return ret;
+		/*
+		 * No range covers it: the new side of an mremap whose event is
+		 * still to come, or registered memory uhmm does not track (the
+		 * grown tail of an mremap). After a while it is an ordinary hole.
+		 */
+		if (remap_pending || ms_since(&wk->since) < UNKNOWN_MS)
+			return -EAGAIN;
+		if (uhmm__uffd_zeropage(h->uffd, wk->a, PAGE_SIZE, true) == -EAGAIN)
+			return -EAGAIN;
+		uhmm__uffd_wake(h->uffd, wk->a, PAGE_SIZE);
+		return 0;
+	case WK_REMOVE:
+	case WK_UNMAP:
+		uhmm__rd_enter(h);
+		ret = for_each_word(h, &wk->at, wk->b, discard_one, NULL);
+		uhmm__rd_exit(h);
+		if (!ret && wk->type == WK_UNMAP)
+			uhmm__remove_ranges(h, wk->a, wk->b);
+		return ret;
+	case WK_REMAP:
+		return remap_try(h, wk);
+	}
+	return 0;
+}
+
+/*
+ * Run the queue in order. Events keep their order among themselves and with
+ * the faults behind them; a fault waiting for a page lock holds up nobody.
+ * Returns whether events remain.
+ */
+static bool work_run(struct uhmm *h, struct work *q, size_t *n)
+{
+	size_t k = 0, remaps = 0;
+	bool blocked = false;
+
+	for (size_t i = 0; i < *n; i++)
+		remaps += q[i].type == WK_REMAP;
+	for (size_t i = 0; i < *n; i++) {
+		struct work *wk = &q[i];
+
+		if (!blocked) {
+			int ret = work_try(h, wk, remaps > 0);
+
+			if (!ret) {
+				if (wk->type != WK_FAULT)
+					UHMM_STAT_ADD(h, events, 1);
+				remaps -= wk->type == WK_REMAP;
+				continue;
+			}
+			if (wk->type != WK_FAULT)
+				blocked = true;
+		}
+		q[k++] = *wk;
+	}
+	*n = k;
+	for (size_t i = 0; i < k; i++)
+		if (q[i].type != WK_FAULT)
+			return true;
+	return false;
+}
+
+static void work_add(struct work *q, size_t *n, const struct uffd_msg *m)
+{
+	struct work wk = { 0 };
+
+	switch (m->event) {
+	case UFFD_EVENT_PAGEFAULT:
+		wk.type = WK_FAULT;
+		wk.a = m->arg.pagefault.address & PAGE_MASK;
+		wk.write = m->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WRITE;
+		clock_gettime(CLOCK_MONOTONIC, &wk.since);
+		break;
+	case UFFD_EVENT_REMOVE:
+	case UFFD_EVENT_UNMAP:
+		wk.type = m->event == UFFD_EVENT_REMOVE ? WK_REMOVE : WK_UNMAP;
+		wk.a = wk.at = m->arg.remove.start;
+		wk.b = m->arg.remove.end;
+		break;
+	case UFFD_EVENT_REMAP:
+		wk.type = WK_REMAP;
+		wk.a = m->arg.remap.from;
+		wk.b = m->arg.remap.to;
+		wk.len = m->arg.remap.len;
+		break;
+	default:
+		return;
+	}
+	q[(*n)++] = wk;
 }
 
 static void *svc_main(void *arg)
 {
 	struct uhmm *h = arg;
-	struct pending pend[MAX_PENDING];
-	size_t npend = 0;
+	struct work *q = calloc(MAX_WORK, sizeof(*q));
+	size_t nq = 0;
 	struct uffd_msg msgs[64];
 	sigset_t all;
+	bool events_left = false;
 
 	sigfillset(&all);
 	pthread_sigmask(SIG_BLOCK, &all, NULL);
+	uhmm__in_svc = 1;
 
-	while (!atomic_load(&h->stop)) {
-		struct pollfd pfd[2] = { { .fd = h->uffd, .events = POLLIN },
-					 { .fd = h->wake_fd, .events = POLLIN } };
+	while (q && !atomic_load(&h->stop)) {
+		struct pollfd pfd[3] = { { .fd = h->uffd, .events = POLLIN },
+					 { .fd = h->wake_fd, .events = POLLIN },
+					 { .fd = uhmm__kick_fd, .events = POLLIN } };
 		uint64_t req, junk;
-		bool remapped = false;
 
-		if (poll(pfd, 2, npend ? 1 : -1) < 0 && errno != EINTR)
+		/* Read only while the queue has room: the kernel holds the rest. */
+		if (nq + 64 > MAX_WORK)
+			pfd[0].fd = -1;
+		if (poll(pfd, 3, nq ? 1 : -1) < 0 && errno != EINTR)
 			break;
 		if (atomic_load(&h->stop))
 			break;
 		if (pfd[1].revents & POLLIN)
 			(void)!read(h->wake_fd, &junk, sizeof(junk));
+		if (pfd[2].revents & POLLIN)
+			(void)!read(uhmm__kick_fd, &junk, sizeof(junk));
 		pthread_mutex_lock(&h->sync_lock);
 		req = h->sync_req;
 		pthread_mutex_unlock(&h->sync_lock);
 
-		for (;;) {
+		while (nq + 64 <= MAX_WORK) {
 			ssize_t got = read(h->uffd, msgs, sizeof(msgs));
 
 			if (got <= 0)
 				break;
-			for (size_t i = 0; i < (size_t)got / sizeof(msgs[0]); i++) {
-				struct uffd_msg *m = &msgs[i];
-
-				switch (m->event) {
-				case UFFD_EVENT_PAGEFAULT: {
-					uintptr_t a = m->arg.pagefault.address & PAGE_MASK;
-					bool wr = m->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WRITE;
-
-					if (!serve(h, a, wr))
-						break;
-					if (npend == MAX_PENDING)
-						npend = retry_pending(h, pend, npend, true);
-					pend[npend].addr = a;
-					pend[npend].write = wr;
-					clock_gettime(CLOCK_MONOTONIC, &pend[npend].since);
-					npend++;
-					break;
-				}
-				case UFFD_EVENT_REMOVE:
-					UHMM_STAT_ADD(h, events, 1);
-					discard(h, m->arg.remove.start, m->arg.remove.end);
-					break;
-				case UFFD_EVENT_UNMAP:
-					UHMM_STAT_ADD(h, events, 1);
-					discard(h, m->arg.remove.start, m->arg.remove.end);
-					uhmm__remove_ranges(h, m->arg.remove.start, m->arg.remove.end);
-					break;
-				case UFFD_EVENT_REMAP:
-					UHMM_STAT_ADD(h, events, 1);
-					remap(h, m->arg.remap.from, m->arg.remap.to, m->arg.remap.len);
-					remapped = true;
-					break;
-				default:
-					break;
-				}
-			}
+			for (size_t i = 0; i < (size_t)got / sizeof(msgs[0]); i++)
+				work_add(q, &nq, &msgs[i]);
 		}
-		if (npend)
-			npend = retry_pending(h, pend, npend, false);
-		(void)remapped;
+		events_left = work_run(h, q, &nq);
 
 		pthread_mutex_lock(&h->sync_lock);
-		if (h->sync_done < req) {
+		if (!events_left && h->sync_done < req) {
 			h->sync_done = req;
 			pthread_cond_broadcast(&h->sync_cond);
 		}
 		pthread_mutex_unlock(&h->sync_lock);
 	}
-	retry_pending(h, pend, npend, true);
+	for (size_t i = 0; q && i < nq; i++)
+		if (q[i].nwords)
+			munmap((void *)q[i].nwords, q[i].nlen);
+	free(q);
+	/* Nobody waits for a sync any more. */
+	pthread_mutex_lock(&h->sync_lock);
+	h->sync_done = UINT64_MAX;
+	pthread_cond_broadcast(&h->sync_cond);
+	pthread_mutex_unlock(&h->sync_lock);
 	return NULL;
 }
 

@@ -135,6 +135,7 @@ struct uhmm_devmem {
 
 struct uhmm {
 	int uffd;
+	int uffd_stg; /* a second userfaultfd, without events, for the staging pool */
 	uint64_t features;   /* UHMM_FEAT_* in force */
 	uint64_t uffd_feats; /* the kernel features negotiated */
 	uint64_t uffd_ioctls;
@@ -153,6 +154,7 @@ struct uhmm {
 
 	struct pool staging; /* registered: UFFDIO_MOVE destinations */
 	struct pool bounce;  /* unregistered: data on its way home */
+	char *svc_bounce;    /* the service thread's own bounce chunk */
 	char *zero_page;
 
 	/* The fault service thread. */
@@ -189,6 +191,17 @@ bool uhmm__leaving(struct uhmm *h, uintptr_t start, uintptr_t end);
 void uhmm__put(struct uhmm *h);
 int uhmm__opts_check(const void *opts, size_t given, size_t known);
 
+/*
+ * The service thread never blocks: it flags itself, and the fill helpers
+ * return -EAGAIN there (setting svc_eagain) where other threads would wait for
+ * an event to be read. A page unlocked with WAITERS set kicks the service
+ * threads through kick_fd (one eventfd for the process).
+ */
+extern __thread int uhmm__in_svc __attribute__((tls_model("initial-exec")));
+extern __thread int uhmm__svc_eagain __attribute__((tls_model("initial-exec")));
+extern int uhmm__kick_fd;
+void uhmm__kick_init(void);
+
 /* Page locks. */
 bool uhmm__trylock(_Atomic uint64_t *w, uint64_t *old);
 uint64_t uhmm__lock(_Atomic uint64_t *w);
@@ -198,8 +211,8 @@ void uhmm__unlock(_Atomic uint64_t *w, uint64_t nw);
 int uhmm__probe_open(struct uhmm *h, unsigned int flags, uint64_t mask);
 int uhmm__uffd_register(struct uhmm *h, uintptr_t start, size_t len);
 int uhmm__uffd_copy(int uffd, uintptr_t dst, const void *src, size_t len, bool wake);
-int uhmm__uffd_zeropage(int uffd, uintptr_t dst, size_t len);
-int uhmm__uffd_poison(int uffd, uintptr_t dst, size_t len);
+int uhmm__uffd_zeropage(int uffd, uintptr_t dst, size_t len, bool wake);
+int uhmm__uffd_poison(int uffd, uintptr_t dst, size_t len, bool wake);
 long uhmm__uffd_move(int uffd, uintptr_t dst, uintptr_t src, size_t len, bool holes);
 void uhmm__uffd_wake(int uffd, uintptr_t start, size_t len);
 

@@ -87,15 +87,17 @@ static void take_system(struct uhmm_migrate *a)
 		for (j = i; j < n && a->src[j] == (S_HELD | UHMM_MIGRATE_MIGRATE); j++)
 			;
 		while (i < j) {
-			long got = uhmm__uffd_move(h->uffd, (uintptr_t)stg + (i << PAGE_SHIFT),
+			long got = uhmm__uffd_move(h->uffd_stg, (uintptr_t)stg + (i << PAGE_SHIFT),
 						   page_addr(a, i), (j - i) << PAGE_SHIFT, true);
 
 			if (got > 0) {
 				i += (unsigned long)got >> PAGE_SHIFT;
 				continue;
 			}
-			if (got == -EAGAIN)
+			if (got == -EAGAIN) {
+				sched_yield();
 				continue;
+			}
 			/*
 			 * EBUSY: the page is shared (a forked child holds it):
 			 * leave it, the helpers make it exclusive and retry.
@@ -201,7 +203,8 @@ int uhmm_migrate_setup(struct uhmm_migrate *a)
 	if (any_sys)
 		take_system(a);
 	if (any_dev)
-		a->priv[P_BOUNCE] = (uintptr_t)uhmm__pool_get(&h->bounce);
+		a->priv[P_BOUNCE] = (uintptr_t)(uhmm__in_svc ? h->svc_bounce :
+							      uhmm__pool_get(&h->bounce));
 	return 0;
 }
 
@@ -291,7 +294,16 @@ void uhmm_migrate_pages(struct uhmm_migrate *a)
 			else
 				a->src[i] &= ~UHMM_MIGRATE_MIGRATE;
 		}
-		uhmm__uffd_wake(a->h->uffd, s0, page_addr(a, j) - s0);
+		/* The fault path wakes its own toucher once the page is unlocked. */
+		if (a->fault_page && a->priv[P_FAULT] >= s0 && a->priv[P_FAULT] < page_addr(a, j)) {
+			if (a->priv[P_FAULT] > s0)
+				uhmm__uffd_wake(a->h->uffd, s0, a->priv[P_FAULT] - s0);
+			if (page_addr(a, j) > a->priv[P_FAULT] + PAGE_SIZE)
+				uhmm__uffd_wake(a->h->uffd, a->priv[P_FAULT] + PAGE_SIZE,
+						page_addr(a, j) - a->priv[P_FAULT] - PAGE_SIZE);
+		} else {
+			uhmm__uffd_wake(a->h->uffd, s0, page_addr(a, j) - s0);
+		}
 	}
 }
 
@@ -327,7 +339,9 @@ void uhmm_migrate_finalize(struct uhmm_migrate *a)
 
 			if (got > 0)
 				i += (unsigned long)got >> PAGE_SHIFT;
-			else if (got != -EAGAIN)
+			else if (got == -EAGAIN)
+				sched_yield(); /* an event is pending: the service thread reads it */
+			else
 				i++; /* the mapping vanished: its data went with it */
 		}
 	}
@@ -347,7 +361,7 @@ void uhmm_migrate_finalize(struct uhmm_migrate *a)
 		madvise((void *)a->priv[P_STAGING], n << PAGE_SHIFT, MADV_DONTNEED);
 		uhmm__pool_put(&h->staging, (char *)a->priv[P_STAGING]);
 	}
-	if (a->priv[P_BOUNCE])
+	if (a->priv[P_BOUNCE] && (char *)a->priv[P_BOUNCE] != h->svc_bounce)
 		uhmm__pool_put(&h->bounce, (char *)a->priv[P_BOUNCE]);
 	a->priv[P_STATE] = 2;
 	uhmm__rd_exit(h);
@@ -492,7 +506,7 @@ static void mig_poison(struct uhmm_migrate *a, unsigned long i)
 
 	atomic_store(w, W_POISON | W_LOCKED | (old & W_WAITERS));
 	uhmm__release_word(a->h, old);
-	uhmm__uffd_poison(a->h->uffd, page_addr(a, i), PAGE_SIZE);
+	uhmm__uffd_poison(a->h->uffd, page_addr(a, i), PAGE_SIZE, true);
 	UHMM_STAT_ADD(a->h, poisoned, 1);
 	a->src[i] |= S_DONE;
 }

@@ -2,6 +2,7 @@
 /* probe.c - the userfaultfd: opening it, its features, and the ioctls uhmm uses. */
 #include <errno.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <string.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -106,6 +107,18 @@ int uhmm__probe_open(struct uhmm *h, unsigned int flags, uint64_t mask)
 	}
 
 	h->uffd = fd;
+	h->uffd_stg = -1;
+	if (avail & UFFD_FEATURE_MOVE) {
+		uint64_t g2, i2;
+
+		h->uffd_stg = open_uffd(flags & UHMM_OPEN_USER_MODE_ONLY, &kf);
+		if (h->uffd_stg >= 0 && uffd_api(h->uffd_stg, UFFD_FEATURE_MOVE, &g2, &i2)) {
+			close(h->uffd_stg);
+			h->uffd_stg = -1;
+		}
+		if (h->uffd_stg < 0)
+			avail &= ~(uint64_t)UFFD_FEATURE_MOVE;
+	}
 	h->uffd_feats = got;
 	h->uffd_ioctls = ioctls;
 	h->features = UHMM_FEAT_MISSING | (kf ? UHMM_FEAT_KERNEL_FAULTS : 0);
@@ -125,6 +138,21 @@ int uhmm__uffd_register(struct uhmm *h, uintptr_t start, size_t len)
 
 	if (ioctl(h->uffd, UFFDIO_REGISTER, &reg))
 		return errno == ENOMEM ? -EFAULT : -errno;
+	return 0;
+}
+
+/*
+ * A fill ioctl fails with EAGAIN while an unmap/remove/remap event is pending
+ * on the userfaultfd. The service thread (the one that reads events) must not
+ * wait for that: it gets -EAGAIN. Other threads wait for it to read.
+ */
+static int eagain(void)
+{
+	if (uhmm__in_svc) {
+		uhmm__svc_eagain = 1;
+		return -EAGAIN;
+	}
+	sched_yield();
 	return 0;
 }
 
@@ -148,8 +176,11 @@ int uhmm__uffd_copy(int uffd, uintptr_t dst, const void *src, size_t len, bool w
 			done += (size_t)c.copy;
 			continue;
 		}
-		if (errno == EAGAIN)
+		if (errno == EAGAIN) {
+			if (eagain())
+				return -EAGAIN;
 			continue;
+		}
 		if (errno == EEXIST) {
 			/* Someone filled it first: skip the page, keep its data. */
 			uhmm__uffd_wake(uffd, dst + done, PAGE_SIZE);
@@ -161,30 +192,42 @@ int uhmm__uffd_copy(int uffd, uintptr_t dst, const void *src, size_t len, bool w
 	return 0;
 }
 
-int uhmm__uffd_zeropage(int uffd, uintptr_t dst, size_t len)
+int uhmm__uffd_zeropage(int uffd, uintptr_t dst, size_t len, bool wake)
 {
-	struct uffdio_zeropage z = { .range = { .start = dst, .len = len } };
+	for (;;) {
+		struct uffdio_zeropage z = { .range = { .start = dst, .len = len },
+					     .mode = wake ? 0 : UFFDIO_ZEROPAGE_MODE_DONTWAKE };
 
-	if (ioctl(uffd, UFFDIO_ZEROPAGE, &z) == 0)
-		return 0;
-	if (errno == EEXIST) {
-		uhmm__uffd_wake(uffd, dst, len);
-		return 0;
+		if (ioctl(uffd, UFFDIO_ZEROPAGE, &z) == 0 || z.zeropage > 0)
+			return 0; /* a partial fill stopped at a present page: that is fine */
+		if (errno == EEXIST) {
+			uhmm__uffd_wake(uffd, dst, len);
+			return 0;
+		}
+		if (errno != EAGAIN)
+			return -errno;
+		if (eagain())
+			return -EAGAIN;
 	}
-	return -errno;
 }
 
-int uhmm__uffd_poison(int uffd, uintptr_t dst, size_t len)
+int uhmm__uffd_poison(int uffd, uintptr_t dst, size_t len, bool wake)
 {
-	struct uffdio_poison p = { .range = { .start = dst, .len = len } };
+	for (;;) {
+		struct uffdio_poison p = { .range = { .start = dst, .len = len },
+					   .mode = wake ? 0 : UFFDIO_POISON_MODE_DONTWAKE };
 
-	if (ioctl(uffd, UFFDIO_POISON, &p) == 0)
-		return 0;
-	if (errno == EEXIST) {
-		uhmm__uffd_wake(uffd, dst, len);
-		return -EEXIST;
+		if (ioctl(uffd, UFFDIO_POISON, &p) == 0)
+			return 0;
+		if (errno == EEXIST) {
+			uhmm__uffd_wake(uffd, dst, len);
+			return -EEXIST;
+		}
+		if (errno != EAGAIN)
+			return -errno;
+		if (eagain())
+			return -EAGAIN;
 	}
-	return -errno;
 }
 
 /* Returns bytes moved (holes included when allowed), or -errno if none moved. */

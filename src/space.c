@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -45,13 +46,8 @@ void uhmm__retire(struct uhmm *h, void (*fn)(struct uhmm *, void *), void *p)
 {
 	struct retired *r = malloc(sizeof(*r));
 
-	if (!r) {
-		/* Cannot defer: wait for the readers instead (they never wait for us). */
-		while (atomic_load(&h->readers))
-			sched_yield();
-		fn(h, p);
-		return;
-	}
+	if (!r)
+		return; /* out of memory: leak it rather than free it under a reader */
 	r->fn = fn;
 	r->p = p;
 	r->next = h->retired;
@@ -98,6 +94,21 @@ static void range_free(struct uhmm *h, void *p)
 
 /* --- page locks --- */
 
+__thread int uhmm__in_svc __attribute__((tls_model("initial-exec")));
+__thread int uhmm__svc_eagain __attribute__((tls_model("initial-exec")));
+int uhmm__kick_fd = -1;
+static pthread_once_t kick_once = PTHREAD_ONCE_INIT;
+
+static void kick_create(void)
+{
+	uhmm__kick_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+}
+
+void uhmm__kick_init(void)
+{
+	pthread_once(&kick_once, kick_create);
+}
+
 static long futex(_Atomic uint64_t *w, int op, uint32_t val)
 {
 	/* The kind and lock bits live in the low 32 bits (little endian). */
@@ -143,9 +154,12 @@ uint64_t uhmm__lock(_Atomic uint64_t *w)
 void uhmm__unlock(_Atomic uint64_t *w, uint64_t nw)
 {
 	uint64_t old = atomic_exchange(w, nw & ~(W_LOCKED | W_WAITERS));
+	uint64_t one = 1;
 
-	if (old & W_WAITERS)
+	if (old & W_WAITERS) {
 		futex(w, FUTEX_WAKE_PRIVATE, INT_MAX);
+		(void)!write(uhmm__kick_fd, &one, sizeof(one));
+	}
 }
 
 /* --- ranges --- */
@@ -534,7 +548,13 @@ int uhmm_open(struct uhmm **hp, const struct uhmm_open_opts *opts)
 	if (!h)
 		return -ENOMEM;
 	h->uffd = -1;
+	h->uffd_stg = -1;
 	h->wake_fd = -1;
+	uhmm__kick_init();
+	if (uhmm__kick_fd < 0) {
+		free(h);
+		return -EMFILE;
+	}
 	pthread_mutex_init(&h->lock, NULL);
 	pthread_mutex_init(&h->sync_lock, NULL);
 	pthread_cond_init(&h->sync_cond, NULL);
@@ -550,23 +570,46 @@ int uhmm_open(struct uhmm **hp, const struct uhmm_open_opts *opts)
 	ret = uhmm__pool_init(&h->bounce, true);
 	if (ret)
 		goto err_staging;
-	/* MOVE's destination must be registered with this userfaultfd. */
-	ret = uhmm__uffd_register(h, (uintptr_t)h->staging.base, POOL_CHUNKS * CHUNK_SIZE);
-	if (ret)
+	h->svc_bounce = mmap(NULL, CHUNK_SIZE, PROT_READ | PROT_WRITE,
+			     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (h->svc_bounce == MAP_FAILED) {
+		ret = -ENOMEM;
 		goto err_bounce;
+	}
+	/*
+	 * MOVE's destination must be registered with the userfaultfd the move
+	 * is issued on. The staging pool has its own, without events, so that
+	 * freeing staging pages raises no event and never waits for the
+	 * service thread.
+	 */
+	if (h->uffd_stg >= 0) {
+		struct uffdio_register reg = {
+			.range = { .start = (uintptr_t)h->staging.base,
+				   .len = POOL_CHUNKS * CHUNK_SIZE },
+			.mode = UFFDIO_REGISTER_MODE_MISSING,
+		};
+		if (ioctl(h->uffd_stg, UFFDIO_REGISTER, &reg)) {
+			ret = -errno;
+			goto err_svcb;
+		}
+	}
 	ret = uhmm__svc_start(h);
 	if (ret)
-		goto err_bounce;
+		goto err_svcb;
 	open_list_add(h);
 	*hp = h;
 	return 0;
 
+err_svcb:
+	munmap(h->svc_bounce, CHUNK_SIZE);
 err_bounce:
 	uhmm__pool_fini(&h->bounce);
 err_staging:
 	uhmm__pool_fini(&h->staging);
 err_uffd:
 	close(h->uffd);
+	if (h->uffd_stg >= 0)
+		close(h->uffd_stg);
 err_free:
 	free(h);
 	return ret;
@@ -585,6 +628,7 @@ void uhmm__put(struct uhmm *h)
 	pthread_mutex_unlock(&h->lock);
 	uhmm__pool_fini(&h->staging);
 	uhmm__pool_fini(&h->bounce);
+	munmap(h->svc_bounce, CHUNK_SIZE);
 	pthread_mutex_destroy(&h->lock);
 	pthread_mutex_destroy(&h->sync_lock);
 	pthread_cond_destroy(&h->sync_cond);
@@ -634,6 +678,9 @@ void uhmm_close(struct uhmm *h)
 	uhmm__devmem_orphan_all(h);
 	close(h->uffd);
 	h->uffd = -1;
+	if (h->uffd_stg >= 0)
+		close(h->uffd_stg);
+	h->uffd_stg = -1;
 	uhmm__put(h);
 }
 
