@@ -129,6 +129,12 @@ again:
 		}
 	}
 	uhmm__svc_eagain = 0;
+	/*
+	 * Every fill is DONTWAKE: the toucher is woken last, once the page and
+	 * its neighbours are unlocked and every counter is up to date, so what
+	 * it does next (read a counter, migrate the page) sees the fault done.
+	 */
+	nv = v;
 	switch (w_kind(v)) {
 	case W_CPU:
 		/* A hole: its content is zeros. A write gets a private page at once. */
@@ -136,39 +142,27 @@ again:
 			ret = uhmm__uffd_copy(h->uffd, addr, h->zero_page, PAGE_SIZE, false);
 		else
 			ret = uhmm__uffd_zeropage(h->uffd, addr, PAGE_SIZE, false);
-		uhmm__unlock(w, v);
 		if (ret == -EAGAIN)
 			break;
-		uhmm__uffd_wake(h->uffd, addr, PAGE_SIZE);
 		UHMM_STAT_ADD(h, zero_fills, 1);
 		zero_around(h, r, addr);
 		break;
 	case W_POISON:
-		ret = uhmm__uffd_poison(h->uffd, addr, PAGE_SIZE, true); /* counted when poisoned */
-		uhmm__unlock(w, v);
+		ret = uhmm__uffd_poison(h->uffd, addr, PAGE_SIZE, false); /* counted when poisoned */
 		break;
 	case W_DEVICE: {
 		struct uhmm_page *page = uhmm__word_page(h, v);
 		struct uhmm_fault vmf = { .h = h, .address = addr, .page = page, .write = write };
 
-		if (!page) {
-			atomic_store(w, W_POISON | W_LOCKED | (atomic_load(w) & W_WAITERS));
-			poison_page(h, addr);
-			uhmm__unlock(w, W_POISON);
-			uhmm__uffd_wake(h->uffd, addr, PAGE_SIZE);
-			break;
-		}
 		/*
 		 * The page lock keeps the page ours for the call; no extra
 		 * reference, so that its release (page_free) happens before
 		 * the toucher is woken, as in the kernel's fault path.
 		 */
-		ret = page->devmem->ops->migrate_to_ram(&vmf);
+		ret = page ? page->devmem->ops->migrate_to_ram(&vmf) : -ENODEV;
 		nv = atomic_load(w);
 		if (w_kind(nv) == W_DEVICE && uhmm__svc_eagain) {
-			/* An event is pending: the page stays put, the fault is retried. */
-			uhmm__unlock(w, nv);
-			ret = -EAGAIN;
+			ret = -EAGAIN; /* an event is pending: the page stays, the fault is retried */
 			break;
 		}
 		if (w_kind(nv) == W_DEVICE) {
@@ -177,16 +171,12 @@ again:
 				uhmm__unlock(w, nv);
 				goto again;
 			}
-			/* State first, then the ioctl that wakes the toucher into SIGBUS. */
 			uhmm__release_word(h, nv);
 			nv = W_POISON;
 			atomic_store(w, W_POISON | W_LOCKED | (atomic_load(w) & W_WAITERS));
 			poison_page(h, addr);
 		}
 		UHMM_STAT_ADD(h, faults_device, 1);
-		uhmm__unlock(w, nv);
-		/* Wake the toucher only now, so it finds its page unlocked. */
-		uhmm__uffd_wake(h->uffd, addr, PAGE_SIZE);
 		ret = 0;
 		break;
 	}
@@ -195,6 +185,9 @@ again:
 		UHMM_STAT_ADD(h, faults, 1);
 		ret = 0;
 	}
+	uhmm__unlock(w, nv);
+	if (!ret)
+		uhmm__uffd_wake(h->uffd, addr, PAGE_SIZE);
 	uhmm__rd_exit(h);
 	return ret;
 }
