@@ -911,7 +911,7 @@ const char *uhmm_feature_name(uint64_t feat)
 
 const char *uhmm_strerror(int err)
 {
-	switch (err < 0 ? -err : err) {
+	switch (err == INT_MIN ? -1 : err < 0 ? -err : err) {
 	case 0:
 		return "success";
 	case EPERM:
