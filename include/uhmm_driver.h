@@ -38,7 +38,8 @@ enum uhmm_memory_type {
  * Fields are read-only to drivers except zone_device_data.
  * @devmem:  the region it belongs to.
  * @owner:   the region's owner cookie.
- * @addr:    the managed (CPU) address whose data it holds; 0 while free.
+ * @addr:    the managed (CPU) address whose data it holds; 0 while free. The
+ *           core changes it concurrently (mremap): read it with uhmm_page_addr().
  * @pfn:     its index in the region, 0..npages-1: where the driver keeps its data.
  * @zone_device_data: the driver's, never touched by the core.
  * @refcount: 0 while free; 1 while it holds a page's data; drivers may take
@@ -203,6 +204,12 @@ UHMM_API int uhmm_devmem_stats(struct uhmm_devmem *dm, struct uhmm_devmem_stats 
  * Return: the page, or NULL when the region is full or being removed.
  */
 UHMM_API struct uhmm_page *uhmm_devmem_alloc_page(struct uhmm_devmem *dm);
+
+/** uhmm_page_addr() - the managed address whose data @page holds, or 0 (atomic read). */
+static inline uintptr_t uhmm_page_addr(const struct uhmm_page *page)
+{
+	return __atomic_load_n(&page->addr, __ATOMIC_ACQUIRE);
+}
 
 /** uhmm_page_get() - take a reference on an in-use page. */
 UHMM_API void uhmm_page_get(struct uhmm_page *page);

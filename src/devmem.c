@@ -156,7 +156,7 @@ struct uhmm_page *uhmm_devmem_alloc_page(struct uhmm_devmem *dm)
 	} while (!atomic_compare_exchange_weak(&dm->free_head, &head, next));
 
 	__atomic_store_n(&page->refcount, 1, __ATOMIC_RELEASE);
-	page->addr = 0;
+	uhmm__page_set_addr(page, 0);
 	atomic_fetch_add(&dm->in_use, 1);
 	atomic_fetch_add(&dm->acct->pages, 1);
 	return page;
@@ -178,7 +178,7 @@ void uhmm_page_put(struct uhmm_page *page)
 	dm = page->devmem;
 	if (has_page_free(dm))
 		dm->ops->page_free(page);
-	page->addr = 0;
+	uhmm__page_set_addr(page, 0);
 	atomic_fetch_add(&dm->page_frees, 1);
 	atomic_fetch_sub(&dm->acct->pages, 1);
 	head = atomic_load(&dm->free_head);
@@ -214,7 +214,7 @@ int uhmm_devmem_remove(struct uhmm_devmem *dm)
 	 */
 	while (!atomic_load(&h->closed) && atomic_load(&dm->resident)) {
 		for (unsigned long i = 0; i < dm->npages && atomic_load(&dm->resident); i++) {
-			uintptr_t a = dm->pages[i].addr;
+			uintptr_t a = uhmm_page_addr(&dm->pages[i]);
 			unsigned long p = 0;
 
 			if (!a || !__atomic_load_n(&dm->pages[i].refcount, __ATOMIC_ACQUIRE))

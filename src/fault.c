@@ -30,7 +30,7 @@ void uhmm__release_word(struct uhmm *h, uint64_t w)
 	if (!page)
 		return;
 	atomic_fetch_sub(&page->devmem->resident, 1);
-	page->addr = 0;
+	uhmm__page_set_addr(page, 0);
 	uhmm_page_put(page);
 }
 
@@ -283,7 +283,7 @@ static int remap_one(struct uhmm *h, struct range *r, uintptr_t addr, void *arg)
 		struct uhmm_page *page = uhmm__word_page(h, v);
 
 		if (page)
-			page->addr = naddr;
+			uhmm__page_set_addr(page, naddr);
 	}
 	atomic_store(&ra->nwords[(naddr - ra->to) >> PAGE_SHIFT], v);
 	uhmm__unlock(w, W_CPU);

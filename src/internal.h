@@ -228,6 +228,11 @@ void uhmm__svc_stop(struct uhmm *h);
 int uhmm__sync(struct uhmm *h);
 void uhmm__release_word(struct uhmm *h, uint64_t w);
 
+static inline void uhmm__page_set_addr(struct uhmm_page *page, uintptr_t addr)
+{
+	__atomic_store_n(&page->addr, addr, __ATOMIC_RELEASE);
+}
+
 /* devmem.c */
 struct uhmm_devmem *uhmm__devmem(struct uhmm *h, unsigned slot);
 struct uhmm_page *uhmm__word_page(struct uhmm *h, uint64_t w);

@@ -161,7 +161,7 @@ int uhmm_migrate_setup(struct uhmm_migrate *a)
 	}
 	a->priv[P_RANGE] = (uintptr_t)r;
 	a->priv[P_STATE] = 1;
-	a->priv[P_FAULT] = a->fault_page ? a->fault_page->addr : 0;
+	a->priv[P_FAULT] = a->fault_page ? uhmm_page_addr(a->fault_page) : 0;
 
 	for (i = 0; i < n; i++) {
 		_Atomic uint64_t *w = mig_word(a, i);
@@ -220,7 +220,7 @@ static void commit_device(struct uhmm_migrate *a, unsigned long i)
 		a->src[i] &= ~UHMM_MIGRATE_MIGRATE;
 		return;
 	}
-	np->addr = page_addr(a, i);
+	uhmm__page_set_addr(np, page_addr(a, i));
 	atomic_fetch_add(&np->devmem->resident, 1);
 	atomic_store(w, w_device(np->devmem->slot, np->pfn) | W_LOCKED | (old & W_WAITERS));
 	if (a->src[i] & UHMM_MIGRATE_DEVICE)
@@ -431,7 +431,7 @@ static int chunk_to_device(struct uhmm_devmem *dm, uintptr_t s, uintptr_t e, boo
 				*full = true;
 				break;
 			}
-			p->addr = page_addr(&a, i);
+			uhmm__page_set_addr(p, page_addr(&a, i));
 			dst[i] = uhmm_migrate_dst_device(p);
 			pages[m] = p;
 			data[m] = uhmm_migrate_src_data(&a, i);

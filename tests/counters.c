@@ -145,7 +145,7 @@ static struct uhmm_page *find_device_page(struct uhmm_devmem *dm, const void *ad
 		CHECK_EQ(pg->pfn, pfn);
 		CHECK_PTR(pg->devmem, dm);
 		if (__atomic_load_n(&pg->refcount, __ATOMIC_ACQUIRE) > 0 &&
-		    pg->addr == (uintptr_t)addr) {
+		    uhmm_page_addr(pg) == (uintptr_t)addr) {
 			found = pg;
 			nfound++;
 		}

@@ -44,8 +44,10 @@ static int sim_check(struct uhmm_sim *sim, const struct uhmm_page *page)
 		;
 	if (n)
 		return -EIO;
+	uintptr_t addr = uhmm_page_addr(page);
+
 	for (int i = 0; i < SIM_FAIL_PAGES; i++)
-		if (page->addr && atomic_load(&sim->fail_addr[i]) == page->addr)
+		if (addr && atomic_load(&sim->fail_addr[i]) == addr)
 			return -EIO;
 	return 0;
 }
