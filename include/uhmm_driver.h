@@ -17,6 +17,8 @@
 #ifndef UHMM_DRIVER_H
 #define UHMM_DRIVER_H
 
+#include <stdbool.h>
+
 #include "uhmm.h"
 
 #ifdef __cplusplus
@@ -343,6 +345,96 @@ static inline uint64_t uhmm_migrate_dst_device(struct uhmm_page *page)
  * -ENOMEM     the region is full and nothing moved.
  */
 UHMM_API int uhmm_migrate_to_device(struct uhmm_devmem *dm, void *addr, size_t len);
+
+/* --- Interval notifiers (the kernel's mmu_interval_notifier) --- */
+
+/* Why the CPU side of a range changes. */
+enum uhmm_notify_event {
+	UHMM_NOTIFY_UNMAP = 1, /* munmap: the range is gone */
+	UHMM_NOTIFY_DISCARD,   /* MADV_DONTNEED/MADV_REMOVE: pages read zeros from now on */
+	UHMM_NOTIFY_REMAP,     /* mremap moved the range away (this is the old side) */
+	UHMM_NOTIFY_MIGRATE,   /* pages migrate, either way; owner says whose migration */
+	UHMM_NOTIFY_UNMANAGE,  /* uhmm_unmanage/uhmm_close: the range leaves uhmm */
+	UHMM_NOTIFY_FORK,      /* fork: pages come home and become copy-on-write */
+	UHMM_NOTIFY_EXCLUSIVE, /* a device's exclusive access is granted or revoked */
+};
+
+/*
+ * struct uhmm_notify_range - what changes.
+ * @start, @end: the page-aligned range, clipped to nothing; may be larger
+ *               than the notifier's interval.
+ * @event:       why.
+ * @owner:       for MIGRATE and EXCLUSIVE, the owner cookie of the migration
+ *               (its pgmap_owner; NULL for the core's own helpers). A device
+ *               ignores invalidations caused by its own migrations.
+ */
+struct uhmm_notify_range {
+	uintptr_t start;
+	uintptr_t end;
+	enum uhmm_notify_event event;
+	void *owner;
+};
+
+struct uhmm_interval_notifier;
+
+struct uhmm_interval_notifier_ops {
+	/*
+	 * invalidate - the CPU side of [range->start, range->end) is about to
+	 * change (or, for unmap, discard and remap events, has just changed and
+	 * the device must stop using it now). Drop the device's translations
+	 * of the overlap with the notifier's interval, under the driver's own
+	 * lock, and call uhmm_interval_set_seq(n, cur_seq) under that lock as
+	 * the kernel's drivers do. Called from migrations, the event thread,
+	 * and the fault path (async-signal-safe there). The return value is
+	 * reserved: return true.
+	 */
+	bool (*invalidate)(struct uhmm_interval_notifier *n, const struct uhmm_notify_range *range,
+			   uint64_t cur_seq);
+};
+
+/*
+ * struct uhmm_interval_notifier - caller-allocated; fields are the core's
+ * while inserted (read start/end, never write them).
+ */
+struct uhmm_interval_notifier {
+	struct uhmm *h;
+	uintptr_t start;
+	uintptr_t end;
+	const struct uhmm_interval_notifier_ops *ops;
+	uint64_t seq;
+	void *slot;
+};
+
+/**
+ * uhmm_interval_notifier_insert() - watch [start, start+len) of @h.
+ * The range need not be managed (yet). Return: 0, or -EINVAL (NULL
+ * argument, no invalidate, zero or overflowing length), -ENOMEM.
+ */
+UHMM_API int uhmm_interval_notifier_insert(struct uhmm_interval_notifier *n, struct uhmm *h,
+					   uintptr_t start, size_t len,
+					   const struct uhmm_interval_notifier_ops *ops);
+
+/**
+ * uhmm_interval_notifier_remove() - stop watching; waits until no call of
+ * @n's invalidate is running, so @n may be freed afterwards. Must not be
+ * called from an invalidate callback.
+ */
+UHMM_API void uhmm_interval_notifier_remove(struct uhmm_interval_notifier *n);
+
+/**
+ * uhmm_interval_read_begin() - start a device page-table update: waits while
+ * an invalidation is in progress on the handle, and returns a sequence
+ * number for uhmm_interval_read_retry(). The driver then snapshots the CPU
+ * side (uhmm_range_fault), takes its lock, and programs its page table only
+ * if read_retry says nothing changed meanwhile.
+ */
+UHMM_API uint64_t uhmm_interval_read_begin(struct uhmm_interval_notifier *n);
+
+/** uhmm_interval_read_retry() - true if an invalidation hit @n since read_begin gave @seq. */
+UHMM_API bool uhmm_interval_read_retry(struct uhmm_interval_notifier *n, uint64_t seq);
+
+/** uhmm_interval_set_seq() - from invalidate, under the driver lock: publish @cur_seq. */
+UHMM_API void uhmm_interval_set_seq(struct uhmm_interval_notifier *n, uint64_t cur_seq);
 
 #ifdef __cplusplus
 }

@@ -299,6 +299,7 @@ struct work {
 	uintptr_t a, b; /* fault: a; remove/unmap: [a, b); remap: from a to b */
 	size_t len;     /* remap */
 	uintptr_t at;   /* progress of an event's walk */
+	bool inv;       /* an invalidation was started for it */
 	_Atomic uint64_t *nwords; /* remap: the new range's words */
 	size_t nlen;
 	struct timespec since;
@@ -358,10 +359,47 @@ static int remap_try(struct uhmm *h, struct work *wk)
 	return 0;
 }
 
+static const int notify_event[] = {
+	[WK_REMOVE] = UHMM_NOTIFY_DISCARD,
+	[WK_UNMAP] = UHMM_NOTIFY_UNMAP,
+	[WK_REMAP] = UHMM_NOTIFY_REMAP,
+};
+
+static int event_try(struct uhmm *h, struct work *wk)
+{
+	int ret;
+
+	switch (wk->type) {
+	case WK_REMOVE:
+	case WK_UNMAP:
+		uhmm__rd_enter(h);
+		ret = for_each_word(h, &wk->at, wk->b, discard_one, NULL);
+		uhmm__rd_exit(h);
+		if (!ret && wk->type == WK_UNMAP)
+			uhmm__remove_ranges(h, wk->a, wk->b);
+		return ret;
+	case WK_REMAP:
+		return remap_try(h, wk);
+	}
+	return 0;
+}
+
 static int work_try(struct uhmm *h, struct work *wk, bool remap_pending)
 {
 	int ret;
 
+	if (wk->type != WK_FAULT) {
+		/* Devices stop using the old CPU side before its pages are released. */
+		if (!wk->inv) {
+			uintptr_t end = wk->type == WK_REMAP ? wk->a + wk->len : wk->b;
+
+			wk->inv = uhmm__invalidate_start(h, wk->a, end, notify_event[wk->type], NULL);
+		}
+		ret = event_try(h, wk);
+		if (!ret)
+			uhmm__invalidate_end(h, wk->inv);
+		return ret;
+	}
 	switch (wk->type) {
 	case WK_FAULT:
 		ret = serve(h, wk->a, wk->write);
@@ -378,16 +416,6 @@ static int work_try(struct uhmm *h, struct work *wk, bool remap_pending)
 			return -EAGAIN;
 		uhmm__uffd_wake(h->uffd, wk->a, PAGE_SIZE);
 		return 0;
-	case WK_REMOVE:
-	case WK_UNMAP:
-		uhmm__rd_enter(h);
-		ret = for_each_word(h, &wk->at, wk->b, discard_one, NULL);
-		uhmm__rd_exit(h);
-		if (!ret && wk->type == WK_UNMAP)
-			uhmm__remove_ranges(h, wk->a, wk->b);
-		return ret;
-	case WK_REMAP:
-		return remap_try(h, wk);
 	}
 	return 0;
 }

@@ -146,6 +146,11 @@ struct uhmm {
 	struct retired *retired;
 
 	_Atomic(struct uhmm_devmem *) dm[MAX_DEVMEM];
+
+	/* Interval notifiers (mirror.c). */
+	_Atomic(struct ntab *) ntab;
+	atomic_int inv_active;
+	_Atomic uint64_t inv_seq;
 	struct owner_acct owners[MAX_OWNERS];
 
 	/* Intervals being unmanaged: migrations to a device must not take them. */
@@ -237,6 +242,12 @@ static inline void uhmm__page_set_addr(struct uhmm_page *page, uintptr_t addr)
 struct uhmm_devmem *uhmm__devmem(struct uhmm *h, unsigned slot);
 struct uhmm_page *uhmm__word_page(struct uhmm *h, uint64_t w);
 void uhmm__devmem_orphan_all(struct uhmm *h);
+
+/* mirror.c */
+bool uhmm__invalidate_start(struct uhmm *h, uintptr_t start, uintptr_t end, int event,
+			    void *owner);
+void uhmm__invalidate_end(struct uhmm *h, bool started);
+void uhmm__mirror_fini(struct uhmm *h);
 
 /* migrate.c */
 int uhmm__home_range(struct uhmm *h, uintptr_t start, uintptr_t end, struct uhmm_devmem *only,

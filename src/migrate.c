@@ -31,6 +31,9 @@
 #define SELECT_ANY_OWNER (1U << 30)
 
 enum { P_STAGING, P_BOUNCE, P_RANGE, P_STATE, P_ONLY, P_FAULT };
+/* priv[P_STATE] bits */
+#define ST_SETUP 1UL /* between setup and finalize */
+#define ST_INV 2UL   /* an invalidation was started: finalize ends it */
 
 static uintptr_t page_addr(const struct uhmm_migrate *a, unsigned long i)
 {
@@ -160,7 +163,11 @@ int uhmm_migrate_setup(struct uhmm_migrate *a)
 		return -ENOENT;
 	}
 	a->priv[P_RANGE] = (uintptr_t)r;
-	a->priv[P_STATE] = 1;
+	/* Devices mirroring the range drop their view before pages move. */
+	a->priv[P_STATE] = ST_SETUP | (uhmm__invalidate_start(h, a->start, a->end,
+							      UHMM_NOTIFY_MIGRATE, a->pgmap_owner) ?
+					       ST_INV :
+					       0);
 	a->priv[P_FAULT] = a->fault_page ? uhmm_page_addr(a->fault_page) : 0;
 
 	for (i = 0; i < n; i++) {
@@ -254,7 +261,7 @@ void uhmm_migrate_pages(struct uhmm_migrate *a)
 {
 	unsigned long n, i, j;
 
-	if (!a || a->priv[P_STATE] != 1)
+	if (!a || !(a->priv[P_STATE] & ST_SETUP))
 		return;
 	n = a->npages;
 	for (i = 0; i < n;) {
@@ -320,7 +327,7 @@ void uhmm_migrate_finalize(struct uhmm_migrate *a)
 	struct uhmm *h;
 	unsigned long n, i, j;
 
-	if (!a || a->priv[P_STATE] != 1)
+	if (!a || !(a->priv[P_STATE] & ST_SETUP))
 		return;
 	h = a->h;
 	n = a->npages;
@@ -363,7 +370,8 @@ void uhmm_migrate_finalize(struct uhmm_migrate *a)
 	}
 	if (a->priv[P_BOUNCE] && (char *)a->priv[P_BOUNCE] != h->svc_bounce)
 		uhmm__pool_put(&h->bounce, (char *)a->priv[P_BOUNCE]);
-	a->priv[P_STATE] = 2;
+	uhmm__invalidate_end(h, a->priv[P_STATE] & ST_INV);
+	a->priv[P_STATE] = 0;
 	uhmm__rd_exit(h);
 }
 
@@ -414,7 +422,8 @@ static int chunk_to_device(struct uhmm_devmem *dm, uintptr_t s, uintptr_t e, boo
 
 	for (int pass = 0; pass < 2; pass++) {
 		struct uhmm_migrate a = { .h = dm->h, .start = s, .end = e, .src = src,
-					  .dst = dst, .flags = UHMM_MIGRATE_SELECT_SYSTEM };
+					  .dst = dst, .pgmap_owner = dm->owner,
+					  .flags = UHMM_MIGRATE_SELECT_SYSTEM };
 		unsigned long m = 0, i;
 		bool shared = false;
 		int ret = uhmm_migrate_setup(&a);

@@ -626,6 +626,7 @@ void uhmm__put(struct uhmm *h)
 		sched_yield();
 	uhmm__reclaim(h);
 	pthread_mutex_unlock(&h->lock);
+	uhmm__mirror_fini(h);
 	uhmm__pool_fini(&h->staging);
 	uhmm__pool_fini(&h->bounce);
 	munmap(h->svc_bounce, CHUNK_SIZE);
@@ -668,7 +669,10 @@ void uhmm_close(struct uhmm *h)
 		return;
 	n = snapshot(h, &rs);
 	for (i = 0; i < n; i++) {
+		bool inv = uhmm__invalidate_start(h, rs[i][0], rs[i][1], UHMM_NOTIFY_UNMANAGE, NULL);
+
 		uhmm__home_range(h, rs[i][0], rs[i][1], NULL, &poisoned);
+		uhmm__invalidate_end(h, inv);
 		struct uffdio_range ur = { .start = rs[i][0], .len = rs[i][1] - rs[i][0] };
 		ioctl(h->uffd, UFFDIO_UNREGISTER, &ur);
 		uhmm__remove_ranges(h, rs[i][0], rs[i][1]);
@@ -766,7 +770,7 @@ int uhmm_unmanage(struct uhmm *h, void *addr, size_t len)
 	uintptr_t s = (uintptr_t)addr, e = s + len;
 	unsigned long poisoned = 0;
 	int ret, slot;
-	bool ok;
+	bool ok, inv;
 
 	if (!h)
 		return -EINVAL;
@@ -780,10 +784,12 @@ int uhmm_unmanage(struct uhmm *h, void *addr, size_t len)
 		return -ENOENT;
 	/* No migration may take these pages from now on; bring home what is out. */
 	slot = leaving_set(h, s, e);
+	inv = uhmm__invalidate_start(h, s, e, UHMM_NOTIFY_UNMANAGE, NULL);
 	ret = uhmm__home_range(h, s, e, NULL, &poisoned);
 	struct uffdio_range ur = { .start = s, .len = len };
 	ioctl(h->uffd, UFFDIO_UNREGISTER, &ur);
 	uhmm__remove_ranges(h, s, e);
+	uhmm__invalidate_end(h, inv);
 	leaving_clear(h, slot);
 	return ret;
 }
