@@ -267,16 +267,23 @@ struct tug {
 	int dir;
 };
 
+/* Random sub-ranges, so that the two threads meet on every kind of overlap. */
 static void *tug_thread(void *arg)
 {
 	struct tug *g = arg;
+	struct prng rng;
 
+	rng.s = 0x7a6a7a6aULL + (uint64_t)g->dir;
 	pthread_barrier_wait(g->start);
-	for (int i = 0; i < 200; i++) {
-		int r = g->dir ? uhmm_migrate_to_device(g->dm, g->buf, CC_LEN)
-			       : uhmm_migrate_to_ram(g->h, g->buf, CC_LEN);
+	for (int i = 0; i < 2000; i++) {
+		size_t first = (size_t)prng_below(&rng, CC_PAGES);
+		size_t n = 1 + (size_t)prng_below(&rng, CC_PAGES - first < 64 ? CC_PAGES - first : 64);
+		char *a = g->buf + first * PAGE;
+		int r = g->dir ? uhmm_migrate_to_device(g->dm, a, n * PAGE)
+			       : uhmm_migrate_to_ram(g->h, a, n * PAGE);
 
 		CHECK_GE(r, 0);
+		CHECK_LE(r, (long long)n);
 		g->moved += r;
 	}
 	return NULL;
