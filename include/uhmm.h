@@ -78,16 +78,36 @@ enum {
 };
 
 /*
+ * How CPU faults on managed memory are served.
+ * THREAD: a service thread reads fault messages and resolves them; a system
+ *         call that touches device-resident memory is served transparently
+ *         where the process may handle kernel-mode faults.
+ * SIGNAL: the faulting thread gets SIGBUS (UFFD_FEATURE_SIGBUS) and serves its
+ *         own fault in uhmm's handler, then the access restarts: no thread
+ *         switch per fault, touchers serve themselves in parallel. A system
+ *         call that touches device-resident memory fails with EFAULT.
+ * AUTO:   THREAD where kernel-mode faults are permitted (full transparency),
+ *         SIGNAL where they are not anyway (user-mode-only).
+ */
+enum uhmm_fault_mode {
+	UHMM_FAULT_AUTO = 0,
+	UHMM_FAULT_THREAD = 1,
+	UHMM_FAULT_SIGNAL = 2,
+};
+
+/*
  * struct uhmm_open_opts - options of uhmm_open(); declare with UHMM_OPTS.
  * @sz:            sizeof(struct uhmm_open_opts), set by UHMM_OPTS.
  * @flags:         UHMM_OPEN_* flags.
  * @mask_features: for tests: UHMM_FEAT_* bits to treat as missing from the
  *                 kernel, to exercise the refusal paths on a complete kernel.
+ * @fault_mode:    enum uhmm_fault_mode (default AUTO).
  */
 struct uhmm_open_opts {
 	size_t sz;
 	unsigned int flags;
 	uint64_t mask_features;
+	enum uhmm_fault_mode fault_mode;
 };
 
 /**
@@ -101,8 +121,15 @@ struct uhmm_open_opts {
  * kernel lacks a feature in UHMM_FEAT_REQUIRED still opens: it can manage
  * memory, but uhmm_migrate_*() to a device returns -EOPNOTSUPP.
  *
+ * In signal mode uhmm installs a SIGBUS handler (once per process) that
+ * serves faults on managed memory and passes every other SIGBUS on to the
+ * handler that was installed before it (or the default action). A program
+ * that installs its own SIGBUS handler later must call uhmm_sigbus_handler()
+ * from it first.
+ *
  * Return: 0, or
- * -EINVAL  @hp is NULL or @opts has unknown flags;
+ * -EINVAL  @hp is NULL or @opts has unknown flags or an unknown fault mode;
+ * -EOPNOTSUPP signal mode was asked for and the kernel lacks UFFD_FEATURE_SIGBUS;
  * -E2BIG   @opts is larger than this library knows and its tail is not zero;
  * -EPERM   userfaultfd is not permitted at all (seccomp, or no user-mode-only support);
  * -ENOSYS  the kernel has no userfaultfd;
@@ -134,6 +161,24 @@ UHMM_API void uhmm_close(struct uhmm *h);
  * Return: the bit set, or 0 for a NULL handle.
  */
 UHMM_API uint64_t uhmm_features(const struct uhmm *h);
+
+/**
+ * uhmm_fault_mode() - the mode in force: UHMM_FAULT_THREAD or UHMM_FAULT_SIGNAL,
+ * or -EINVAL for a NULL handle.
+ */
+UHMM_API int uhmm_fault_mode(const struct uhmm *h);
+
+/**
+ * uhmm_sigbus_handler() - serve a SIGBUS that is a fault on managed memory.
+ * @sig, @info, @ucontext: as given to an SA_SIGINFO handler.
+ *
+ * For programs with their own SIGBUS handler in signal mode: call this first;
+ * when it returns 1 the fault was served and the handler should return (the
+ * access restarts). It returns 0 for every other SIGBUS: poisoned pages
+ * (a failed device), truncated files, addresses uhmm does not manage.
+ * Async-signal-safe.
+ */
+UHMM_API int uhmm_sigbus_handler(int sig, void *info, void *ucontext);
 
 /**
  * uhmm_can_migrate() - whether pages of this handle may leave the CPU.

@@ -101,13 +101,16 @@ static bool set_waiters(_Atomic uint64_t *w)
 }
 
 /*
- * Serve a CPU fault at @addr, without ever blocking: the service thread must
- * always get back to reading the userfaultfd, because a pending event makes
- * every fill ioctl fail with EAGAIN until it is read. Returns 0 when served,
- * -EAGAIN when the page is locked or an ioctl must wait for an event (retry
- * later), -ENOENT when no range covers the address (yet).
+ * Serve a CPU fault at @addr. The service thread (thread mode) never blocks:
+ * it must always get back to reading the userfaultfd, because a pending event
+ * makes every fill ioctl fail with EAGAIN until it is read; it gets -EAGAIN
+ * when the page is locked or an ioctl must wait for an event, and retries
+ * later. A faulting thread serving itself (signal mode, @block) holds no page
+ * lock, so it may wait for one. Returns 0 when served, -EHWPOISON when the
+ * page is poisoned and its marker is in place (the access gets SIGBUS),
+ * -ENOENT when no range covers the address (yet).
  */
-static int serve(struct uhmm *h, uintptr_t addr, bool write)
+int uhmm__serve(struct uhmm *h, uintptr_t addr, bool write, bool block)
 {
 	_Atomic uint64_t *w;
 	struct range *r;
@@ -122,7 +125,9 @@ static int serve(struct uhmm *h, uintptr_t addr, bool write)
 	}
 	w = uhmm__word(r, addr);
 again:
-	while (!uhmm__trylock(w, &v)) {
+	if (block)
+		v = uhmm__lock(w);
+	while (!block && !uhmm__trylock(w, &v)) {
 		if (set_waiters(w)) {
 			uhmm__rd_exit(h);
 			return -EAGAIN;
@@ -148,7 +153,10 @@ again:
 		zero_around(h, r, addr);
 		break;
 	case W_POISON:
-		ret = uhmm__uffd_poison(h->uffd, addr, PAGE_SIZE, false); /* counted when poisoned */
+		/* Counted when poisoned. A marker already there: the toucher's SIGBUS is real. */
+		ret = uhmm__uffd_poison(h->uffd, addr, PAGE_SIZE, false);
+		if (ret == -EEXIST)
+			ret = -EHWPOISON;
 		break;
 	case W_DEVICE: {
 		struct uhmm_page *page = uhmm__word_page(h, v);
@@ -181,7 +189,7 @@ again:
 		break;
 	}
 	}
-	if (ret != -EAGAIN) {
+	if (ret != -EAGAIN && ret != -EHWPOISON) {
 		UHMM_STAT_ADD(h, faults, 1);
 		ret = 0;
 	}
@@ -402,7 +410,9 @@ static int work_try(struct uhmm *h, struct work *wk, bool remap_pending)
 	}
 	switch (wk->type) {
 	case WK_FAULT:
-		ret = serve(h, wk->a, wk->write);
+		ret = uhmm__serve(h, wk->a, wk->write, false);
+		if (ret == -EHWPOISON)
+			return 0; /* the marker answers the toucher */
 		if (ret != -ENOENT)
 			return ret;
 		/*
@@ -441,7 +451,10 @@ static bool work_run(struct uhmm *h, struct work *q, size_t *n)
 			if (!ret) {
 				if (wk->type != WK_FAULT)
 					UHMM_STAT_ADD(h, events, 1);
-				remaps -= wk->type == WK_REMAP;
+				if (wk->type == WK_REMAP) {
+					remaps--;
+					atomic_fetch_sub(&h->remaps_pending, 1);
+				}
 				continue;
 			}
 			if (wk->type != WK_FAULT)
@@ -456,7 +469,7 @@ static bool work_run(struct uhmm *h, struct work *q, size_t *n)
 	return false;
 }
 
-static void work_add(struct work *q, size_t *n, const struct uffd_msg *m)
+static void work_add(struct uhmm *h, struct work *q, size_t *n, const struct uffd_msg *m)
 {
 	struct work wk = { 0 };
 
@@ -474,6 +487,7 @@ static void work_add(struct work *q, size_t *n, const struct uffd_msg *m)
 		wk.b = m->arg.remove.end;
 		break;
 	case UFFD_EVENT_REMAP:
+		atomic_fetch_add(&h->remaps_pending, 1);
 		wk.type = WK_REMAP;
 		wk.a = m->arg.remap.from;
 		wk.b = m->arg.remap.to;
@@ -525,7 +539,7 @@ static void *svc_main(void *arg)
 			if (got <= 0)
 				break;
 			for (size_t i = 0; i < (size_t)got / sizeof(msgs[0]); i++)
-				work_add(q, &nq, &msgs[i]);
+				work_add(h, q, &nq, &msgs[i]);
 		}
 		events_left = work_run(h, q, &nq);
 

@@ -137,6 +137,7 @@ struct uhmm {
 	int uffd;
 	int uffd_stg; /* a second userfaultfd, without events, for the staging pool */
 	uint64_t features;   /* UHMM_FEAT_* in force */
+	int fault_mode;      /* UHMM_FAULT_THREAD or UHMM_FAULT_SIGNAL */
 	uint64_t uffd_feats; /* the kernel features negotiated */
 	uint64_t uffd_ioctls;
 
@@ -172,6 +173,7 @@ struct uhmm {
 	uint64_t sync_req, sync_done; /* under sync_lock */
 
 	struct uhmm *next_open; /* the list of open handles, for fork */
+	atomic_int remaps_pending; /* remap events read and not yet handled */
 	atomic_int refs; /* the user's + one per device memory region */
 	atomic_int closed;
 
@@ -213,7 +215,7 @@ uint64_t uhmm__lock(_Atomic uint64_t *w);
 void uhmm__unlock(_Atomic uint64_t *w, uint64_t nw);
 
 /* probe.c */
-int uhmm__probe_open(struct uhmm *h, unsigned int flags, uint64_t mask);
+int uhmm__probe_open(struct uhmm *h, unsigned int flags, uint64_t mask, int mode);
 int uhmm__uffd_register(struct uhmm *h, uintptr_t start, size_t len);
 int uhmm__uffd_copy(int uffd, uintptr_t dst, const void *src, size_t len, bool wake);
 int uhmm__uffd_zeropage(int uffd, uintptr_t dst, size_t len, bool wake);
@@ -228,6 +230,7 @@ char *uhmm__pool_get(struct pool *p);
 void uhmm__pool_put(struct pool *p, char *chunk);
 
 /* fault.c */
+int uhmm__serve(struct uhmm *h, uintptr_t addr, bool write, bool block);
 int uhmm__svc_start(struct uhmm *h);
 void uhmm__svc_stop(struct uhmm *h);
 int uhmm__sync(struct uhmm *h);
@@ -237,6 +240,10 @@ static inline void uhmm__page_set_addr(struct uhmm_page *page, uintptr_t addr)
 {
 	__atomic_store_n(&page->addr, addr, __ATOMIC_RELEASE);
 }
+
+/* signal.c */
+int uhmm__signal_register(struct uhmm *h);
+void uhmm__signal_unregister(struct uhmm *h);
 
 /* devmem.c */
 struct uhmm_devmem *uhmm__devmem(struct uhmm *h, unsigned slot);

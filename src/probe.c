@@ -82,7 +82,7 @@ static const struct {
 	 UFFD_FEATURE_EVENT_REMOVE | UFFD_FEATURE_EVENT_REMAP | UFFD_FEATURE_THREAD_ID |    \
 	 UFFD_FEATURE_PAGEFAULT_FLAG_WP)
 
-int uhmm__probe_open(struct uhmm *h, unsigned int flags, uint64_t mask)
+int uhmm__probe_open(struct uhmm *h, unsigned int flags, uint64_t mask, int mode)
 {
 	bool kf = false;
 	uint64_t avail = 0, ioctls = 0, got = 0;
@@ -97,10 +97,17 @@ int uhmm__probe_open(struct uhmm *h, unsigned int flags, uint64_t mask)
 	if (ret)
 		return ret;
 
+	if (mode == UHMM_FAULT_AUTO)
+		mode = !kf && (avail & UFFD_FEATURE_SIGBUS) ? UHMM_FAULT_SIGNAL : UHMM_FAULT_THREAD;
+	if (mode == UHMM_FAULT_SIGNAL && (!(avail & UFFD_FEATURE_SIGBUS) || (mask & UHMM_FEAT_SIGBUS)))
+		return -EOPNOTSUPP;
+	h->fault_mode = mode;
+
 	fd = open_uffd(flags & UHMM_OPEN_USER_MODE_ONLY, &kf);
 	if (fd < 0)
 		return fd;
-	ret = uffd_api(fd, avail & WANTED, &got, &ioctls);
+	ret = uffd_api(fd, (avail & WANTED) | (mode == UHMM_FAULT_SIGNAL ? UFFD_FEATURE_SIGBUS : 0),
+		       &got, &ioctls);
 	if (ret) {
 		close(fd);
 		return ret;

@@ -541,7 +541,7 @@ int uhmm_open(struct uhmm **hp, const struct uhmm_open_opts *opts)
 		if (ret)
 			return ret;
 		memcpy(&o, opts, opts->sz < sizeof(o) ? opts->sz : sizeof(o));
-		if (o.flags & ~UHMM_OPEN_USER_MODE_ONLY)
+		if ((o.flags & ~UHMM_OPEN_USER_MODE_ONLY) || (unsigned)o.fault_mode > UHMM_FAULT_SIGNAL)
 			return -EINVAL;
 	}
 	h = calloc(1, sizeof(*h));
@@ -561,7 +561,16 @@ int uhmm_open(struct uhmm **hp, const struct uhmm_open_opts *opts)
 	atomic_store(&h->refs, 1);
 	h->zero_page = zero_page;
 
-	ret = uhmm__probe_open(h, o.flags, o.mask_features);
+	/* AUTO may be overridden from the environment, e.g. to run a suite in both modes. */
+	if (o.fault_mode == UHMM_FAULT_AUTO) {
+		const char *m = getenv("UHMM_FAULT_MODE");
+
+		if (m && !strcmp(m, "thread"))
+			o.fault_mode = UHMM_FAULT_THREAD;
+		else if (m && !strcmp(m, "signal"))
+			o.fault_mode = UHMM_FAULT_SIGNAL;
+	}
+	ret = uhmm__probe_open(h, o.flags, o.mask_features, o.fault_mode);
 	if (ret)
 		goto err_free;
 	ret = uhmm__pool_init(&h->staging, false);
@@ -596,6 +605,13 @@ int uhmm_open(struct uhmm **hp, const struct uhmm_open_opts *opts)
 	ret = uhmm__svc_start(h);
 	if (ret)
 		goto err_svcb;
+	if (h->fault_mode == UHMM_FAULT_SIGNAL) {
+		ret = uhmm__signal_register(h);
+		if (ret) {
+			uhmm__svc_stop(h);
+			goto err_svcb;
+		}
+	}
 	open_list_add(h);
 	*hp = h;
 	return 0;
@@ -668,6 +684,8 @@ void uhmm_close(struct uhmm *h)
 	if (atomic_exchange(&h->closed, 1))
 		return;
 	n = snapshot(h, &rs);
+	if (h->fault_mode == UHMM_FAULT_SIGNAL)
+		uhmm__signal_unregister(h); /* no thread may touch managed memory now */
 	for (i = 0; i < n; i++) {
 		bool inv = uhmm__invalidate_start(h, rs[i][0], rs[i][1], UHMM_NOTIFY_UNMANAGE, NULL);
 
@@ -686,6 +704,11 @@ void uhmm_close(struct uhmm *h)
 		close(h->uffd_stg);
 	h->uffd_stg = -1;
 	uhmm__put(h);
+}
+
+int uhmm_fault_mode(const struct uhmm *h)
+{
+	return h ? h->fault_mode : -EINVAL;
 }
 
 uint64_t uhmm_features(const struct uhmm *h)

@@ -184,8 +184,10 @@ TEST(mremap_notifies_the_old_side_and_unmanage_notifies)
 	buf = mmap(NULL, 2 * NPAGES * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
 		   -1, 0);
 	CHECK(buf != MAP_FAILED);
+	/* The destination stays reserved (PROT_NONE): a hole could be taken meanwhile. */
 	dst = buf + NPAGES * PAGE;
-	CHECK_EQ(munmap(dst, NPAGES * PAGE), 0);
+	CHECK(mmap(dst, NPAGES * PAGE, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) ==
+	      dst);
 	memset(buf, 9, NPAGES * PAGE);
 	CHECK_EQ(uhmm_manage(h, buf, NPAGES * PAGE), 0);
 	CHECK_EQ(uhmm_migrate_to_device(uhmm_sim_devmem(sim), buf, NPAGES * PAGE), NPAGES);

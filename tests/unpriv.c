@@ -156,7 +156,13 @@ TEST(privileged_syscalls_into_device_pages_are_served)
 	if (geteuid() != 0)
 		SKIP("needs root (CAP_SYS_PTRACE) for kernel-mode faults; running as uid %d",
 		     (int)geteuid());
-	uhmm_test_open(&h);
+	{
+		/* Thread mode: the mode that serves system calls (signal mode gives EFAULT). */
+		UHMM_OPTS(uhmm_open_opts, o, .fault_mode = UHMM_FAULT_THREAD);
+
+		uhmm_test_open_opts(&h, &o);
+	}
+	CHECK_EQ(uhmm_fault_mode(h), UHMM_FAULT_THREAD);
 	if (!(uhmm_features(h) & UHMM_FEAT_KERNEL_FAULTS))
 		SKIP("this handle does not serve kernel-mode faults (features 0x%llx)",
 		     (unsigned long long)uhmm_features(h));

@@ -1,0 +1,171 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * signal.c - signal mode: the faulting thread serves its own fault.
+ *
+ * With UFFD_FEATURE_SIGBUS a missing-page fault in a managed range raises
+ * SIGBUS in the toucher instead of queueing a message. uhmm's handler serves
+ * it with the same dispatch as the service thread (uhmm__serve), blocking on
+ * the page lock if it must (a toucher holds no page lock), and returns: the
+ * access restarts. Every other SIGBUS goes on to the handler installed before
+ * uhmm's, or to the default action. Events still arrive as messages and the
+ * service thread still reads them.
+ *
+ * Everything here is async-signal-safe: atomics, system calls, no allocation.
+ */
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <string.h>
+#include <ucontext.h>
+
+#include "internal.h"
+
+#define MAX_SIG_HANDLES 64
+
+static _Atomic(struct uhmm *) handles[MAX_SIG_HANDLES];
+static atomic_int inflight; /* handlers inside a handle's tables */
+static struct sigaction previous;
+static pthread_once_t install_once = PTHREAD_ONCE_INIT;
+static int install_err;
+
+static bool is_write(void *ucontext)
+{
+#if defined(__x86_64__)
+	const ucontext_t *uc = ucontext;
+
+	/* The page-fault error code: bit 1 is set for a write. */
+	return uc && (uc->uc_mcontext.gregs[REG_ERR] & 2);
+#else
+	(void)ucontext;
+	return false;
+#endif
+}
+
+/* Serve @addr if one of the signal-mode handles manages it. */
+static int serve_any(uintptr_t addr, bool write)
+{
+	for (int i = 0; i < MAX_SIG_HANDLES; i++) {
+		struct uhmm *h = atomic_load(&handles[i]);
+		int ret;
+
+		if (!h)
+			continue;
+		ret = uhmm__serve(h, addr, write, true);
+		if (ret != -ENOENT)
+			return ret;
+	}
+	return -ENOENT;
+}
+
+/*
+ * No range covers the address. It may be the new side of an mremap whose
+ * event is read but not handled, or not read yet: wait while any handle has
+ * such an event in hand or unread, then look again.
+ */
+static bool event_may_explain(void)
+{
+	for (int i = 0; i < MAX_SIG_HANDLES; i++) {
+		struct uhmm *h = atomic_load(&handles[i]);
+		struct pollfd pfd;
+
+		if (!h)
+			continue;
+		if (atomic_load(&h->remaps_pending))
+			return true;
+		pfd.fd = h->uffd;
+		pfd.events = POLLIN;
+		if (poll(&pfd, 1, 0) == 1)
+			return true;
+	}
+	return false;
+}
+
+int uhmm_sigbus_handler(int sig, void *info, void *ucontext)
+{
+	const siginfo_t *si = info;
+	uintptr_t addr;
+	bool write;
+	int ret;
+
+	if (sig != SIGBUS || !si)
+		return 0;
+	addr = (uintptr_t)si->si_addr & PAGE_MASK;
+	write = is_write(ucontext);
+	atomic_fetch_add(&inflight, 1);
+	ret = serve_any(addr, write);
+	for (int spins = 0; ret == -ENOENT && spins < 100000 && event_may_explain(); spins++) {
+		sched_yield();
+		ret = serve_any(addr, write);
+	}
+	atomic_fetch_sub(&inflight, 1);
+	return ret == 0;
+}
+
+/* Not ours: what would have happened without uhmm. */
+static void pass_on(int sig, siginfo_t *si, void *uc)
+{
+	if (previous.sa_flags & SA_SIGINFO) {
+		if (previous.sa_sigaction) {
+			previous.sa_sigaction(sig, si, uc);
+			return;
+		}
+	} else if (previous.sa_handler != SIG_DFL && previous.sa_handler != SIG_IGN) {
+		previous.sa_handler(sig);
+		return;
+	}
+	/*
+	 * Default (or ignored, which a fault cannot be): restore the default
+	 * action; the access faults again and the process dies of SIGBUS, as it
+	 * would have without uhmm.
+	 */
+	signal(sig, SIG_DFL);
+}
+
+static void on_sigbus(int sig, siginfo_t *si, void *uc)
+{
+	int saved = errno;
+
+	if (!uhmm_sigbus_handler(sig, si, uc))
+		pass_on(sig, si, uc);
+	errno = saved;
+}
+
+static void install(void)
+{
+	struct sigaction sa;
+
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_sigaction = on_sigbus;
+	sa.sa_flags = SA_SIGINFO | SA_RESTART | SA_ONSTACK;
+	sigemptyset(&sa.sa_mask);
+	if (sigaction(SIGBUS, &sa, &previous))
+		install_err = -errno;
+}
+
+int uhmm__signal_register(struct uhmm *h)
+{
+	pthread_once(&install_once, install);
+	if (install_err)
+		return install_err;
+	for (int i = 0; i < MAX_SIG_HANDLES; i++) {
+		struct uhmm *none = NULL;
+
+		if (atomic_compare_exchange_strong(&handles[i], &none, h))
+			return 0;
+	}
+	return -EMFILE;
+}
+
+/* After this, no handler is inside @h. */
+void uhmm__signal_unregister(struct uhmm *h)
+{
+	for (int i = 0; i < MAX_SIG_HANDLES; i++) {
+		struct uhmm *me = h;
+
+		atomic_compare_exchange_strong(&handles[i], &me, NULL);
+	}
+	while (atomic_load(&inflight))
+		sched_yield();
+}
