@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* uhmm - the command line: info, demo. Uses only the public headers. */
+/* uhmm - the command line: info, demo, bench. Uses only the public headers. */
 #include <errno.h>
 #include <getopt.h>
 #include <stdbool.h>
@@ -14,6 +14,9 @@
 #include "uhmm_sim.h"
 
 #define EXIT_SKIP 77
+
+/* tools/bench.c */
+int cmd_bench(int argc, char **argv);
 
 static double now_s(void)
 {
@@ -216,7 +219,8 @@ static void usage(FILE *f)
 	fprintf(f, "usage: uhmm <command> [options]\n\n"
 		   "commands:\n"
 		   "  info   kernel features, privilege mode, and what to fix\n"
-		   "  demo   migrate memory to the sim device, compute on the CPU, verify\n\n"
+		   "  demo   migrate memory to the sim device, compute on the CPU, verify\n"
+		   "  bench  measure each operation beside its floor, as a ratio\n\n"
 		   "uhmm <command> --help for its options.\n");
 }
 
@@ -234,6 +238,8 @@ int main(int argc, char **argv)
 		return cmd_info(argc - 1, argv + 1);
 	if (!strcmp(argv[1], "demo"))
 		return cmd_demo(argc - 1, argv + 1);
+	if (!strcmp(argv[1], "bench"))
+		return cmd_bench(argc - 1, argv + 1);
 	fprintf(stderr, "uhmm: unknown command '%s'\n", argv[1]);
 	usage(stderr);
 	return 2;

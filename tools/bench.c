@@ -1,0 +1,1272 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * bench.c - `uhmm bench`: each figure measured beside its floor in the same run,
+ * printed with the ratio of the figure's time to the floor's time. Uses only the
+ * public headers; the floors (a raw userfaultfd, the kernel's own first-touch
+ * fault, memcpy) are set up here, not borrowed from the library.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <linux/userfaultfd.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/utsname.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "uhmm.h"
+#include "uhmm_sim.h"
+
+#ifndef UFFD_USER_MODE_ONLY
+#define UFFD_USER_MODE_ONLY 1
+#endif
+
+#define EXIT_SKIP 77
+#define PAGE UHMM_PAGE_SIZE
+#define COPY_CHUNK (2UL << 20) /* UFFDIO_COPY call size of the "least work home" floor */
+#define WARMUP 16
+#define MAX_ROWS 16
+
+/* The entry point, called by tools/uhmm.c (which declares it too). */
+int cmd_bench(int argc, char **argv);
+
+struct row {
+	const char *id;
+	const char *figure;
+	const char *unit;
+	double value;
+	const char *floor;
+	double floor_value;
+	double ratio; /* time of the figure / time of the floor: 1 = at the floor */
+	double vmin, vmax, fmin, fmax; /* ranges over the repetitions, when has_range */
+	bool has_range;
+	const char *na; /* not measured, and why */
+	char err[128];	/* measuring failed, and why */
+};
+
+/*
+ * The raw userfaultfd of the floors: no library, one handler thread doing
+ * poll + read + UFFDIO_COPY of 4 KiB, the least a thread-mode fault can cost.
+ */
+struct raw {
+	int uffd;
+	int stopfd;
+	char *src; /* COPY_CHUNK bytes of pattern: the source of every UFFDIO_COPY */
+	pthread_t thr;
+	bool started;
+	atomic_int err;
+};
+
+struct bench {
+	struct uhmm *h;
+	struct uhmm_sim *sim;
+	struct uhmm_devmem *dm;
+	struct raw raw;
+	size_t len, npages;
+	unsigned long mib;
+	int reps, samples;
+	bool json, progress, kernel_faults;
+	const char *mode; /* the fault mode in force: "thread" or "signal" */
+	bool pinned;	    /* every thread on one CPU, but for the 2-thread figure */
+	cpu_set_t all, one; /* the CPUs we were given; the first of them */
+	int step, nsteps;
+	struct row rows[MAX_ROWS];
+	int nrows;
+};
+
+static volatile uint64_t sink;
+
+static uint64_t now_ns(void)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (uint64_t)t.tv_sec * 1000000000ULL + (uint64_t)t.tv_nsec;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+
+	return (x > y) - (x < y);
+}
+
+/* The q-quantile (0..1) of @n values, sorting them in place. */
+static double quantile(double *v, size_t n, double q)
+{
+	size_t i;
+
+	if (!n)
+		return 0;
+	qsort(v, n, sizeof(*v), cmp_double);
+	i = (size_t)(q * (double)(n - 1) + 0.5);
+	return v[i < n ? i : n - 1];
+}
+
+static void progress(struct bench *b, const char *what)
+{
+	if (!b->progress)
+		return;
+	b->step++;
+	fprintf(stderr, "\r\033[Kuhmm bench: [%d/%d] %s", b->step, b->nsteps, what);
+	fflush(stderr);
+}
+
+static struct row *row_add(struct bench *b, const char *id, const char *figure, const char *unit,
+			   const char *floor)
+{
+	struct row *r = &b->rows[b->nrows++];
+
+	memset(r, 0, sizeof(*r));
+	r->id = id;
+	r->figure = figure;
+	r->unit = unit;
+	r->floor = floor;
+	return r;
+}
+
+/* The first failure of a row, and why (NULL: @what says it all). */
+static void row_fail(struct row *r, const char *what, const char *why)
+{
+	if (!r->err[0])
+		snprintf(r->err, sizeof(r->err), "%s%s%s", what, why ? ": " : "", why ? why : "");
+}
+
+/* A migration that did not move every page: the library's error, or the shortfall. */
+static void row_fail_moved(struct row *r, const char *what, int ret)
+{
+	row_fail(r, what, ret < 0 ? uhmm_strerror(ret) : "not every page moved");
+}
+
+/*
+ * Fill a row from @n per-repetition times (seconds) of the figure and of its
+ * floor: medians, the figure's range, the ratio of the median times. With
+ * @rate the values are @work per second (bytes * 1e-9 for GB/s, pages for
+ * pages/s); without, times in seconds * @work (1e3 for ms).
+ */
+static void row_times(struct row *r, double *fig, double *flo, int n, double work, bool rate)
+{
+	double tf = quantile(fig, (size_t)n, 0.5), tl = quantile(flo, (size_t)n, 0.5);
+
+	r->ratio = tf / tl;
+	r->has_range = true;
+	if (rate) {
+		r->value = work / tf;
+		r->floor_value = work / tl;
+		r->vmin = work / fig[n - 1];
+		r->vmax = work / fig[0];
+		r->fmin = work / flo[n - 1];
+		r->fmax = work / flo[0];
+	} else {
+		r->value = tf * work;
+		r->floor_value = tl * work;
+		r->vmin = fig[0] * work;
+		r->vmax = fig[n - 1] * work;
+		r->fmin = flo[0] * work;
+		r->fmax = flo[n - 1] * work;
+	}
+}
+
+static void *map_anon(size_t len)
+{
+	void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+	if (p == MAP_FAILED)
+		return NULL;
+	/* 4 KiB pages, as managed memory: no THP makes a floor look cheaper. */
+	madvise(p, len, MADV_NOHUGEPAGE);
+	return p;
+}
+
+static void fill(void *p, size_t len, unsigned char seed)
+{
+	unsigned char *c = p;
+
+	for (size_t i = 0; i < len; i += PAGE)
+		memset(c + i, (unsigned char)(seed + i / PAGE), PAGE);
+}
+
+/*
+ * Set the CPUs of every thread of the process: the library's fault service
+ * and the floors' handler as well as ours (as `taskset -a` does).
+ */
+static void affinity_all(const cpu_set_t *set)
+{
+	DIR *d = opendir("/proc/self/task");
+	struct dirent *e;
+
+	if (!d)
+		return;
+	while ((e = readdir(d)))
+		if (e->d_name[0] != '.')
+			sched_setaffinity(atoi(e->d_name), sizeof(*set), set);
+	closedir(d);
+}
+
+/* ---------------------------------------------------------------------------
+ * Touch loops. One byte per page; volatile so that every touch happens.
+ */
+static uint64_t read_pages(const char *p, size_t first, size_t n)
+{
+	const volatile char *v = p;
+	uint64_t s = 0;
+
+	for (size_t i = first; i < first + n; i++)
+		s += (unsigned char)v[i * PAGE];
+	return s;
+}
+
+static uint64_t read_pages_perm(const char *p, const uint32_t *perm, size_t n)
+{
+	const volatile char *v = p;
+	uint64_t s = 0;
+
+	for (size_t i = 0; i < n; i++)
+		s += (unsigned char)v[(size_t)perm[i] * PAGE];
+	return s;
+}
+
+static void write_pages(char *p, size_t n)
+{
+	volatile char *v = p;
+
+	for (size_t i = 0; i < n; i++)
+		v[i * PAGE] = 1;
+}
+
+static void write_pages_perm(char *p, const uint32_t *perm, size_t n)
+{
+	volatile char *v = p;
+
+	for (size_t i = 0; i < n; i++)
+		v[(size_t)perm[i] * PAGE] = 1;
+}
+
+/* A random page order, the same in every run (fixed seed). */
+static uint32_t *permutation(size_t n)
+{
+	uint32_t *p = malloc(n * sizeof(*p));
+	uint64_t x = 0x9e3779b97f4a7c15ULL;
+
+	if (!p)
+		return NULL;
+	for (size_t i = 0; i < n; i++)
+		p[i] = (uint32_t)i;
+	for (size_t i = n - 1; i > 0; i--) {
+		x ^= x << 13;
+		x ^= x >> 7;
+		x ^= x << 17;
+		size_t j = x % (i + 1);
+		uint32_t t = p[i];
+
+		p[i] = p[j];
+		p[j] = t;
+	}
+	return p;
+}
+
+/* ---------------------------------------------------------------------------
+ * The raw userfaultfd.
+ */
+static void *raw_handler(void *arg)
+{
+	struct raw *r = arg;
+	struct pollfd pfd[2] = { { .fd = r->uffd, .events = POLLIN },
+				 { .fd = r->stopfd, .events = POLLIN } };
+	struct uffd_msg msg;
+
+	for (;;) {
+		if (poll(pfd, 2, -1) < 0) {
+			if (errno == EINTR)
+				continue;
+			atomic_store(&r->err, errno);
+			return NULL;
+		}
+		if (pfd[1].revents)
+			return NULL;
+		if (read(r->uffd, &msg, sizeof(msg)) != sizeof(msg))
+			continue; /* EAGAIN: poll woke for nothing */
+		if (msg.event != UFFD_EVENT_PAGEFAULT)
+			continue;
+		struct uffdio_copy c = {
+			.dst = msg.arg.pagefault.address & ~(uint64_t)(PAGE - 1),
+			.src = (uintptr_t)r->src,
+			.len = PAGE,
+		};
+		if (ioctl(r->uffd, UFFDIO_COPY, &c) && errno != EEXIST) {
+			atomic_store(&r->err, errno);
+			/* Never leave the toucher blocked: give it zeros, the check fails. */
+			struct uffdio_zeropage z = { .range = { c.dst, PAGE } };
+
+			ioctl(r->uffd, UFFDIO_ZEROPAGE, &z);
+		}
+	}
+}
+
+/* Return 0, or an errno with @why filled. */
+static int raw_open(struct raw *r, char *why, size_t whylen)
+{
+	struct uffdio_api api = { .api = UFFD_API };
+	int err;
+
+	r->uffd = r->stopfd = -1;
+	r->uffd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+	if (r->uffd < 0 && errno == EPERM) /* user-mode touches are all the floors need */
+		r->uffd =
+			(int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY);
+	if (r->uffd < 0) {
+		err = errno;
+		snprintf(why, whylen, "userfaultfd(2) for the floors: %s", strerror(err));
+		return err;
+	}
+	if (ioctl(r->uffd, UFFDIO_API, &api)) {
+		err = errno;
+		snprintf(why, whylen, "UFFDIO_API: %s", strerror(err));
+		return err;
+	}
+	r->stopfd = eventfd(0, EFD_CLOEXEC);
+	r->src = map_anon(COPY_CHUNK);
+	if (r->stopfd < 0 || !r->src) {
+		snprintf(why, whylen, "out of descriptors or memory");
+		return ENOMEM;
+	}
+	memset(r->src, 0x5a, COPY_CHUNK);
+	err = pthread_create(&r->thr, NULL, raw_handler, r);
+	if (err) {
+		snprintf(why, whylen, "pthread_create: %s", strerror(err));
+		return err;
+	}
+	r->started = true;
+	return 0;
+}
+
+static void raw_close(struct raw *r)
+{
+	uint64_t one = 1;
+
+	if (r->started) {
+		if (write(r->stopfd, &one, sizeof(one)) == sizeof(one))
+			pthread_join(r->thr, NULL);
+	}
+	if (r->src)
+		munmap(r->src, COPY_CHUNK);
+	if (r->stopfd >= 0)
+		close(r->stopfd);
+	if (r->uffd >= 0)
+		close(r->uffd);
+}
+
+static int raw_register(struct raw *r, void *addr, size_t len)
+{
+	struct uffdio_register reg = {
+		.range = { (uintptr_t)addr, len },
+		.mode = UFFDIO_REGISTER_MODE_MISSING,
+	};
+
+	if (ioctl(r->uffd, UFFDIO_REGISTER, &reg))
+		return -errno;
+	if (!(reg.ioctls & (1ULL << _UFFDIO_COPY)))
+		return -EOPNOTSUPP;
+	return 0;
+}
+
+static void raw_unregister(struct raw *r, void *addr, size_t len)
+{
+	struct uffdio_range range = { (uintptr_t)addr, len };
+
+	ioctl(r->uffd, UFFDIO_UNREGISTER, &range);
+}
+
+/* UFFDIO_COPY @len bytes of @src into @dst in COPY_CHUNK calls. */
+static int raw_copy(struct raw *r, char *dst, const char *src, size_t len)
+{
+	size_t off = 0;
+
+	while (off < len) {
+		size_t n = len - off < COPY_CHUNK ? len - off : COPY_CHUNK;
+		struct uffdio_copy c = {
+			.dst = (uintptr_t)dst + off,
+			.src = (uintptr_t)src + off,
+			.len = n,
+			.mode = UFFDIO_COPY_MODE_DONTWAKE, /* nobody waits: the least work */
+		};
+
+		if (ioctl(r->uffd, UFFDIO_COPY, &c)) {
+			if (errno != EAGAIN || c.copy <= 0)
+				return -errno;
+			n = (size_t)c.copy;
+		}
+		off += n;
+	}
+	return 0;
+}
+
+/* ---------------------------------------------------------------------------
+ * a. Fault-back latency of one 4 KiB page vs the raw userfaultfd round trip.
+ */
+static void bench_latency(struct bench *b)
+{
+	struct row *med = row_add(b, "fault_latency_median", "fault-back latency 4 KiB, median",
+				  "us", "raw userfaultfd round trip, median");
+	struct row *p99 = row_add(b, "fault_latency_p99", "fault-back latency 4 KiB, p99", "us",
+				  "raw userfaultfd round trip, p99");
+	int per = b->samples / b->reps, n = per * b->reps, nf = 0, nr = 0, ret;
+	double *fig = calloc((size_t)n, sizeof(double)), *flo = calloc((size_t)n, sizeof(double));
+	char *mp = NULL, *rp = map_anon(PAGE);
+
+	progress(b, "fault-back latency vs raw userfaultfd");
+	if (!fig || !flo || !rp) {
+		row_fail(med, "out of memory", NULL);
+		goto out;
+	}
+	ret = raw_register(&b->raw, rp, PAGE);
+	if (ret) {
+		row_fail(med, "UFFDIO_REGISTER of the floor's page", strerror(-ret));
+		goto out;
+	}
+	ret = uhmm_alloc(b->h, PAGE, (void **)&mp);
+	if (ret) {
+		row_fail(med, "uhmm_alloc", uhmm_strerror(ret));
+		goto out_unreg;
+	}
+	memset(mp, 0x5a, PAGE);
+
+	/* Blocks of floor and figure alternate, so that drift hits both alike. */
+	for (int rep = 0; rep < b->reps; rep++) {
+		for (int i = -WARMUP * !rep; i < per; i++) {
+			madvise(rp, PAGE, MADV_DONTNEED); /* missing again */
+			uint64_t t0 = now_ns();
+			char c = *(volatile char *)rp;
+			uint64_t t1 = now_ns();
+
+			if (c != 0x5a || atomic_load(&b->raw.err)) {
+				int err = atomic_load(&b->raw.err);
+
+				row_fail(med, "the raw userfaultfd handler failed",
+					 err ? strerror(err) : "wrong data");
+				goto out_free;
+			}
+			if (i >= 0)
+				flo[nr++] = (double)(t1 - t0) * 1e-3;
+		}
+		for (int i = -WARMUP * !rep; i < per; i++) {
+			ret = uhmm_migrate_to_device(b->dm, mp, PAGE);
+			if (ret != 1) {
+				row_fail_moved(med, "uhmm_migrate_to_device", ret);
+				goto out_free;
+			}
+			uint64_t t0 = now_ns();
+			char c = *(volatile char *)mp;
+			uint64_t t1 = now_ns();
+
+			if (c != 0x5a) {
+				row_fail(med, "a page came home with wrong data", NULL);
+				goto out_free;
+			}
+			if (i >= 0)
+				fig[nf++] = (double)(t1 - t0) * 1e-3;
+		}
+	}
+	med->value = quantile(fig, (size_t)nf, 0.5);
+	med->floor_value = quantile(flo, (size_t)nr, 0.5);
+	med->ratio = med->value / med->floor_value;
+	p99->value = quantile(fig, (size_t)nf, 0.99);
+	p99->floor_value = quantile(flo, (size_t)nr, 0.99);
+	p99->ratio = p99->value / p99->floor_value;
+out_free:
+	uhmm_free(b->h, mp, PAGE);
+out_unreg:
+	raw_unregister(&b->raw, rp, PAGE);
+out:
+	if (med->err[0])
+		memcpy(p99->err, med->err, sizeof(p99->err));
+	if (rp)
+		munmap(rp, PAGE);
+	free(fig);
+	free(flo);
+}
+
+/* ---------------------------------------------------------------------------
+ * b. CPU sweeps over device-resident memory vs the kernel's first-touch fault,
+ * and the sequential sweep vs the same sweep served by the raw userfaultfd (what
+ * thread mode costs before uhmm adds anything).
+ */
+enum {
+	SW_KSEQ,
+	SW_SEQ,
+	SW_RAW,
+	SW_KRND,
+	SW_RND,
+	SW_N
+};
+
+static void bench_sweeps(struct bench *b)
+{
+	struct row *seq = row_add(b, "sweep_sequential", "sequential sweep, device-resident",
+				  "GB/s", "kernel first-touch fault, sequential");
+	struct row *raw = row_add(b, "sweep_sequential_vs_raw", "sequential sweep, device-resident",
+				  "GB/s", "raw userfaultfd sweep, 4 KiB COPY/fault");
+	struct row *rnd = row_add(b, "sweep_random", "random 4 KiB touches, device-resident",
+				  "GB/s", "kernel first-touch fault, random");
+	double *t = calloc(SW_N * (size_t)b->reps, sizeof(double));
+	uint32_t *perm = permutation(b->npages);
+	char *mp = NULL, *rp = map_anon(b->len);
+	bool registered = false;
+	int ret;
+
+	progress(b, "CPU sweeps over device-resident memory");
+	if (!t || !perm || !rp) {
+		row_fail(seq, "out of memory", NULL);
+		goto out;
+	}
+	ret = raw_register(&b->raw, rp, b->len);
+	if (ret) {
+		row_fail(seq, "UFFDIO_REGISTER of the floor's range", strerror(-ret));
+		goto out;
+	}
+	registered = true;
+	ret = uhmm_alloc(b->h, b->len, (void **)&mp);
+	if (ret) {
+		row_fail(seq, "uhmm_alloc", uhmm_strerror(ret));
+		goto out;
+	}
+	fill(mp, b->len, 1);
+
+	for (int rep = 0; rep < b->reps; rep++) {
+		for (int k = 0; k < SW_N; k++) {
+			bool random = k >= SW_KRND;
+			uint64_t t0, t1;
+			char *p;
+
+			switch (k) {
+			case SW_KSEQ:
+			case SW_KRND:
+				p = map_anon(b->len);
+				if (!p) {
+					row_fail(seq, "mmap", strerror(errno));
+					goto out;
+				}
+				t0 = now_ns();
+				if (random)
+					write_pages_perm(p, perm, b->npages);
+				else
+					write_pages(p, b->npages);
+				t1 = now_ns();
+				munmap(p, b->len);
+				break;
+			case SW_RAW:
+				madvise(rp, b->len, MADV_DONTNEED); /* every page missing again */
+				t0 = now_ns();
+				sink += read_pages(rp, 0, b->npages);
+				t1 = now_ns();
+				if (atomic_load(&b->raw.err)) {
+					row_fail(seq, "the raw userfaultfd handler failed",
+						 strerror(atomic_load(&b->raw.err)));
+					goto out;
+				}
+				break;
+			default:
+				ret = uhmm_migrate_to_device(b->dm, mp, b->len);
+				if (ret != (int)b->npages) {
+					row_fail_moved(seq, "uhmm_migrate_to_device", ret);
+					goto out;
+				}
+				t0 = now_ns();
+				sink += random ? read_pages_perm(mp, perm, b->npages) :
+						 read_pages(mp, 0, b->npages);
+				t1 = now_ns();
+				break;
+			}
+			t[k * b->reps + rep] = (double)(t1 - t0) * 1e-9;
+		}
+	}
+#define SW(k) (t + (k)*b->reps)
+	row_times(seq, SW(SW_SEQ), SW(SW_KSEQ), b->reps, (double)b->len * 1e-9, true);
+	row_times(raw, SW(SW_SEQ), SW(SW_RAW), b->reps, (double)b->len * 1e-9, true);
+	row_times(rnd, SW(SW_RND), SW(SW_KRND), b->reps, (double)b->len * 1e-9, true);
+#undef SW
+out:
+	if (seq->err[0]) {
+		memcpy(raw->err, seq->err, sizeof(seq->err));
+		memcpy(rnd->err, seq->err, sizeof(seq->err));
+	}
+	if (mp)
+		uhmm_free(b->h, mp, b->len);
+	if (registered)
+		raw_unregister(&b->raw, rp, b->len);
+	if (rp)
+		munmap(rp, b->len);
+	free(perm);
+	free(t);
+}
+
+/* ---------------------------------------------------------------------------
+ * c. Bulk migration, both ways, vs memcpy and the least work each way needs.
+ */
+static void bench_bulk(struct bench *b)
+{
+	struct row *out_cp =
+		row_add(b, "migrate_to_device_vs_memcpy", "migrate to device", "GB/s", "memcpy");
+	struct row *out_dn = row_add(b, "migrate_to_device_vs_memcpy_dontneed", "migrate to device",
+				     "GB/s", "memcpy + one MADV_DONTNEED of the source");
+	struct row *home_cp =
+		row_add(b, "migrate_to_ram_vs_memcpy", "migrate home (to RAM)", "GB/s", "memcpy");
+	struct row *home_uc = row_add(b, "migrate_to_ram_vs_uffdio_copy", "migrate home (to RAM)",
+				      "GB/s", "UFFDIO_COPY, 2 MiB calls, empty range");
+	int reps = b->reps, ret;
+	double *t = calloc(5 * (size_t)reps, sizeof(double));
+	double *t_out = t, *t_home = t + reps, *t_cp = t + 2 * reps, *t_cpdn = t + 3 * reps,
+	       *t_uc = t + 4 * reps;
+	char *mp = NULL, *src = map_anon(b->len), *dst = map_anon(b->len), *reg = map_anon(b->len);
+	bool registered = false;
+
+	progress(b, "bulk migration vs memcpy");
+	if (!t || !src || !dst || !reg) {
+		row_fail(out_cp, "out of memory", NULL);
+		goto out;
+	}
+	ret = raw_register(&b->raw, reg, b->len);
+	if (ret) {
+		row_fail(out_cp, "UFFDIO_REGISTER of the floor's range", strerror(-ret));
+		goto out;
+	}
+	registered = true;
+	ret = uhmm_alloc(b->h, b->len, (void **)&mp);
+	if (ret) {
+		row_fail(out_cp, "uhmm_alloc", uhmm_strerror(ret));
+		goto out;
+	}
+	fill(mp, b->len, 2);
+	fill(src, b->len, 2);
+	memset(dst, 0, b->len); /* the destination of every memcpy exists already */
+
+	for (int rep = 0; rep < reps; rep++) {
+		uint64_t t0, t1, t2;
+
+		t0 = now_ns();
+		memcpy(dst, src, b->len);
+		t1 = now_ns();
+		t_cp[rep] = (double)(t1 - t0) * 1e-9;
+
+		t0 = now_ns();
+		memcpy(dst, src, b->len);
+		madvise(src, b->len, MADV_DONTNEED);
+		t1 = now_ns();
+		t_cpdn[rep] = (double)(t1 - t0) * 1e-9;
+		fill(src, b->len, 2);
+
+		t0 = now_ns();
+		ret = uhmm_migrate_to_device(b->dm, mp, b->len);
+		t1 = now_ns();
+		if (ret != (int)b->npages) {
+			row_fail_moved(out_cp, "uhmm_migrate_to_device", ret);
+			goto out;
+		}
+		ret = uhmm_migrate_to_ram(b->h, mp, b->len);
+		t2 = now_ns();
+		if (ret != (int)b->npages) {
+			row_fail_moved(out_cp, "uhmm_migrate_to_ram", ret);
+			goto out;
+		}
+		t_out[rep] = (double)(t1 - t0) * 1e-9;
+		t_home[rep] = (double)(t2 - t1) * 1e-9;
+
+		madvise(reg, b->len, MADV_DONTNEED); /* empty again */
+		t0 = now_ns();
+		ret = raw_copy(&b->raw, reg, src, b->len);
+		t1 = now_ns();
+		if (ret) {
+			row_fail(out_cp, "UFFDIO_COPY", strerror(-ret));
+			goto out;
+		}
+		t_uc[rep] = (double)(t1 - t0) * 1e-9;
+	}
+	if (memcmp(mp, src, b->len) || memcmp(reg, src, b->len)) {
+		row_fail(out_cp, "data changed on the way", NULL);
+		goto out;
+	}
+	row_times(out_cp, t_out, t_cp, reps, (double)b->len * 1e-9, true);
+	row_times(out_dn, t_out, t_cpdn, reps, (double)b->len * 1e-9, true);
+	row_times(home_cp, t_home, t_cp, reps, (double)b->len * 1e-9, true);
+	row_times(home_uc, t_home, t_uc, reps, (double)b->len * 1e-9, true);
+out:
+	if (out_cp->err[0]) {
+		memcpy(out_dn->err, out_cp->err, sizeof(out_cp->err));
+		memcpy(home_cp->err, out_cp->err, sizeof(out_cp->err));
+		memcpy(home_uc->err, out_cp->err, sizeof(out_cp->err));
+	}
+	if (mp)
+		uhmm_free(b->h, mp, b->len);
+	if (registered)
+		raw_unregister(&b->raw, reg, b->len);
+	if (reg)
+		munmap(reg, b->len);
+	if (dst)
+		munmap(dst, b->len);
+	if (src)
+		munmap(src, b->len);
+	free(t);
+}
+
+/* ---------------------------------------------------------------------------
+ * d. Fault-back throughput: 2 toucher threads each sweeping half vs 1 sweeping all.
+ */
+struct toucher {
+	const char *p;
+	size_t first, n;
+	pthread_barrier_t *go;
+	uint64_t sum;
+};
+
+static void *toucher_main(void *arg)
+{
+	struct toucher *t = arg;
+
+	pthread_barrier_wait(t->go);
+	t->sum = read_pages(t->p, t->first, t->n);
+	return NULL;
+}
+
+/* Sweep @npages of @p with @n (1 or 2) threads, each its share; return the seconds. */
+static double sweep_threads(const char *p, size_t npages, int n)
+{
+	struct toucher t[2];
+	pthread_t thr[2];
+	pthread_barrier_t go;
+	uint64_t t0, t1;
+	int i, err = 0;
+
+	pthread_barrier_init(&go, NULL, (unsigned int)n + 1);
+	for (i = 0; i < n; i++) {
+		t[i] = (struct toucher){ .p = p,
+					 .first = npages * (size_t)i / (size_t)n,
+					 .n = npages / (size_t)n,
+					 .go = &go };
+		if (i == n - 1)
+			t[i].n = npages - t[i].first;
+		err = pthread_create(&thr[i], NULL, toucher_main, &t[i]);
+		if (err)
+			break;
+	}
+	if (err) {
+		/* The started threads wait at the barrier forever: nothing safe to do. */
+		fprintf(stderr, "uhmm bench: pthread_create: %s\n", strerror(err));
+		exit(1);
+	}
+	pthread_barrier_wait(&go);
+	t0 = now_ns();
+	for (i = 0; i < n; i++) {
+		pthread_join(thr[i], NULL);
+		sink += t[i].sum;
+	}
+	t1 = now_ns();
+	pthread_barrier_destroy(&go);
+	return (double)(t1 - t0) * 1e-9;
+}
+
+static void bench_threads(struct bench *b)
+{
+	struct row *r = row_add(b, "fault_back_2_threads",
+				b->pinned ? "fault-back, 2 threads x half, all CPUs" :
+					    "fault-back, 2 threads x half",
+				"pages/s",
+				b->pinned ? "fault-back, 1 thread x all, one CPU" :
+					    "fault-back, 1 thread x all");
+	double *t = calloc(2 * (size_t)b->reps, sizeof(double));
+	char *mp = NULL;
+	int ret;
+
+	progress(b, "fault-back with 1 and 2 toucher threads");
+	if (!t) {
+		row_fail(r, "out of memory", NULL);
+		return;
+	}
+	ret = uhmm_alloc(b->h, b->len, (void **)&mp);
+	if (ret) {
+		row_fail(r, "uhmm_alloc", uhmm_strerror(ret));
+		goto out;
+	}
+	fill(mp, b->len, 3);
+	for (int rep = 0; rep < b->reps; rep++) {
+		for (int k = 0; k < 2; k++) {
+			int nthr = (k ^ rep) & 1 ? 2 : 1; /* alternate which goes first */
+
+			ret = uhmm_migrate_to_device(b->dm, mp, b->len);
+			if (ret != (int)b->npages) {
+				row_fail_moved(r, "uhmm_migrate_to_device", ret);
+				goto out_free;
+			}
+			/* Two touchers get every CPU; the service thread may follow them. */
+			if (b->pinned && nthr == 2)
+				affinity_all(&b->all);
+			t[(nthr - 1) * b->reps + rep] = sweep_threads(mp, b->npages, nthr);
+			if (b->pinned && nthr == 2)
+				affinity_all(&b->one);
+		}
+	}
+	row_times(r, t + b->reps, t, b->reps, (double)b->npages, true);
+out_free:
+	uhmm_free(b->h, mp, b->len);
+out:
+	free(t);
+}
+
+/* ---------------------------------------------------------------------------
+ * e. The demo workload vs the same workload with explicit copies.
+ */
+static uint64_t mix(uint64_t x)
+{
+	x ^= x >> 33;
+	x *= 0xff51afd7ed558ccdULL;
+	x ^= x >> 33;
+	return x;
+}
+
+static void histogram(const uint64_t *w, size_t n, uint64_t hist[256])
+{
+	memset(hist, 0, 256 * sizeof(hist[0]));
+	for (size_t i = 0; i < n; i++)
+		hist[w[i] & 255]++;
+}
+
+static void bench_demo(struct bench *b)
+{
+	struct row *r = row_add(b, "demo_histogram", "demo: migrate out + CPU histogram", "ms",
+				"memcpy out and back + histogram");
+	size_t nw = b->len / sizeof(uint64_t);
+	double *t = calloc(2 * (size_t)b->reps, sizeof(double));
+	uint64_t *mp = NULL, *host = map_anon(b->len), *dev = map_anon(b->len);
+	uint64_t want[256], h1[256], h2[256];
+	int ret;
+
+	progress(b, "demo workload vs explicit copies");
+	if (!t || !host || !dev) {
+		row_fail(r, "out of memory", NULL);
+		goto out;
+	}
+	ret = uhmm_alloc(b->h, b->len, (void **)&mp);
+	if (ret) {
+		row_fail(r, "uhmm_alloc", uhmm_strerror(ret));
+		goto out;
+	}
+	for (size_t i = 0; i < nw; i++)
+		mp[i] = host[i] = mix(i);
+	memset(dev, 0, b->len);
+	histogram(host, nw, want);
+
+	for (int rep = 0; rep < b->reps; rep++) {
+		uint64_t t0, t1, t2;
+
+		t0 = now_ns();
+		ret = uhmm_migrate_to_device(b->dm, mp, b->len);
+		histogram(mp, nw, h1); /* every page comes home on its first touch */
+		t1 = now_ns();
+		if (ret != (int)b->npages) {
+			row_fail_moved(r, "uhmm_migrate_to_device", ret);
+			goto out;
+		}
+		memcpy(dev, host, b->len);
+		memcpy(host, dev, b->len);
+		histogram(host, nw, h2);
+		t2 = now_ns();
+		if (memcmp(h1, want, sizeof(want)) || memcmp(h2, want, sizeof(want))) {
+			row_fail(r, "wrong histogram", NULL);
+			goto out;
+		}
+		t[rep] = (double)(t1 - t0) * 1e-9;
+		t[b->reps + rep] = (double)(t2 - t1) * 1e-9;
+	}
+	row_times(r, t, t + b->reps, b->reps, 1e3, false);
+out:
+	if (mp)
+		uhmm_free(b->h, mp, b->len);
+	if (dev)
+		munmap(dev, b->len);
+	if (host)
+		munmap(host, b->len);
+	free(t);
+}
+
+/* ---------------------------------------------------------------------------
+ * Output.
+ */
+static void json_str(const char *s)
+{
+	putchar('"');
+	for (; *s; s++) {
+		unsigned char c = (unsigned char)*s;
+
+		if (c == '"' || c == '\\')
+			printf("\\%c", c);
+		else if (c < 0x20)
+			printf("\\u%04x", c);
+		else
+			putchar(c);
+	}
+	putchar('"');
+}
+
+static void json_num(double v, bool ok)
+{
+	if (ok && v == v)
+		printf("%.6g", v);
+	else
+		printf("null");
+}
+
+static void cpu_model(char *buf, size_t len)
+{
+	FILE *f = fopen("/proc/cpuinfo", "r");
+	char line[256];
+
+	snprintf(buf, len, "unknown");
+	if (!f)
+		return;
+	while (fgets(line, sizeof(line), f)) {
+		char *v = strchr(line, ':');
+
+		if (strncmp(line, "model name", 10) || !v)
+			continue;
+		v += 1 + (v[1] == ' ');
+		v[strcspn(v, "\n")] = 0;
+		snprintf(buf, len, "%s", v);
+		break;
+	}
+	fclose(f);
+}
+
+/* The CPUs this run was given (as nproc counts them), whatever it pinned since. */
+static int ncpus(const struct bench *b)
+{
+	int n = CPU_COUNT(&b->all);
+
+	return n ? n : (int)sysconf(_SC_NPROCESSORS_ONLN);
+}
+
+static int first_cpu(const cpu_set_t *set)
+{
+	for (int c = 0; c < CPU_SETSIZE; c++)
+		if (CPU_ISSET(c, set))
+			return c;
+	return 0;
+}
+
+/* The commit measured: given by the build (CMake), else asked of git at run time. */
+static void commit_id(char *buf, size_t len)
+{
+#ifdef UHMM_COMMIT
+	snprintf(buf, len, "%s", UHMM_COMMIT);
+#else
+	FILE *p = popen("git rev-parse --short HEAD 2>/dev/null", "r");
+
+	snprintf(buf, len, "unknown");
+	if (p) {
+		if (fgets(buf, (int)len, p))
+			buf[strcspn(buf, "\n")] = 0;
+		if (pclose(p) || !buf[0])
+			snprintf(buf, len, "unknown");
+	}
+#endif
+}
+
+/* A number as the table prints it: pages/s whole, GB/s to 2 places, times to 1. */
+static int fmt_num(char *buf, size_t len, double v, const char *unit)
+{
+	int prec = !strcmp(unit, "pages/s") ? 0 : !strcmp(unit, "GB/s") ? 2 : 1;
+
+	return snprintf(buf, len, "%.*f", prec, v);
+}
+
+static void fmt_value(char *buf, size_t len, double v, const char *unit)
+{
+	int n = fmt_num(buf, len, v, unit);
+
+	if (n > 0 && (size_t)n < len)
+		snprintf(buf + n, len - (size_t)n, " %s", unit);
+}
+
+static void print_header(struct bench *b)
+{
+	struct utsname u;
+	char model[128], commit[64];
+
+	uname(&u);
+	cpu_model(model, sizeof(model));
+	commit_id(commit, sizeof(commit));
+	if (b->json) {
+		printf("{\"type\":\"header\",\"tool\":\"uhmm bench\",\"machine\":");
+		json_str(u.machine);
+		printf(",\"nproc\":%d,\"cpu\":", ncpus(b));
+		json_str(model);
+		printf(",\"kernel\":");
+		json_str(u.release);
+		printf(",\"commit\":");
+		json_str(commit);
+		printf(",\"fault_mode\":\"%s\",\"pinned_cpu\":", b->mode);
+		if (b->pinned)
+			printf("%d", first_cpu(&b->one));
+		else
+			printf("null");
+		printf(",\"kernel_faults\":%s,\"size_mib\":%lu,"
+		       "\"repetitions\":%d,\"fault_samples\":%d,"
+		       "\"ratio\":\"time of the figure / time of its floor\"}\n",
+		       b->kernel_faults ? "true" : "false", b->mib, b->reps,
+		       b->samples / b->reps * b->reps);
+		return;
+	}
+	printf("uhmm bench: %lu MiB per figure, medians of %d repetitions, %d single-page faults\n",
+	       b->mib, b->reps, b->samples / b->reps * b->reps);
+	printf("machine     %s, %d CPUs, %s\n", u.machine, ncpus(b), model);
+	printf("kernel      %s\n", u.release);
+	printf("commit      %s\n", commit);
+	printf("fault mode  %s (%s; UHMM_FAULT_MODE=thread|signal chooses)\n", b->mode,
+	       b->kernel_faults ? "kernel-mode faults permitted" : "user-mode-only");
+	if (b->pinned)
+		printf("placement   every thread on CPU %d, but the 2-thread figure's (all CPUs)\n",
+		       first_cpu(&b->one));
+	else
+		printf("placement   the scheduler's (--unpinned)\n");
+	printf("ratio       time of the figure / time of its floor (1.00 = at the floor)\n\n");
+}
+
+static void print_rows(struct bench *b)
+{
+	static const char *const head[6] = { "figure",	    "value", "floor",
+					     "floor value", "ratio", "value min-max" };
+	char cell[MAX_ROWS][6][160];
+	size_t w[6];
+	int i, k;
+
+	if (b->json) {
+		for (i = 0; i < b->nrows; i++) {
+			struct row *r = &b->rows[i];
+			bool ok = !r->na && !r->err[0];
+
+			printf("{\"type\":\"row\",\"id\":\"%s\",\"figure\":", r->id);
+			json_str(r->figure);
+			printf(",\"value\":");
+			json_num(r->value, ok);
+			printf(",\"unit\":\"%s\",\"floor\":", r->unit);
+			if (r->floor)
+				json_str(r->floor);
+			else
+				printf("null");
+			printf(",\"floor_value\":");
+			json_num(r->floor_value, ok);
+			printf(",\"ratio\":");
+			json_num(r->ratio, ok);
+			if (ok && r->has_range) {
+				printf(",\"value_min\":");
+				json_num(r->vmin, true);
+				printf(",\"value_max\":");
+				json_num(r->vmax, true);
+				printf(",\"floor_min\":");
+				json_num(r->fmin, true);
+				printf(",\"floor_max\":");
+				json_num(r->fmax, true);
+			}
+			printf(",\"status\":\"%s\"", r->na ? "n/a" : r->err[0] ? "error" : "ok");
+			if (!ok) {
+				printf(",\"reason\":");
+				json_str(r->na ? r->na : r->err);
+			}
+			printf("}\n");
+		}
+		return;
+	}
+	for (k = 0; k < 6; k++)
+		w[k] = strlen(head[k]);
+	for (i = 0; i < b->nrows; i++) {
+		struct row *r = &b->rows[i];
+
+		snprintf(cell[i][0], sizeof(cell[i][0]), "%s", r->figure);
+		snprintf(cell[i][2], sizeof(cell[i][2]), "%s", r->floor ? r->floor : "-");
+		if (r->na || r->err[0]) {
+			if (r->na)
+				snprintf(cell[i][1], sizeof(cell[i][1]), "n/a (%s)", r->na);
+			else
+				snprintf(cell[i][1], sizeof(cell[i][1]), "error: %s", r->err);
+			snprintf(cell[i][3], sizeof(cell[i][3]), "-");
+			snprintf(cell[i][4], sizeof(cell[i][4]), "-");
+			snprintf(cell[i][5], sizeof(cell[i][5]), "-");
+		} else {
+			char lo[32], hi[32];
+
+			fmt_value(cell[i][1], sizeof(cell[i][1]), r->value, r->unit);
+			fmt_value(cell[i][3], sizeof(cell[i][3]), r->floor_value, r->unit);
+			snprintf(cell[i][4], sizeof(cell[i][4]), "%.2f", r->ratio);
+			fmt_num(lo, sizeof(lo), r->vmin, r->unit);
+			fmt_num(hi, sizeof(hi), r->vmax, r->unit);
+			snprintf(cell[i][5], sizeof(cell[i][5]), r->has_range ? "%s-%s" : "-", lo,
+				 hi);
+		}
+		for (k = 0; k < 6; k++)
+			if (strlen(cell[i][k]) > w[k])
+				w[k] = strlen(cell[i][k]);
+	}
+	printf("%-*s  %*s  %-*s  %*s  %*s  %s\n", (int)w[0], head[0], (int)w[1], head[1], (int)w[2],
+	       head[2], (int)w[3], head[3], (int)w[4], head[4], head[5]);
+	for (i = 0; i < b->nrows; i++)
+		printf("%-*s  %*s  %-*s  %*s  %*s  %s\n", (int)w[0], cell[i][0], (int)w[1],
+		       cell[i][1], (int)w[2], cell[i][2], (int)w[3], cell[i][3], (int)w[4],
+		       cell[i][4], cell[i][5]);
+}
+
+/* ---------------------------------------------------------------------------
+ * The command.
+ */
+static void bench_usage(FILE *f)
+{
+	fprintf(f, "usage: uhmm bench [--size MiB] [--quick] [--json] [--unpinned]\n"
+		   "  Measures each figure beside its floor in the same run and prints the ratio\n"
+		   "  of their times: CPU fault-back vs a raw userfaultfd round trip, sweeps over\n"
+		   "  device-resident memory vs the kernel's first-touch fault, bulk migration vs\n"
+		   "  memcpy, 2 toucher threads vs 1, the demo workload vs explicit copies.\n"
+		   "  --size MiB  memory per figure (default 256; 32 with --quick)\n"
+		   "  --quick     small sizes, fewer repetitions and samples: a few seconds\n"
+		   "  --json      one JSON object per row, after a header object\n"
+		   "  --unpinned  let the scheduler place every thread (default: all on one\n"
+		   "              CPU, but the touchers of the 2-thread figure)\n"
+		   "  Exits 77 when userfaultfd or migration to a device is unavailable.\n");
+}
+
+int cmd_bench(int argc, char **argv)
+{
+	static const struct option lo[] = {
+		{ "size", required_argument, 0, 's' }, { "quick", no_argument, 0, 'q' },
+		{ "json", no_argument, 0, 'j' },       { "unpinned", no_argument, 0, 'u' },
+		{ "help", no_argument, 0, 'h' },       { 0, 0, 0, 0 }
+	};
+	struct bench b = { .raw = { .uffd = -1, .stopfd = -1 }, .pinned = true };
+	unsigned long mib = 0;
+	bool quick = false;
+	char why[160], *end;
+	int c, ret, status = 0;
+
+	optind = 1;
+	while ((c = getopt_long(argc, argv, "s:qjuh", lo, NULL)) != -1) {
+		switch (c) {
+		case 's':
+			errno = 0;
+			mib = strtoul(optarg, &end, 0);
+			if (errno || *end || !mib || mib > (1UL << 20)) {
+				fprintf(stderr, "uhmm bench: --size wants MiB, 1 or more: '%s'\n",
+					optarg);
+				bench_usage(stderr);
+				return 2;
+			}
+			break;
+		case 'q':
+			quick = true;
+			break;
+		case 'j':
+			b.json = true;
+			break;
+		case 'u':
+			b.pinned = false;
+			break;
+		case 'h':
+			bench_usage(stdout);
+			return 0;
+		default:
+			bench_usage(stderr);
+			return 2;
+		}
+	}
+	if (optind < argc) {
+		fprintf(stderr, "uhmm bench: unexpected argument '%s'\n", argv[optind]);
+		bench_usage(stderr);
+		return 2;
+	}
+	b.mib = mib ? mib : quick ? 32 : 256;
+	b.len = b.mib << 20;
+	b.npages = b.len / PAGE;
+	b.reps = quick ? 3 : 5;
+	b.samples = quick ? 900 : 5000;
+	b.progress = isatty(STDERR_FILENO);
+	b.nsteps = 5;
+
+	/*
+	 * On a VM, a wake-up that crosses to a halted vCPU costs tens of
+	 * microseconds, and whether the scheduler puts the fault service beside
+	 * the toucher changes from one second to the next: unpinned figures and
+	 * floors each land in either mode, and their ratio means little. Pinned
+	 * before uhmm_open, so that every thread created from now on inherits it.
+	 */
+	if (sched_getaffinity(0, sizeof(b.all), &b.all)) {
+		CPU_ZERO(&b.all);
+		b.pinned = false;
+	}
+	if (b.pinned) {
+		CPU_ZERO(&b.one);
+		CPU_SET(first_cpu(&b.all), &b.one);
+		if (sched_setaffinity(0, sizeof(b.one), &b.one))
+			b.pinned = false;
+	}
+	ret = uhmm_open(&b.h, NULL);
+	if (ret) {
+		fprintf(stderr, "uhmm bench: skipped: %s\n", uhmm_strerror(ret));
+		return EXIT_SKIP;
+	}
+	ret = uhmm_can_migrate(b.h);
+	if (ret) {
+		fprintf(stderr, "uhmm bench: skipped: %s\n", uhmm_strerror(ret));
+		uhmm_close(b.h);
+		return EXIT_SKIP;
+	}
+	ret = raw_open(&b.raw, why, sizeof(why));
+	if (ret) {
+		fprintf(stderr, "uhmm bench: skipped: %s\n", why);
+		raw_close(&b.raw);
+		uhmm_close(b.h);
+		return EXIT_SKIP;
+	}
+	b.kernel_faults = uhmm_features(b.h) & UHMM_FEAT_KERNEL_FAULTS;
+	b.mode = uhmm_fault_mode(b.h) == UHMM_FAULT_SIGNAL ? "signal" : "thread";
+	/* Room for every page of a figure, and the one page of the latency figure. */
+	UHMM_OPTS(uhmm_sim_opts, so, .npages = b.npages + 64, .name = "bench");
+	ret = uhmm_sim_create(b.h, &so, &b.sim);
+	if (ret) {
+		fprintf(stderr, "uhmm bench: sim device of %lu MiB: %s\n", b.mib,
+			uhmm_strerror(ret));
+		raw_close(&b.raw);
+		uhmm_close(b.h);
+		return 1;
+	}
+	b.dm = uhmm_sim_devmem(b.sim);
+
+	print_header(&b);
+	fflush(stdout);
+	bench_latency(&b);
+	bench_sweeps(&b);
+	bench_bulk(&b);
+	bench_threads(&b);
+	bench_demo(&b);
+	row_add(&b, "device_kernel_stream", "device kernel streaming, device-resident", "GB/s",
+		"memcpy")
+		->na = "needs device kernels";
+	if (b.progress)
+		fprintf(stderr, "\r\033[K");
+	print_rows(&b);
+	for (int i = 0; i < b.nrows; i++)
+		if (b.rows[i].err[0])
+			status = 1;
+
+	uhmm_sim_destroy(b.sim);
+	raw_close(&b.raw);
+	uhmm_close(b.h);
+	return status;
+}
