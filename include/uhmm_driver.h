@@ -72,6 +72,21 @@ struct uhmm_fault {
 	int write;
 };
 
+/**
+ * uhmm_fault_window() - how many pages a driver's migrate_to_ram should try to
+ * bring home, starting at vmf->address (the faulting page first).
+ * @vmf: the fault.
+ *
+ * 1 while faults look random; while they follow one another (a stream: each
+ * fault lands where the previous window ended) the window doubles, up to
+ * UHMM_MIGRATE_MAX_PAGES (2 MiB), so that a sweep pays one fault per window
+ * and random access pays nothing for the detection. Never crosses a 2 MiB
+ * boundary. Pages of the window that are not on the device are simply not
+ * collected by uhmm_migrate_setup(). Async-signal-safe.
+ * Return: the window in pages, at least 1.
+ */
+UHMM_API unsigned long uhmm_fault_window(const struct uhmm_fault *vmf);
+
 /*
  * struct uhmm_devmem_ops - what a driver tells the core about its memory.
  * One static const table per driver, with .abi = UHMM_DEVMEM_OPS_ABI.
@@ -435,6 +450,118 @@ UHMM_API bool uhmm_interval_read_retry(struct uhmm_interval_notifier *n, uint64_
 
 /** uhmm_interval_set_seq() - from invalidate, under the driver lock: publish @cur_seq. */
 UHMM_API void uhmm_interval_set_seq(struct uhmm_interval_notifier *n, uint64_t cur_seq);
+
+/* --- Mirroring the CPU side (the kernel's hmm_range_fault) --- */
+
+/*
+ * Entries of uhmm_range.pfns[]: flags in the top byte, an address below.
+ *
+ * Input: what the device needs of the page. The request of page i is
+ * (pfns[i] & pfn_flags_mask) | default_flags: 0 only snapshots the page;
+ * UHMM_PFN_REQ_FAULT makes it present (the result must be VALID or the call
+ * fails); with UHMM_PFN_REQ_WRITE as well it must be VALID|WRITE.
+ *
+ * Output: what the page is. VALID and WRITE as the device may use it without
+ * a fault; for a VALID entry the bits below the flags hold the page's CPU
+ * address (uhmm_pfn_to_addr) or, with DEVICE_PRIVATE, its struct uhmm_page
+ * (uhmm_pfn_to_page). An entry without VALID means "nothing the device may
+ * map": test VALID rather than comparing with 0, because the informational
+ * bits (MANAGED, DEVICE_REMOTE) may be set on it.
+ */
+#define UHMM_PFN_VALID (1ULL << 63) /* present, at least readable */
+#define UHMM_PFN_WRITE (1ULL << 62) /* writable without a fault (not the zero page, not COW) */
+#define UHMM_PFN_ERROR (1ULL << 61) /* no mapping or PROT_NONE: no access is possible */
+#define UHMM_PFN_ZERO (1ULL << 60)  /* with VALID: the shared zero page (never WRITE) */
+/* With VALID: a device page of dev_private_owner, never faulted; WRITE follows the mapping. */
+#define UHMM_PFN_DEVICE_PRIVATE (1ULL << 59)
+/* Without VALID: a device page of another owner that was not faulted (snapshot only). */
+#define UHMM_PFN_DEVICE_REMOTE (1ULL << 58)
+/* The page is managed memory: uhmm reports its changes and may migrate it. */
+#define UHMM_PFN_MANAGED (1ULL << 57)
+#define UHMM_PFN_FLAGS (0xffULL << 56)
+#define UHMM_PFN_REQ_FAULT UHMM_PFN_VALID
+#define UHMM_PFN_REQ_WRITE UHMM_PFN_WRITE
+
+/*
+ * struct uhmm_range - one call of uhmm_range_fault() (the kernel's hmm_range).
+ * @notifier:          an inserted interval notifier covering the range; its
+ *                     handle is the address space walked.
+ * @notifier_seq:      from uhmm_interval_read_begin(@notifier).
+ * @start, @end:       page-aligned CPU addresses, @end exclusive. The range
+ *                     need not be managed: unmanaged memory (shared, file,
+ *                     another library's) is mirrored too, it only cannot
+ *                     migrate and uhmm sees no events for it.
+ * @pfns:              (end - start) / UHMM_PAGE_SIZE entries, input and output.
+ * @default_flags:     UHMM_PFN_REQ_* asked of every page.
+ * @pfn_flags_mask:    which bits of each pfns[i] add to the request.
+ * @dev_private_owner: the caller's owner cookie: its own device pages are
+ *                     reported (DEVICE_PRIVATE), never faulted.
+ */
+struct uhmm_range {
+	struct uhmm_interval_notifier *notifier;
+	uint64_t notifier_seq;
+	uintptr_t start;
+	uintptr_t end;
+	uint64_t *pfns;
+	uint64_t default_flags;
+	uint64_t pfn_flags_mask;
+	void *dev_private_owner;
+};
+
+/**
+ * uhmm_range_fault() - snapshot, and fault in where asked, the CPU side of a range.
+ * @range: the range; pfns[] is overwritten with the result.
+ *
+ * For each page reports whether it is present (VALID), writable by the device
+ * without a fault (WRITE), the shared zero page (ZERO), a device page of
+ * dev_private_owner (DEVICE_PRIVATE: reported, never faulted), a device page of
+ * another owner (faulted home when a fault is requested; otherwise
+ * DEVICE_REMOTE without VALID), or not accessible at all (ERROR: no mapping or
+ * PROT_NONE). Pages whose request asks for a fault are made present (and
+ * writable) on the device's behalf by the calling thread: a read or a
+ * copy-on-write breaking write, through madvise(MADV_POPULATE_*) where the
+ * kernel serves it and a user-mode touch otherwise, so a device page of another
+ * owner comes home through its driver's migrate_to_ram. Permissions are read
+ * from the kernel on every call (PROCMAP_QUERY on /proc/self/maps, or the file
+ * itself on kernels before 6.11): mprotect(2) raises no event, and a device
+ * must not write where the CPU may not.
+ *
+ * The result is trustworthy only under the driver's lock after
+ * uhmm_interval_read_retry(@notifier, @notifier_seq) said false; this is the
+ * kernel's loop: read_begin, range_fault (retry on -EBUSY), lock, read_retry
+ * (retry when true), program the device, unlock. Not async-signal-safe; must
+ * not be called from the fault path (migrate_to_ram, page_free, invalidate).
+ *
+ * Return: 0, or
+ * -EINVAL  NULL @range, @pfns or notifier, a notifier not inserted, an
+ *          unaligned, empty or overflowing range;
+ * -EFAULT  a fault was asked for a page with no mapping, a PROT_NONE mapping,
+ *          a poisoned page (its device failed), or one the kernel refused to
+ *          fault in (SIGBUS: e.g. beyond the end of a file);
+ * -EPERM   a write was asked for a page of a read-only mapping;
+ * -EBUSY   @notifier was invalidated since @notifier_seq (also when faulting
+ *          brought a device page home): start again from read_begin;
+ * -EDEADLK called from the fault service thread, which would wait for itself;
+ * -ENOMEM, -EMFILE, -EACCES  /proc/self/maps or /proc/self/pagemap cannot be
+ *          opened (procfs is needed to read permissions).
+ */
+UHMM_API int uhmm_range_fault(struct uhmm_range *range);
+
+/* The device page of a VALID|DEVICE_PRIVATE entry, or NULL. */
+static inline struct uhmm_page *uhmm_pfn_to_page(uint64_t e)
+{
+	return (e & UHMM_PFN_VALID) && (e & UHMM_PFN_DEVICE_PRIVATE) ?
+		       (struct uhmm_page *)(uintptr_t)(e & ~UHMM_PFN_FLAGS) :
+		       NULL;
+}
+
+/* The CPU address of a VALID entry that is not DEVICE_PRIVATE, or 0. */
+static inline uintptr_t uhmm_pfn_to_addr(uint64_t e)
+{
+	return (e & UHMM_PFN_VALID) && !(e & UHMM_PFN_DEVICE_PRIVATE) ?
+		       (uintptr_t)(e & ~UHMM_PFN_FLAGS) :
+		       0;
+}
 
 #ifdef __cplusplus
 }

@@ -88,6 +88,41 @@ static void zero_around(struct uhmm *h, struct range *r, uintptr_t addr)
 	}
 }
 
+unsigned long uhmm_fault_window(const struct uhmm_fault *vmf)
+{
+	struct uhmm *h;
+	uintptr_t addr;
+	unsigned long room, w;
+	unsigned i;
+
+	if (!vmf || !vmf->h)
+		return 1;
+	h = vmf->h;
+	addr = vmf->address & PAGE_MASK;
+	room = (CHUNK_SIZE - (addr & (CHUNK_SIZE - 1))) >> PAGE_SHIFT;
+	for (i = 0; i < sizeof(h->streams) / sizeof(h->streams[0]); i++) {
+		uintptr_t next = addr;
+
+		/* Claim the stream that expected this fault (races just lose a hit). */
+		if (atomic_load(&h->streams[i].next) != addr)
+			continue;
+		w = atomic_load(&h->streams[i].window) * 2;
+		if (w > CHUNK_PAGES)
+			w = CHUNK_PAGES;
+		atomic_store(&h->streams[i].window, w);
+		if (w > room)
+			w = room;
+		if (atomic_compare_exchange_strong(&h->streams[i].next, &next,
+						   addr + (w << PAGE_SHIFT)))
+			return w;
+	}
+	/* A new stream, maybe: remember where its next fault would be. */
+	i = atomic_fetch_add(&h->stream_victim, 1) % (sizeof(h->streams) / sizeof(h->streams[0]));
+	atomic_store(&h->streams[i].window, 1);
+	atomic_store(&h->streams[i].next, addr + PAGE_SIZE);
+	return 1;
+}
+
 /* Ask the holder of a locked page to kick the service threads when it unlocks. */
 static bool set_waiters(_Atomic uint64_t *w)
 {

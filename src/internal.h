@@ -174,6 +174,13 @@ struct uhmm {
 
 	struct uhmm *next_open; /* the list of open handles, for fork */
 	atomic_int remaps_pending; /* remap events read and not yet handled */
+
+	/* Fault streams, for uhmm_fault_window (fault.c). */
+	struct {
+		_Atomic uintptr_t next;  /* where the stream's next fault would land */
+		atomic_ulong window;     /* its window, before clipping */
+	} streams[16];
+	atomic_uint stream_victim;
 	atomic_int refs; /* the user's + one per device memory region */
 	atomic_int closed;
 

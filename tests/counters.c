@@ -247,9 +247,13 @@ TEST(handle_stats_count_faults_and_migrations)
 	CHECK_EQ(s.faults - s0.faults, 0);
 	CHECK_EQ(s.pages_home - s0.pages_home, 0);
 
-	/* Ten CPU touches of device pages, and one of an empty page now on the device. */
+	/*
+	 * Ten CPU touches of device pages, and one of an empty page now on the
+	 * device. In reverse order: a forward sweep would bring neighbours home
+	 * with each fault (uhmm_fault_window; tests/faultaround.c).
+	 */
 	s0 = hstats(h);
-	for (i = 0; i < 10; i++)
+	for (i = 10; i-- > 0;)
 		touch_read(buf + i * PAGE);
 	touch_read(buf + 40 * PAGE);
 	s = hstats(h);

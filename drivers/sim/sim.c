@@ -99,37 +99,49 @@ static int sim_copy_from_device(struct uhmm_devmem *dm, void *const *dst,
 
 /*
  * The CPU touched one of our pages: the kernel driver's pattern, in user
- * space. Collect the page (the core holds its lock), copy it into the
- * system buffer, commit. If another migration moved it first, nothing is
- * collected and the access simply restarts.
+ * space. Collect the page (the core holds its lock) and, while faults look
+ * sequential, the pages after it (uhmm_fault_window); copy them into the
+ * system buffers; commit. If another migration moved the page first, nothing
+ * is collected and the access simply restarts.
  */
 static int sim_migrate_to_ram(struct uhmm_fault *vmf)
 {
 	struct uhmm_devmem *dm = vmf->page->devmem;
 	struct uhmm_sim *sim = uhmm_devmem_driver_data(dm);
-	uint64_t src[1], dst[1];
+	uint64_t src[UHMM_MIGRATE_MAX_PAGES], dst[UHMM_MIGRATE_MAX_PAGES];
+	unsigned long n = uhmm_fault_window(vmf);
 	struct uhmm_migrate a = {
 		.h = vmf->h,
 		.start = vmf->address,
-		.end = vmf->address + SIM_PAGE,
+		.end = vmf->address + n * SIM_PAGE,
 		.src = src,
 		.dst = dst,
 		.pgmap_owner = sim,
 		.flags = UHMM_MIGRATE_SELECT_DEVICE_PRIVATE,
 		.fault_page = vmf->page,
 	};
-	int ret;
+	int ret = 0;
 
 	atomic_fetch_add_explicit(&sim->faults, 1, memory_order_relaxed);
-	ret = uhmm_migrate_setup(&a);
-	if (ret)
-		return ret;
-	if (src[0] & UHMM_MIGRATE_MIGRATE) {
-		void *buf = uhmm_migrate_sysbuf(&a, 0);
-		struct uhmm_page *page = uhmm_migrate_entry_page(src[0]);
+	/* The window may run past the managed range: then the page alone. */
+	if (uhmm_migrate_setup(&a)) {
+		a.end = vmf->address + SIM_PAGE;
+		ret = uhmm_migrate_setup(&a);
+		if (ret)
+			return ret;
+	}
+	for (unsigned long i = 0; i < a.npages; i++) {
+		struct uhmm_page *page = uhmm_migrate_entry_page(src[i]);
+		void *buf = uhmm_migrate_sysbuf(&a, i);
+		int err;
 
-		ret = sim_copy_from_device(dm, &buf, &page, 1);
-		dst[0] = ret ? 0 : UHMM_MIGRATE_VALID;
+		if (!(src[i] & UHMM_MIGRATE_MIGRATE) || !page)
+			continue;
+		err = sim_copy_from_device(dm, &buf, &page, 1);
+		dst[i] = err ? 0 : UHMM_MIGRATE_VALID;
+		/* Only the touched page's failure is the fault's; neighbours stay put. */
+		if (err && page == vmf->page)
+			ret = err;
 	}
 	uhmm_migrate_pages(&a);
 	uhmm_migrate_finalize(&a);

@@ -1,0 +1,109 @@
+/* faultaround.c - fault-back windows: sequential sweeps bring neighbours home, random access does not. */
+#include "harness.h"
+
+#define NPAGES 1024 /* 4 MiB: two 2 MiB windows' worth */
+
+struct fx {
+	struct uhmm *h;
+	struct uhmm_sim *sim;
+	char *buf;
+};
+
+static void fx_setup(struct fx *f)
+{
+	void *p;
+
+	f->h = uhmm_test_open_migrating();
+	f->sim = uhmm_test_sim(f->h, NPAGES);
+	/* 2 MiB aligned, so the window arithmetic below is exact. */
+	CHECK_EQ(uhmm_alloc(f->h, NPAGES * PAGE + 2 * MiB, &p), 0);
+	f->buf = (char *)(((uintptr_t)p + 2 * MiB - 1) & ~(uintptr_t)(2 * MiB - 1));
+	for (size_t i = 0; i < NPAGES; i++)
+		memset(f->buf + i * PAGE, (int)(i * 13 + 1), PAGE);
+	CHECK_EQ(uhmm_migrate_to_device(uhmm_sim_devmem(f->sim), f->buf, NPAGES * PAGE), NPAGES);
+}
+
+static void fx_teardown(struct fx *f)
+{
+	CHECK_EQ(uhmm_sim_destroy(f->sim), 0);
+	uhmm_close(f->h);
+}
+
+static void check_page(struct fx *f, size_t i)
+{
+	char exp[PAGE];
+
+	memset(exp, (int)(i * 13 + 1), PAGE);
+	CHECK_MEM(f->buf + i * PAGE, exp, PAGE);
+}
+
+TEST(sequential_sweep_doubles_the_window_up_to_2mib)
+{
+	struct fx f;
+	struct uhmm_stats s0, s;
+
+	fx_setup(&f);
+	s0 = hstats(f.h);
+	for (size_t i = 0; i < NPAGES; i++)
+		check_page(&f, i);
+	s = hstats(f.h);
+	/*
+	 * Windows 1, 2, 4, ..., 256 cover 511 pages of the first 2 MiB, then
+	 * one page to its boundary; the next 2 MiB: 512 (the stream continues).
+	 */
+	CHECK_EQ(s.pages_home - s0.pages_home, NPAGES);
+	CHECK_EQ(s.faults_device - s0.faults_device, 11);
+	CHECK_EQ(dmstats(uhmm_sim_devmem(f.sim)).in_use, 0);
+	fx_teardown(&f);
+}
+
+TEST(random_touches_bring_one_page_each)
+{
+	struct fx f;
+	struct uhmm_stats s0, s;
+	struct prng rng;
+	size_t *perm;
+
+	fx_setup(&f);
+	prng_init(&rng, 0xfa017, "random order");
+	perm = prng_perm(&rng, NPAGES);
+	s0 = hstats(f.h);
+	for (size_t k = 0; k < NPAGES; k++) {
+		/* One page home per fault, unless this touch followed the last one's page. */
+		check_page(&f, perm[k]);
+	}
+	s = hstats(f.h);
+	CHECK_EQ(s.pages_home - s0.pages_home, NPAGES);
+	CHECK_GE(s.faults_device - s0.faults_device, NPAGES * 9 / 10);
+	free(perm);
+	fx_teardown(&f);
+}
+
+TEST(a_single_touch_brings_one_page)
+{
+	struct fx f;
+	struct uhmm_stats s0, s;
+
+	fx_setup(&f);
+	s0 = hstats(f.h);
+	check_page(&f, 300);
+	s = hstats(f.h);
+	CHECK_EQ(s.pages_home - s0.pages_home, 1);
+	CHECK_EQ(dmstats(uhmm_sim_devmem(f.sim)).in_use, NPAGES - 1);
+	CHECK_EQ(uhmm_page_state(f.h, f.buf + 301 * PAGE), UHMM_PAGE_DEVICE);
+	fx_teardown(&f);
+}
+
+TEST(window_stops_at_pages_not_on_the_device)
+{
+	struct fx f;
+
+	fx_setup(&f);
+	/* Bring page 5 home, then sweep 0..9: the window skips what is home. */
+	check_page(&f, 5);
+	for (size_t i = 0; i < 10; i++)
+		check_page(&f, i);
+	for (size_t i = 0; i < 10; i++)
+		CHECK_EQ(uhmm_page_state(f.h, f.buf + i * PAGE), UHMM_PAGE_SYSTEM);
+	fx_teardown(&f);
+}
