@@ -8,6 +8,7 @@
  */
 #include <errno.h>
 #include <poll.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <signal.h>
 #include <string.h>
@@ -145,6 +146,23 @@ static bool set_waiters(_Atomic uint64_t *w)
  * page is poisoned and its marker is in place (the access gets SIGBUS),
  * -ENOENT when no range covers the address (yet).
  */
+/*
+ * Wait until every unmap/remove/remap event the kernel has delivered is
+ * handled. The thread that caused one is released when the service thread
+ * reads it, before the page states are updated; a fault, migration or query
+ * by that thread right after must not see the states from before (a
+ * discarded page's device data, a poison the discard cleared). Never in the
+ * service thread (it handles them in order) and never while holding a page
+ * lock (an event may wait for it). Async-signal-safe.
+ */
+void uhmm__events_settle(struct uhmm *h)
+{
+	if (uhmm__in_svc)
+		return;
+	while (atomic_load(&h->reading) || atomic_load(&h->events_pending))
+		sched_yield();
+}
+
 int uhmm__serve(struct uhmm *h, uintptr_t addr, bool write, bool block)
 {
 	_Atomic uint64_t *w;
@@ -159,6 +177,8 @@ int uhmm__serve(struct uhmm *h, uintptr_t addr, bool write, bool block)
 		return -ENOENT;
 	}
 	w = uhmm__word(r, addr);
+	if (block)
+		uhmm__events_settle(h);
 again:
 	if (block)
 		v = uhmm__lock(w);
@@ -229,7 +249,12 @@ again:
 		ret = 0;
 	}
 	uhmm__unlock(w, nv);
-	if (!ret)
+	/*
+	 * Thread mode: the toucher sleeps in the kernel until woken. Signal
+	 * mode: the toucher is this thread, and any other thread that faulted
+	 * on the page serves itself; nobody sleeps, nothing to wake.
+	 */
+	if (!ret && !block)
 		uhmm__uffd_wake(h->uffd, addr, PAGE_SIZE);
 	uhmm__rd_exit(h);
 	return ret;
@@ -490,6 +515,8 @@ static bool work_run(struct uhmm *h, struct work *q, size_t *n)
 					remaps--;
 					atomic_fetch_sub(&h->remaps_pending, 1);
 				}
+				if (wk->type != WK_FAULT)
+					atomic_fetch_sub(&h->events_pending, 1);
 				continue;
 			}
 			if (wk->type != WK_FAULT)
@@ -531,6 +558,8 @@ static void work_add(struct uhmm *h, struct work *q, size_t *n, const struct uff
 	default:
 		return;
 	}
+	if (wk.type != WK_FAULT)
+		atomic_fetch_add(&h->events_pending, 1);
 	q[(*n)++] = wk;
 }
 
@@ -569,12 +598,16 @@ static void *svc_main(void *arg)
 		pthread_mutex_unlock(&h->sync_lock);
 
 		while (nq + 64 <= MAX_WORK) {
-			ssize_t got = read(h->uffd, msgs, sizeof(msgs));
+			ssize_t got;
 
+			/* An event's thread runs again inside read(): flag it before. */
+			atomic_store(&h->reading, 1);
+			got = read(h->uffd, msgs, sizeof(msgs));
+			for (size_t i = 0; got > 0 && i < (size_t)got / sizeof(msgs[0]); i++)
+				work_add(h, q, &nq, &msgs[i]);
+			atomic_store(&h->reading, 0);
 			if (got <= 0)
 				break;
-			for (size_t i = 0; i < (size_t)got / sizeof(msgs[0]); i++)
-				work_add(h, q, &nq, &msgs[i]);
 		}
 		events_left = work_run(h, q, &nq);
 

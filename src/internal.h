@@ -174,6 +174,8 @@ struct uhmm {
 
 	struct uhmm *next_open; /* the list of open handles, for fork */
 	atomic_int remaps_pending; /* remap events read and not yet handled */
+	atomic_int events_pending; /* unmap/remove/remap events read and not yet handled */
+	atomic_int reading;        /* the service thread is inside read(2) of the uffd */
 
 	/* Fault streams, for uhmm_fault_window (fault.c). */
 	struct {
@@ -238,6 +240,7 @@ void uhmm__pool_put(struct pool *p, char *chunk);
 
 /* fault.c */
 int uhmm__serve(struct uhmm *h, uintptr_t addr, bool write, bool block);
+void uhmm__events_settle(struct uhmm *h);
 int uhmm__svc_start(struct uhmm *h);
 void uhmm__svc_stop(struct uhmm *h);
 int uhmm__sync(struct uhmm *h);

@@ -148,6 +148,9 @@ int uhmm_migrate_setup(struct uhmm_migrate *a)
 		return -EINVAL; /* the fault path only brings pages home */
 	if (sys && uhmm_can_migrate(h))
 		return -EOPNOTSUPP;
+	/* See the events that already happened (a discard) before choosing pages. */
+	if (!a->fault_page)
+		uhmm__events_settle(h);
 	only = (struct uhmm_devmem *)a->priv[P_ONLY];
 	for (i = 0; i < P_ONLY; i++)
 		a->priv[i] = 0;

@@ -874,6 +874,7 @@ int uhmm_page_state(struct uhmm *h, const void *addr)
 
 	if (!h)
 		return -EINVAL;
+	uhmm__events_settle(h);
 	uhmm__rd_enter(h);
 	r = uhmm__lookup(h, a);
 	if (!r) {

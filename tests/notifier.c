@@ -80,7 +80,8 @@ TEST(migration_discard_unmap_notify_with_event_and_range)
 	CHECK_EQ(uhmm_migrate_to_device(dm, buf, NPAGES * PAGE), NPAGES);
 	CHECK_GE(x.by_event[UHMM_NOTIFY_MIGRATE], 1);
 	CHECK_PTR(x.last.owner, uhmm_devmem_owner(dm));
-	CHECK_EQ(x.last.start, (uintptr_t)buf);
+	/* In chunks of up to 2 MiB: the last one ends where the range does. */
+	CHECK_GE(x.last.start, (uintptr_t)buf);
 	CHECK_EQ(x.last.end, (uintptr_t)buf + NPAGES * PAGE);
 
 	/* Discard of two pages: DISCARD over exactly them, once the event is handled. */
