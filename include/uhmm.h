@@ -252,8 +252,8 @@ UHMM_API int uhmm_free(struct uhmm *h, void *addr, size_t len);
  *
  * Every device page of the range, whatever its device, is copied home. A page
  * whose device fails to return it becomes poisoned (SIGBUS on touch) and is
- * not counted. Pages locked by a concurrent migration are skipped, as the
- * kernel skips pages it cannot lock.
+ * not counted. Pages locked by a fault or a concurrent migration are retried
+ * a few times, then skipped, as the kernel skips pages it cannot lock.
  *
  * Return: number of pages moved home, or
  * -EINVAL  NULL handle, unaligned, zero-length or overflowing range;

@@ -348,7 +348,8 @@ static inline uint64_t uhmm_migrate_dst_device(struct uhmm_page *page)
  *
  * The whole three-step migration, in chunks, with the driver's copy_to_device.
  * Empty pages get a zeroed device page without a CPU copy. Pages that are busy
- * (locked by a concurrent migration) are skipped; pages shared with a forked
+ * (locked by a fault or a concurrent migration) are retried a few times, then
+ * skipped; pages shared with a forked
  * child are made exclusive and retried; pages already on a device stay there.
  * Stops early, keeping what moved, when the region is full.
  *

@@ -480,6 +480,8 @@ static int work_try(struct uhmm *h, struct work *wk, bool remap_pending)
 		 * still to come, or registered memory uhmm does not track (the
 		 * grown tail of an mremap). After a while it is an ordinary hole.
 		 */
+		if (!wk->since.tv_sec && !wk->since.tv_nsec)
+			clock_gettime(CLOCK_MONOTONIC, &wk->since);
 		if (remap_pending || ms_since(&wk->since) < UNKNOWN_MS)
 			return -EAGAIN;
 		if (uhmm__uffd_zeropage(h->uffd, wk->a, PAGE_SIZE, true) == -EAGAIN)
@@ -540,8 +542,7 @@ static void work_add(struct uhmm *h, struct work *q, size_t *n, const struct uff
 		wk.type = WK_FAULT;
 		wk.a = m->arg.pagefault.address & PAGE_MASK;
 		wk.write = m->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WRITE;
-		clock_gettime(CLOCK_MONOTONIC, &wk.since);
-		break;
+		break; /* wk.since is set when the address turns out unknown */
 	case UFFD_EVENT_REMOVE:
 	case UFFD_EVENT_UNMAP:
 		wk.type = m->event == UFFD_EVENT_REMOVE ? WK_REMOVE : WK_UNMAP;

@@ -414,64 +414,130 @@ static unsigned long count_done(const struct uhmm_migrate *a)
 	return k;
 }
 
-/* One chunk to the device; returns pages moved or -errno. */
-static int chunk_to_device(struct uhmm_devmem *dm, uintptr_t s, uintptr_t e, bool *full)
+/*
+ * The helpers retry pages that were busy (a fault being served, another
+ * migration) a few times before leaving them, so that a thread that touched
+ * a page and then migrates it does not find it still locked by its own
+ * fault. A retry covers only the pages that were busy: a page moves at most
+ * once per call, whatever other threads do meanwhile.
+ */
+#define BUSY_PASSES 8
+
+enum { R_SKIP, R_TRY, R_BUSY, R_SHARED };
+
+/* After one pass over [s, s + npages): which pages to try again. */
+static void note_busy(const struct uhmm_migrate *a, unsigned long off, unsigned char *rt)
 {
+	for (unsigned long i = 0; i < a->npages; i++) {
+		uint64_t v = a->src[i];
+
+		if ((v & (S_HELD | S_SHARED)) == S_SHARED)
+			rt[off + i] = R_SHARED;
+		else if (v == UHMM_MIGRATE_BUSY)
+			rt[off + i] = R_BUSY;
+		else
+			rt[off + i] = R_SKIP;
+	}
+}
+
+typedef int (*pass_fn)(void *ctx, uintptr_t s, uintptr_t e, unsigned long off, unsigned char *rt);
+
+/* Run @fn over the chunk, then over runs of its busy pages, up to BUSY_PASSES times. */
+static int with_retries(void *ctx, uintptr_t s, uintptr_t e, int passes, pass_fn fn)
+{
+	unsigned char rt[CHUNK_PAGES];
+	unsigned long n = (e - s) >> PAGE_SHIFT, i, j;
+	int total = 0;
+
+	for (i = 0; i < n; i++)
+		rt[i] = R_TRY;
+	for (int pass = 0; pass < passes; pass++) {
+		bool again = false;
+
+		for (i = 0; i < n; i = j) {
+			int ret;
+
+			for (; i < n && rt[i] != R_TRY; i++)
+				;
+			for (j = i; j < n && rt[j] == R_TRY; j++)
+				;
+			if (i == j)
+				break;
+			ret = fn(ctx, s + (i << PAGE_SHIFT), s + (j << PAGE_SHIFT), i, rt);
+			if (ret < 0)
+				return total ? total : ret;
+			total += ret;
+		}
+		for (i = 0; i < n; i++) {
+			if (rt[i] == R_SHARED)
+				/* Break copy-on-write sharing with a forked child; no lock is held. */
+				madvise((void *)(s + (i << PAGE_SHIFT)), PAGE_SIZE, MADV_POPULATE_WRITE);
+			if (rt[i] == R_SHARED || rt[i] == R_BUSY) {
+				rt[i] = R_TRY;
+				again = true;
+			}
+		}
+		if (!again)
+			break;
+		sched_yield();
+	}
+	return total;
+}
+
+struct to_device {
+	struct uhmm_devmem *dm;
+	bool full;
+};
+
+/* One pass of [s, e) to the device; returns pages moved or -errno. */
+static int pass_to_device(void *ctx, uintptr_t s, uintptr_t e, unsigned long off, unsigned char *rt)
+{
+	struct to_device *td = ctx;
+	struct uhmm_devmem *dm = td->dm;
 	uint64_t src[CHUNK_PAGES], dst[CHUNK_PAGES];
 	struct uhmm_page *pages[CHUNK_PAGES];
 	const void *data[CHUNK_PAGES];
 	unsigned long idx[CHUNK_PAGES];
-	int moved = 0;
+	struct uhmm_migrate a = { .h = dm->h, .start = s, .end = e, .src = src, .dst = dst,
+				  .pgmap_owner = dm->owner, .flags = UHMM_MIGRATE_SELECT_SYSTEM };
+	unsigned long m = 0, i;
+	int ret;
 
-	for (int pass = 0; pass < 2; pass++) {
-		struct uhmm_migrate a = { .h = dm->h, .start = s, .end = e, .src = src,
-					  .dst = dst, .pgmap_owner = dm->owner,
-					  .flags = UHMM_MIGRATE_SELECT_SYSTEM };
-		unsigned long m = 0, i;
-		bool shared = false;
-		int ret = uhmm_migrate_setup(&a);
+	if (td->full)
+		return 0;
+	ret = uhmm_migrate_setup(&a);
+	if (ret)
+		return ret;
+	for (i = 0; i < a.npages; i++) {
+		struct uhmm_page *p;
 
-		if (ret)
-			return moved ? moved : ret;
-		for (i = 0; i < a.npages; i++) {
-			struct uhmm_page *p;
-
-			if (!(src[i] & UHMM_MIGRATE_MIGRATE))
-				continue;
-			p = uhmm_devmem_alloc_page(dm);
-			if (!p) {
-				*full = true;
-				break;
-			}
-			uhmm__page_set_addr(p, page_addr(&a, i));
-			dst[i] = uhmm_migrate_dst_device(p);
-			pages[m] = p;
-			data[m] = uhmm_migrate_src_data(&a, i);
-			idx[m++] = i;
-		}
-		if (m && dm->ops->copy_to_device(dm, pages, data, m)) {
-			/* Find the pages that fail; they stay on the CPU. */
-			for (i = 0; i < m; i++)
-				if (dm->ops->copy_to_device(dm, &pages[i], &data[i], 1))
-					dst[idx[i]] = 0;
-		}
-		for (i = 0; i < m; i++)
-			if (!dst[idx[i]])
-				uhmm_page_put(pages[i]);
-		uhmm_migrate_pages(&a);
-		moved += (int)count_done(&a);
-		for (i = 0; i < a.npages; i++)
-			if ((src[i] & (S_HELD | S_SHARED)) == S_SHARED)
-				shared = true;
-		uhmm_migrate_finalize(&a);
-		if (!shared || pass || *full)
+		if (!(src[i] & UHMM_MIGRATE_MIGRATE))
+			continue;
+		p = uhmm_devmem_alloc_page(dm);
+		if (!p) {
+			td->full = true;
 			break;
-		/* Break copy-on-write sharing with a forked child; no lock is held now. */
-		for (i = 0; i < a.npages; i++)
-			if ((src[i] & (S_HELD | S_SHARED)) == S_SHARED)
-				madvise((void *)page_addr(&a, i), PAGE_SIZE, MADV_POPULATE_WRITE);
+		}
+		uhmm__page_set_addr(p, page_addr(&a, i));
+		dst[i] = uhmm_migrate_dst_device(p);
+		pages[m] = p;
+		data[m] = uhmm_migrate_src_data(&a, i);
+		idx[m++] = i;
 	}
-	return moved;
+	if (m && dm->ops->copy_to_device(dm, pages, data, m)) {
+		/* Find the pages that fail; they stay on the CPU. */
+		for (i = 0; i < m; i++)
+			if (dm->ops->copy_to_device(dm, &pages[i], &data[i], 1))
+				dst[idx[i]] = 0;
+	}
+	for (i = 0; i < m; i++)
+		if (!dst[idx[i]])
+			uhmm_page_put(pages[i]);
+	uhmm_migrate_pages(&a);
+	ret = (int)count_done(&a);
+	note_busy(&a, off, rt);
+	uhmm_migrate_finalize(&a);
+	return ret;
 }
 
 int uhmm_migrate_to_device(struct uhmm_devmem *dm, void *addr, size_t len)
@@ -499,7 +565,10 @@ int uhmm_migrate_to_device(struct uhmm_devmem *dm, void *addr, size_t len)
 		ce = chunk_end(h, s, e, &managed);
 		if (!managed)
 			break;
-		ret = chunk_to_device(dm, s, ce, &full);
+		struct to_device td = { .dm = dm };
+
+		ret = with_retries(&td, s, ce, BUSY_PASSES, pass_to_device);
+		full = td.full;
 		if (ret < 0)
 			break;
 		total += ret;
@@ -524,9 +593,17 @@ static void mig_poison(struct uhmm_migrate *a, unsigned long i)
 }
 
 /* Copy device pages home, run by run of one region; failures are poisoned. */
-static int chunk_home(struct uhmm *h, uintptr_t s, uintptr_t e, struct uhmm_devmem *only,
-		      bool *busy, unsigned long *poisoned)
+struct to_ram {
+	struct uhmm *h;
+	struct uhmm_devmem *only;
+	bool busy;
+	unsigned long poisoned;
+};
+
+static int pass_home(void *ctx, uintptr_t s, uintptr_t e, unsigned long off, unsigned char *rt)
 {
+	struct to_ram *tr = ctx;
+	struct uhmm *h = tr->h;
 	uint64_t src[CHUNK_PAGES], dst[CHUNK_PAGES];
 	struct uhmm_page *pages[CHUNK_PAGES];
 	void *bufs[CHUNK_PAGES];
@@ -536,7 +613,7 @@ static int chunk_home(struct uhmm *h, uintptr_t s, uintptr_t e, struct uhmm_devm
 	unsigned long i, j, k, m;
 	int ret;
 
-	a.priv[P_ONLY] = (uintptr_t)only;
+	a.priv[P_ONLY] = (uintptr_t)tr->only;
 	ret = uhmm_migrate_setup(&a);
 	if (ret)
 		return ret;
@@ -544,7 +621,7 @@ static int chunk_home(struct uhmm *h, uintptr_t s, uintptr_t e, struct uhmm_devm
 		struct uhmm_devmem *dm;
 
 		if (src[i] & UHMM_MIGRATE_BUSY)
-			*busy = true;
+			tr->busy = true;
 		if (!(src[i] & UHMM_MIGRATE_MIGRATE)) {
 			i++;
 			continue;
@@ -571,12 +648,13 @@ static int chunk_home(struct uhmm *h, uintptr_t s, uintptr_t e, struct uhmm_devm
 	for (i = 0; i < a.npages; i++) {
 		if (failed[i]) {
 			mig_poison(&a, i);
-			++*poisoned;
+			tr->poisoned++;
 		}
 	}
-	ret = (int)(count_done(&a));
+	ret = (int)count_done(&a);
 	for (i = 0; i < a.npages; i++)
-		ret -= failed[i];
+		ret -= failed[i]; /* poisoned, not moved home */
+	note_busy(&a, off, rt);
 	uhmm_migrate_finalize(&a);
 	return ret;
 }
@@ -605,8 +683,9 @@ static bool words_touched(struct uhmm *h, uintptr_t s, uintptr_t e)
 }
 
 static long home_pass(struct uhmm *h, uintptr_t s, uintptr_t e, struct uhmm_devmem *only,
-		      bool *busy, unsigned long *poisoned)
+		      bool *busy, unsigned long *poisoned, int passes)
 {
+	struct to_ram tr = { .h = h, .only = only };
 	uintptr_t ce;
 	bool managed;
 	long total = 0;
@@ -615,8 +694,13 @@ static long home_pass(struct uhmm *h, uintptr_t s, uintptr_t e, struct uhmm_devm
 		ce = chunk_end(h, s, e, &managed);
 		if (!managed || !words_touched(h, s, ce))
 			continue;
-		int ret = chunk_home(h, s, ce, only, busy, poisoned);
+		int ret;
 
+		tr.busy = false;
+		tr.poisoned = 0;
+		ret = with_retries(&tr, s, ce, passes, pass_home);
+		*busy |= tr.busy;
+		*poisoned += tr.poisoned;
 		if (ret > 0)
 			total += ret;
 	}
@@ -632,7 +716,7 @@ int uhmm__home_range(struct uhmm *h, uintptr_t start, uintptr_t end, struct uhmm
 
 	do {
 		busy = false;
-		total += home_pass(h, start, end, only, &busy, poisoned);
+		total += home_pass(h, start, end, only, &busy, poisoned, 1);
 		if (busy)
 			sched_yield();
 	} while (busy);
@@ -654,6 +738,6 @@ int uhmm_migrate_to_ram(struct uhmm *h, void *addr, size_t len)
 		return ret;
 	if (!range_managed(h, s, s + len))
 		return -ENOENT;
-	total = home_pass(h, s, s + len, NULL, &busy, &poisoned);
+	total = home_pass(h, s, s + len, NULL, &busy, &poisoned, BUSY_PASSES);
 	return total > INT32_MAX ? INT32_MAX : (int)total;
 }
