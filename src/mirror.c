@@ -10,8 +10,14 @@
  * walker is inside the notifier's callback, and the slot itself is retired.
  */
 #include <errno.h>
+#include <fcntl.h>
+#include <linux/types.h>
 #include <sched.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "internal.h"
 
@@ -176,4 +182,454 @@ void uhmm__mirror_fini(struct uhmm *h)
 		free(t->s[i]);
 	}
 	free(t);
+}
+
+/* --- uhmm_range_fault --- */
+
+/*
+ * What the kernel tells about a mapping and its pages. Distribution headers
+ * may predate PROCMAP_QUERY (6.11) and PAGEMAP_SCAN (6.7): the running kernel
+ * answers ENOTTY then, and the slower fallbacks are used.
+ */
+struct procmap_query_v1 {
+	__u64 size;
+	__u64 query_flags;
+	__u64 query_addr;
+	__u64 vma_start;
+	__u64 vma_end;
+	__u64 vma_flags;
+	__u64 vma_page_size;
+	__u64 vma_offset;
+	__u64 inode;
+	__u32 dev_major;
+	__u32 dev_minor;
+	__u32 vma_name_size;
+	__u32 build_id_size;
+	__u64 vma_name_addr;
+	__u64 build_id_addr;
+};
+#define Q_PROCMAP_QUERY _IOWR('f', 17, struct procmap_query_v1)
+#define Q_VMA_READABLE 0x01
+#define Q_VMA_WRITABLE 0x02
+#define Q_VMA_SHARED 0x08
+#define Q_COVERING_OR_NEXT 0x10
+
+struct page_region_v1 {
+	__u64 start;
+	__u64 end;
+	__u64 categories;
+};
+struct pm_scan_arg_v1 {
+	__u64 size;
+	__u64 flags;
+	__u64 start;
+	__u64 end;
+	__u64 walk_end;
+	__u64 vec;
+	__u64 vec_len;
+	__u64 max_pages;
+	__u64 category_inverted;
+	__u64 category_mask;
+	__u64 category_anyof_mask;
+	__u64 return_mask;
+};
+#define Q_PAGEMAP_SCAN _IOWR('f', 16, struct pm_scan_arg_v1)
+#define Q_PAGE_IS_PRESENT (1 << 3)
+#define Q_PAGE_IS_PFNZERO (1 << 5)
+
+/* /proc/self/pagemap entries */
+#define PM_PRESENT (1ULL << 63)
+#define PM_FILE (1ULL << 61)
+#define PM_EXCLUSIVE (1ULL << 56)
+
+#ifndef MADV_POPULATE_READ
+#define MADV_POPULATE_READ 22
+#endif
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+
+/*
+ * Descriptors of this process's /proc/self files, opened once. A forked
+ * child inherits descriptors that still describe its parent: it reopens.
+ */
+static pthread_mutex_t proc_lock = PTHREAD_MUTEX_INITIALIZER;
+static int proc_maps = -1, proc_pagemap = -1;
+static pid_t proc_pid;
+static atomic_int no_query, no_scan;
+
+static int proc_fds(int *maps, int *pagemap)
+{
+	pid_t pid = getpid();
+	int ret = 0;
+
+	pthread_mutex_lock(&proc_lock);
+	if (proc_pid != pid) {
+		if (proc_maps >= 0)
+			close(proc_maps);
+		if (proc_pagemap >= 0)
+			close(proc_pagemap);
+		proc_maps = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
+		proc_pagemap = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+		if (proc_maps < 0) {
+			ret = -errno;
+			if (proc_pagemap >= 0)
+				close(proc_pagemap);
+			proc_pagemap = -1;
+		} else {
+			proc_pid = pid;
+		}
+	}
+	*maps = proc_maps;
+	*pagemap = proc_pagemap; /* may be -1: then mincore tells presence */
+	pthread_mutex_unlock(&proc_lock);
+	return ret;
+}
+
+struct vma {
+	uintptr_t start, end;
+	bool read, write, shared;
+};
+
+/* The maps file, for kernels without PROCMAP_QUERY: the mapping at or after @addr. */
+static int vma_find_slow(int fd, uintptr_t addr, struct vma *v)
+{
+	char buf[8192], *line, *nl;
+	size_t have = 0;
+	off_t off = 0;
+	int ret = -ENOENT;
+
+	for (;;) {
+		ssize_t got = pread(fd, buf + have, sizeof(buf) - 1 - have, off);
+
+		if (got < 0)
+			return -errno;
+		off += got;
+		have += (size_t)got;
+		buf[have] = 0;
+		line = buf;
+		while ((nl = strchr(line, '\n'))) {
+			unsigned long s, e;
+			char perms[8];
+
+			*nl = 0;
+			if (sscanf(line, "%lx-%lx %7s", &s, &e, perms) == 3 && e > addr) {
+				v->start = s;
+				v->end = e;
+				v->read = perms[0] == 'r';
+				v->write = perms[1] == 'w';
+				v->shared = perms[3] == 's';
+				return 0;
+			}
+			line = nl + 1;
+		}
+		if (!got)
+			return ret;
+		/* Keep the partial last line. */
+		have = strlen(line);
+		memmove(buf, line, have);
+		if (have >= sizeof(buf) - 1)
+			have = 0; /* a line longer than the buffer: its range was parsed already */
+	}
+}
+
+/* The mapping containing @addr, or the next one (v->start > addr); -ENOENT: none. */
+static int vma_find(int fd, uintptr_t addr, struct vma *v)
+{
+	struct procmap_query_v1 q = {
+		.size = sizeof(q),
+		.query_flags = Q_COVERING_OR_NEXT,
+		.query_addr = addr,
+	};
+
+	if (!atomic_load_explicit(&no_query, memory_order_relaxed)) {
+		if (ioctl(fd, Q_PROCMAP_QUERY, &q) == 0) {
+			v->start = q.vma_start;
+			v->end = q.vma_end;
+			v->read = q.vma_flags & Q_VMA_READABLE;
+			v->write = q.vma_flags & Q_VMA_WRITABLE;
+			v->shared = q.vma_flags & Q_VMA_SHARED;
+			return 0;
+		}
+		if (errno == ENOENT)
+			return -ENOENT;
+		if (errno != ENOTTY && errno != EINVAL && errno != E2BIG)
+			return -errno;
+		atomic_store(&no_query, 1);
+	}
+	return vma_find_slow(fd, addr, v);
+}
+
+#define WALK_BATCH 64
+#define WALK_TRIES 16
+
+enum { NEED_NONE, NEED_READ, NEED_WRITE };
+
+/* Bits of each page of [s, s + n pages): pagemap entries, or presence from mincore. */
+static void page_bits(int pagemap, uintptr_t s, unsigned long n, uint64_t *pm)
+{
+	unsigned char vec[WALK_BATCH];
+
+	if (pagemap >= 0 &&
+	    pread(pagemap, pm, n * sizeof(*pm), (off_t)((s >> PAGE_SHIFT) * sizeof(*pm))) ==
+		    (ssize_t)(n * sizeof(*pm)))
+		return;
+	if (mincore((void *)s, n << PAGE_SHIFT, vec))
+		memset(vec, 0, sizeof(vec));
+	for (unsigned long i = 0; i < n; i++)
+		pm[i] = vec[i] & 1 ? PM_PRESENT | PM_EXCLUSIVE : 0;
+}
+
+/* Which pages of [s, s + n pages) map the shared zero page (PAGEMAP_SCAN, 6.7+). */
+static void zero_bits(int pagemap, uintptr_t s, unsigned long n, bool *zero)
+{
+	struct page_region_v1 reg[WALK_BATCH];
+	struct pm_scan_arg_v1 a = {
+		.size = sizeof(a),
+		.start = s,
+		.end = s + (n << PAGE_SHIFT),
+		.vec = (uintptr_t)reg,
+		.vec_len = WALK_BATCH,
+		.category_anyof_mask = Q_PAGE_IS_PRESENT,
+		.return_mask = Q_PAGE_IS_PFNZERO,
+	};
+	long got;
+
+	if (pagemap < 0 || atomic_load_explicit(&no_scan, memory_order_relaxed))
+		return;
+	got = ioctl(pagemap, Q_PAGEMAP_SCAN, &a);
+	if (got < 0) {
+		if (errno == ENOTTY || errno == EINVAL)
+			atomic_store(&no_scan, 1);
+		return;
+	}
+	for (long k = 0; k < got; k++) {
+		if (!(reg[k].categories & Q_PAGE_IS_PFNZERO))
+			continue;
+		for (uintptr_t a2 = reg[k].start; a2 < reg[k].end; a2 += PAGE_SIZE)
+			zero[(a2 - s) >> PAGE_SHIFT] = true;
+	}
+}
+
+/* A user-mode touch, for when the kernel's populate cannot serve the fault. */
+static void touch(uintptr_t a, bool write)
+{
+	if (write)
+		__atomic_fetch_or((uint64_t *)a, 0, __ATOMIC_RELAXED);
+	else
+		(void)*(volatile char *)a;
+}
+
+static bool poisoned(struct uhmm *h, uintptr_t a)
+{
+	struct range *r;
+	bool p = false;
+
+	uhmm__rd_enter(h);
+	r = uhmm__lookup(h, a);
+	if (r)
+		p = w_kind(atomic_load(uhmm__word(r, a))) == W_POISON;
+	uhmm__rd_exit(h);
+	return p;
+}
+
+/*
+ * Make [s, e) present (and writable) on the device's behalf. MADV_POPULATE is
+ * a kernel-mode fault: it fails cleanly on memory unmapped meanwhile, where a
+ * touch would crash. A user-mode-only (or SIGBUS-mode) userfaultfd refuses
+ * kernel-mode faults on missing managed pages with EFAULT: touch those.
+ */
+static int fault_run(struct uhmm *h, uintptr_t s, uintptr_t e, bool write, bool managed)
+{
+	int tries = 0;
+
+	while (madvise((void *)s, e - s, write ? MADV_POPULATE_WRITE : MADV_POPULATE_READ)) {
+		if ((errno == EINTR || errno == EAGAIN) && ++tries < 100)
+			continue;
+		if (errno == ENOMEM)
+			return -EFAULT; /* unmapped meanwhile */
+		/* EINVAL: a kernel without MADV_POPULATE (5.14), or a VM_PFNMAP mapping. */
+		if (errno != EINVAL && (!managed || errno != EFAULT))
+			return errno == EPERM ? -EPERM : -EFAULT;
+		for (uintptr_t a = s; a < e; a += PAGE_SIZE) {
+			if (poisoned(h, a))
+				return -EFAULT;
+			touch(a, write);
+		}
+		return 0;
+	}
+	return 0;
+}
+
+/* Snapshot one batch of pages of the readable mapping @v, faulting where asked. */
+static int walk_batch(struct uhmm_range *range, struct uhmm *h, int pagemap, const struct vma *v,
+		      uintptr_t s, unsigned long n)
+{
+	uint64_t *pfns = range->pfns + ((s - range->start) >> PAGE_SHIFT);
+	uint64_t pm[WALK_BATCH], out[WALK_BATCH];
+	unsigned char need[WALK_BATCH];
+	bool managed[WALK_BATCH];
+
+	for (int tries = 0;; tries++) {
+		bool zero[WALK_BATCH] = { false }, scan = false, faults = false;
+		unsigned long i, j;
+
+		page_bits(pagemap, s, n, pm);
+		for (i = 0; i < n; i++)
+			if ((pm[i] & (PM_PRESENT | PM_FILE | PM_EXCLUSIVE)) == PM_PRESENT && !v->shared)
+				scan = true; /* the zero page, or shared with a forked child */
+		if (scan)
+			zero_bits(pagemap, s, n, zero);
+
+		uhmm__rd_enter(h);
+		for (i = 0; i < n; i++) {
+			uintptr_t a = s + (i << PAGE_SHIFT);
+			uint64_t req = ((pfns[i] & range->pfn_flags_mask) | range->default_flags);
+			struct range *r = uhmm__lookup(h, a);
+			uint64_t w = r ? atomic_load(uhmm__word(r, a)) : 0;
+			uint64_t m = r ? UHMM_PFN_MANAGED : 0;
+
+			if (!(req & UHMM_PFN_REQ_FAULT))
+				req = 0; /* the kernel's rule: WRITE means nothing without FAULT */
+			managed[i] = r != NULL;
+			need[i] = NEED_NONE;
+			if ((req & UHMM_PFN_REQ_WRITE) && !v->write) {
+				uhmm__rd_exit(h);
+				return -EPERM;
+			}
+			if (r && w_kind(w) == W_DEVICE) {
+				struct uhmm_page *page = uhmm__word_page(h, w);
+
+				if (page && range->dev_private_owner &&
+				    page->owner == range->dev_private_owner) {
+					out[i] = UHMM_PFN_VALID | UHMM_PFN_DEVICE_PRIVATE | m |
+						 (v->write ? UHMM_PFN_WRITE : 0) | (uintptr_t)page;
+					continue;
+				}
+				out[i] = UHMM_PFN_DEVICE_REMOTE | m;
+				if (req)
+					need[i] = req & UHMM_PFN_REQ_WRITE ? NEED_WRITE : NEED_READ;
+			} else if (r && w_kind(w) == W_POISON) {
+				if (req) {
+					uhmm__rd_exit(h);
+					return -EFAULT;
+				}
+				out[i] = m;
+			} else if (pm[i] & PM_PRESENT) {
+				/* Writable as the kernel's PTE would be: not zero, not COW. */
+				bool wr = v->write && !zero[i] &&
+					  (v->shared || (!(pm[i] & PM_FILE) && (pm[i] & PM_EXCLUSIVE)));
+
+				out[i] = UHMM_PFN_VALID | m | (wr ? UHMM_PFN_WRITE : 0) |
+					 (zero[i] ? UHMM_PFN_ZERO : 0) | a;
+				if ((req & UHMM_PFN_REQ_WRITE) && !wr)
+					need[i] = NEED_WRITE;
+			} else {
+				out[i] = m;
+				if (req)
+					need[i] = req & UHMM_PFN_REQ_WRITE ? NEED_WRITE : NEED_READ;
+			}
+			faults |= need[i] != NEED_NONE;
+		}
+		uhmm__rd_exit(h);
+
+		if (!faults) {
+			memcpy(pfns, out, n * sizeof(*out));
+			return 0;
+		}
+		if (tries >= WALK_TRIES)
+			return -EBUSY; /* the pages keep changing under us */
+		for (i = 0; i < n; i = j) {
+			int ret;
+
+			for (j = i + 1; j < n && need[j] == need[i] && managed[j] == managed[i]; j++)
+				;
+			if (need[i] == NEED_NONE)
+				continue;
+			ret = fault_run(h, s + (i << PAGE_SHIFT), s + (j << PAGE_SHIFT),
+					need[i] == NEED_WRITE, managed[i]);
+			if (ret)
+				return ret;
+		}
+		/* Bringing a foreign device page home invalidates: the caller retries. */
+		if (uhmm_interval_read_retry(range->notifier, range->notifier_seq))
+			return -EBUSY;
+	}
+}
+
+static int walk_none(struct uhmm_range *range, uintptr_t s, uintptr_t e)
+{
+	for (uintptr_t a = s; a < e; a += PAGE_SIZE) {
+		uint64_t *p = &range->pfns[(a - range->start) >> PAGE_SHIFT];
+
+		if (((*p & range->pfn_flags_mask) | range->default_flags) & UHMM_PFN_REQ_FAULT)
+			return -EFAULT;
+	}
+	for (uintptr_t a = s; a < e; a += PAGE_SIZE)
+		range->pfns[(a - range->start) >> PAGE_SHIFT] = UHMM_PFN_ERROR;
+	return 0;
+}
+
+int uhmm_range_fault(struct uhmm_range *range)
+{
+	struct uhmm_interval_notifier *n;
+	struct uhmm *h;
+	uintptr_t a;
+	int maps, pagemap, ret;
+
+	if (!range || !range->pfns || !range->notifier || !range->notifier->slot ||
+	    !range->notifier->h || ((range->start | range->end) & ~PAGE_MASK) ||
+	    range->start >= range->end)
+		return -EINVAL;
+	if (uhmm__in_svc)
+		return -EDEADLK;
+	n = range->notifier;
+	h = n->h;
+	ret = proc_fds(&maps, &pagemap);
+	if (ret)
+		return ret;
+	if (uhmm_interval_read_retry(n, range->notifier_seq))
+		return -EBUSY;
+	for (a = range->start; a < range->end;) {
+		struct vma v = { 0 };
+		uintptr_t e;
+
+		ret = vma_find(maps, a, &v);
+		if (ret && ret != -ENOENT)
+			return ret;
+		if (ret == -ENOENT || v.start >= range->end) {
+			/* No mapping up to the end. */
+			ret = walk_none(range, a, range->end);
+			if (ret)
+				return ret;
+			break;
+		}
+		if (v.start > a) {
+			ret = walk_none(range, a, v.start);
+			if (ret)
+				return ret;
+			a = v.start;
+			continue;
+		}
+		e = v.end < range->end ? v.end : range->end;
+		if (!v.read) {
+			/* PROT_NONE: nothing can be read, as the kernel's !VM_READ. */
+			ret = walk_none(range, a, e);
+			if (ret)
+				return ret;
+			a = e;
+			continue;
+		}
+		while (a < e) {
+			unsigned long cnt = (e - a) >> PAGE_SHIFT;
+
+			if (cnt > WALK_BATCH)
+				cnt = WALK_BATCH;
+			ret = walk_batch(range, h, pagemap, &v, a, cnt);
+			if (ret)
+				return ret;
+			a += cnt << PAGE_SHIFT;
+		}
+	}
+	return uhmm_interval_read_retry(n, range->notifier_seq) ? -EBUSY : 0;
 }
