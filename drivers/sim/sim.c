@@ -1,39 +1,32 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * sim.c - the software device: device-private memory in its own pool, copies
- * by memcpy, failure injection. Written against the public driver API only,
- * as an out-of-tree driver would be.
+ * by memcpy, failure injection, and its own migrations (as a kernel driver
+ * drives migrate_vma_*). Written against the public driver API only, as an
+ * out-of-tree driver would be. The page table is pt.c, the compute engine
+ * exec.c, the test driver's command set dmirror.c.
  */
 #include <errno.h>
-#include <stdatomic.h>
+#include <sched.h>
+#include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 
-#include "uhmm_sim.h"
+#include "sim_internal.h"
 
-#define SIM_PAGE UHMM_PAGE_SIZE
-#define SIM_FAIL_PAGES 64
-
-struct uhmm_sim {
-	struct uhmm *h;
-	struct uhmm_devmem *dm;
-	char *pool; /* npages * SIM_PAGE, never part of a managed range */
-	size_t pool_len;
-	unsigned long npages;
-	atomic_int dead;
-	atomic_uint fail_next;
-	_Atomic uintptr_t fail_addr[SIM_FAIL_PAGES];
-	atomic_ulong copies_to, copies_from, copy_errors, page_frees, faults;
-};
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
 
 static char *sim_mem(struct uhmm_sim *sim, const struct uhmm_page *page)
 {
-	return sim->pool + page->pfn * SIM_PAGE;
+	return sim_pool_page(sim, page->pfn);
 }
 
-/* Async-signal-safe: atomics only. */
-static int sim_check(struct uhmm_sim *sim, const struct uhmm_page *page)
+/* Whether a copy of the data of CPU page @addr fails now. Async-signal-safe: atomics only. */
+static int sim_check(struct uhmm_sim *sim, uintptr_t addr)
 {
 	unsigned int n;
 
@@ -44,11 +37,39 @@ static int sim_check(struct uhmm_sim *sim, const struct uhmm_page *page)
 		;
 	if (n)
 		return -EIO;
-	uintptr_t addr = uhmm_page_addr(page);
-
 	for (int i = 0; i < SIM_FAIL_PAGES; i++)
 		if (addr && atomic_load(&sim->fail_addr[i]) == addr)
 			return -EIO;
+	return 0;
+}
+
+/* One page into device page @page, for CPU page @va (NULL @src: zeros). */
+int sim_copy_one_to(struct uhmm_sim *sim, struct uhmm_page *page, const void *src, uintptr_t va)
+{
+	int err = sim_check(sim, va);
+
+	if (err) {
+		atomic_fetch_add(&sim->copy_errors, 1);
+		return err;
+	}
+	if (src)
+		memcpy(sim_mem(sim, page), src, SIM_PAGE);
+	else
+		memset(sim_mem(sim, page), 0, SIM_PAGE);
+	atomic_fetch_add_explicit(&sim->copies_to, 1, memory_order_relaxed);
+	return 0;
+}
+
+int sim_copy_one_from(struct uhmm_sim *sim, void *dst, struct uhmm_page *page, uintptr_t va)
+{
+	int err = sim_check(sim, va);
+
+	if (err) {
+		atomic_fetch_add(&sim->copy_errors, 1);
+		return err;
+	}
+	memcpy(dst, sim_mem(sim, page), SIM_PAGE);
+	atomic_fetch_add_explicit(&sim->copies_from, 1, memory_order_relaxed);
 	return 0;
 }
 
@@ -59,7 +80,7 @@ static int sim_copy_to_device(struct uhmm_devmem *dm, struct uhmm_page *const *d
 	int ret = 0;
 
 	for (unsigned long i = 0; i < n; i++) {
-		int err = sim_check(sim, dst[i]);
+		int err = sim_check(sim, uhmm_page_addr(dst[i]));
 
 		if (err) {
 			ret = err;
@@ -83,7 +104,7 @@ static int sim_copy_from_device(struct uhmm_devmem *dm, void *const *dst,
 	int ret = 0;
 
 	for (unsigned long i = 0; i < n; i++) {
-		int err = sim_check(sim, src[i]);
+		int err = sim_check(sim, uhmm_page_addr(src[i]));
 
 		if (err) {
 			ret = err;
@@ -163,9 +184,25 @@ static const struct uhmm_devmem_ops sim_ops = {
 	.page_free = sim_page_free,
 };
 
+/* Register the pool as device memory (again, after a RELEASE). */
+int sim_devmem_add(struct uhmm_sim *sim)
+{
+	UHMM_OPTS(uhmm_devmem_desc, desc, .type = UHMM_MEMORY_DEVICE_PRIVATE,
+		  .npages = sim->npages, .owner = sim, .ops = &sim_ops, .driver_data = sim,
+		  .name = sim->name);
+
+	return uhmm_devmem_add(sim->h, &desc, &sim->dm);
+}
+
+static bool opt_set(const struct uhmm_sim_opts *opts, size_t off)
+{
+	return opts && opts->sz > off;
+}
+
 int uhmm_sim_create(struct uhmm *h, const struct uhmm_sim_opts *opts, struct uhmm_sim **out)
 {
-	struct uhmm_sim_opts o = { .sz = sizeof(o), .npages = 65536, .name = "sim" };
+	struct uhmm_sim_opts o = { .sz = sizeof(o), .npages = 65536, .name = "sim", .threads = 2,
+				   .policy = UHMM_SIM_POLICY_MIGRATE, .fault_window = 16 };
 	struct uhmm_sim *sim;
 	int ret;
 
@@ -180,47 +217,267 @@ int uhmm_sim_create(struct uhmm *h, const struct uhmm_sim_opts *opts, struct uhm
 		for (size_t i = sizeof(o); i < opts->sz; i++)
 			if (p[i])
 				return -E2BIG;
-		if (opts->sz > offsetof(struct uhmm_sim_opts, npages) && opts->npages)
+		if (opt_set(opts, offsetof(struct uhmm_sim_opts, npages)) && opts->npages)
 			o.npages = opts->npages;
-		if (opts->sz > offsetof(struct uhmm_sim_opts, name) && opts->name)
+		if (opt_set(opts, offsetof(struct uhmm_sim_opts, name)) && opts->name)
 			o.name = opts->name;
+		if (opt_set(opts, offsetof(struct uhmm_sim_opts, threads)) && opts->threads)
+			o.threads = opts->threads;
+		if (opt_set(opts, offsetof(struct uhmm_sim_opts, policy)) && opts->policy)
+			o.policy = opts->policy;
+		if (opt_set(opts, offsetof(struct uhmm_sim_opts, fault_window)) &&
+		    opts->fault_window)
+			o.fault_window = opts->fault_window;
 	}
-	if (o.npages > (1UL << 31))
+	if (o.npages > (1UL << 31) || o.threads > UHMM_SIM_MAX_THREADS ||
+	    (o.policy != UHMM_SIM_POLICY_MIGRATE && o.policy != UHMM_SIM_POLICY_MAP) ||
+	    o.fault_window > SIM_CHUNK || (o.fault_window & (o.fault_window - 1)))
 		return -EINVAL;
 	sim = calloc(1, sizeof(*sim));
 	if (!sim)
 		return -ENOMEM;
 	sim->h = h;
 	sim->npages = o.npages;
+	sim->nthreads = o.threads;
+	sim->policy = o.policy;
+	sim->window = o.fault_window;
+	snprintf(sim->name, sizeof(sim->name), "%s", o.name);
 	sim->pool_len = o.npages * SIM_PAGE;
 	sim->pool = mmap(NULL, sim->pool_len, PROT_READ | PROT_WRITE,
 			 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 	if (sim->pool == MAP_FAILED) {
-		free(sim);
-		return -ENOMEM;
+		ret = -ENOMEM;
+		goto err_free;
 	}
-	UHMM_OPTS(uhmm_devmem_desc, desc, .type = UHMM_MEMORY_DEVICE_PRIVATE,
-		  .npages = o.npages, .owner = sim, .ops = &sim_ops, .driver_data = sim,
-		  .name = o.name);
-	ret = uhmm_devmem_add(h, &desc, &sim->dm);
-	if (ret) {
-		munmap(sim->pool, sim->pool_len);
-		free(sim);
-		return ret;
-	}
+	ret = sim_devmem_add(sim);
+	if (ret)
+		goto err_unmap;
+	ret = sim_pt_init(sim);
+	if (ret)
+		goto err_devmem;
+	ret = sim_exec_start(sim);
+	if (ret)
+		goto err_pt;
 	*out = sim;
 	return 0;
+
+err_pt:
+	sim_pt_fini(sim);
+err_devmem:
+	uhmm_devmem_remove(sim->dm);
+err_unmap:
+	munmap(sim->pool, sim->pool_len);
+err_free:
+	free(sim);
+	return ret;
 }
 
 int uhmm_sim_destroy(struct uhmm_sim *sim)
 {
-	int ret;
+	int ret = 0;
 
 	if (!sim)
 		return 0;
-	ret = uhmm_devmem_remove(sim->dm);
+	sim_exec_stop(sim);
+	/* No device access any more: its view of the address space goes first. */
+	sim_pt_fini(sim);
+	if (sim->dm)
+		ret = uhmm_devmem_remove(sim->dm);
 	munmap(sim->pool, sim->pool_len);
 	free(sim);
+	return ret;
+}
+
+/* --- the device's own migrations --- */
+
+#define SIM_HUGE (SIM_CHUNK * SIM_PAGE)
+
+/*
+ * The dmirror FLAGS FAIL_ALLOC: the next allocation of a migrate command
+ * fails, once. A whole 2 MiB chunk then falls back to base pages, as the
+ * kernel's driver does when a THP allocation fails; a base page fails.
+ * Returns whether a base page allocation must fail now.
+ */
+static bool fail_alloc(struct uhmm_sim *sim, bool cmd, bool huge)
+{
+	if (!cmd || !(atomic_load(&sim->dflags) & UHMM_DMIRROR_FLAG_FAIL_ALLOC) ||
+	    !(atomic_fetch_and(&sim->dflags, ~UHMM_DMIRROR_FLAG_FAIL_ALLOC) &
+	      UHMM_DMIRROR_FLAG_FAIL_ALLOC))
+		return false;
+	if (huge) {
+		atomic_fetch_add(&sim->alloc_fallbacks, 1);
+		return false;
+	}
+	return true;
+}
+
+/* One migration of [s, e) (inside one 2 MiB chunk) to the device. */
+static int chunk_to_dev(struct uhmm_sim *sim, uintptr_t s, uintptr_t e, bool cmd,
+			unsigned long *moved, bool *busy)
+{
+	uint64_t src[SIM_CHUNK], dst[SIM_CHUNK];
+	struct uhmm_migrate a = {
+		.h = sim->h,
+		.start = s,
+		.end = e,
+		.src = src,
+		.dst = dst,
+		.pgmap_owner = sim,
+		.flags = UHMM_MIGRATE_SELECT_SYSTEM,
+	};
+	bool fail;
+	int ret;
+
+	if (!sim->dm)
+		return -ENODEV;
+	ret = uhmm_migrate_setup(&a);
+	if (ret)
+		return ret;
+	fail = fail_alloc(sim, cmd, a.npages == SIM_CHUNK && !(s & (SIM_HUGE - 1)));
+	for (unsigned long i = 0; i < a.npages; i++) {
+		uintptr_t va = s + i * SIM_PAGE;
+		struct uhmm_page *p;
+
+		if (src[i] & UHMM_MIGRATE_BUSY)
+			*busy = true;
+		if (!(src[i] & UHMM_MIGRATE_MIGRATE))
+			continue;
+		if (fail) {
+			fail = false;
+			atomic_fetch_add(&sim->alloc_failures, 1);
+			continue;
+		}
+		p = uhmm_devmem_alloc_page(sim->dm);
+		if (!p) {
+			atomic_fetch_add(&sim->alloc_failures, 1);
+			break; /* full: what is collected and not copied stays on the CPU */
+		}
+		if (sim_copy_one_to(sim, p, uhmm_migrate_src_data(&a, i), va)) {
+			uhmm_page_put(p);
+			continue;
+		}
+		dst[i] = uhmm_migrate_dst_device(p);
+	}
+	uhmm_migrate_pages(&a);
+	for (unsigned long i = 0; i < a.npages; i++)
+		if ((src[i] & UHMM_MIGRATE_MIGRATE) && dst[i])
+			++*moved;
+	uhmm_migrate_finalize(&a);
+	return 0;
+}
+
+/*
+ * Pages that setup could not take now (locked by another migration, or
+ * shared with a forked child) are tried again a few times; a shared page on
+ * the CPU is made exclusive first, as the core's helper does.
+ */
+static int chunk_to_dev_retry(struct uhmm_sim *sim, uintptr_t s, uintptr_t e, bool cmd,
+			      unsigned long *moved)
+{
+	for (int attempt = 0;; attempt++) {
+		bool busy = false;
+		int ret = chunk_to_dev(sim, s, e, cmd && !attempt, moved, &busy);
+
+		if (ret || !busy || attempt == 3)
+			return ret;
+		if (attempt == 1)
+			for (uintptr_t a = s; a < e; a += SIM_PAGE)
+				if (uhmm_page_state(sim->h, (void *)a) == UHMM_PAGE_SYSTEM)
+					madvise((void *)a, SIM_PAGE, MADV_POPULATE_WRITE);
+		sched_yield();
+	}
+}
+
+/* Migrate the managed pages of [s, e) to the device, in 2 MiB chunks. */
+int sim_migrate_to_dev(struct uhmm_sim *sim, uintptr_t s, uintptr_t e, bool cmd,
+		       unsigned long *moved)
+{
+	unsigned long before = *moved;
+	int ret = 0;
+
+	while (s < e && !ret) {
+		uintptr_t ce = (s | (SIM_HUGE - 1)) + 1;
+
+		if (ce > e)
+			ce = e;
+		ret = chunk_to_dev_retry(sim, s, ce, cmd, moved);
+		if (ret == -ENOENT) {
+			/* Not one managed range: page by page, skipping what is not managed. */
+			ret = 0;
+			for (uintptr_t a = s; a < ce && !ret; a += SIM_PAGE) {
+				ret = chunk_to_dev_retry(sim, a, a + SIM_PAGE, cmd, moved);
+				if (ret == -ENOENT)
+					ret = 0;
+			}
+		}
+		s = ce;
+	}
+	atomic_fetch_add(&sim->migrated_to, *moved - before);
+	return ret;
+}
+
+static int chunk_to_sys(struct uhmm_sim *sim, uintptr_t s, uintptr_t e, bool cmd,
+			unsigned long *moved)
+{
+	uint64_t src[SIM_CHUNK], dst[SIM_CHUNK];
+	struct uhmm_migrate a = {
+		.h = sim->h,
+		.start = s,
+		.end = e,
+		.src = src,
+		.dst = dst,
+		.pgmap_owner = sim,
+		.flags = UHMM_MIGRATE_SELECT_DEVICE_PRIVATE,
+	};
+	int ret = uhmm_migrate_setup(&a);
+
+	if (ret)
+		return ret;
+	if (a.cpages && fail_alloc(sim, cmd, a.npages == SIM_CHUNK && !(s & (SIM_HUGE - 1)))) {
+		/* A base system page could not be allocated: nothing moves. */
+		atomic_fetch_add(&sim->alloc_failures, 1);
+		ret = -ENOMEM;
+	}
+	for (unsigned long i = 0; i < a.npages && !ret; i++) {
+		struct uhmm_page *page = uhmm_migrate_entry_page(src[i]);
+
+		if (!(src[i] & UHMM_MIGRATE_MIGRATE) || !page)
+			continue;
+		if (!sim_copy_one_from(sim, uhmm_migrate_sysbuf(&a, i), page, s + i * SIM_PAGE))
+			dst[i] = UHMM_MIGRATE_VALID;
+	}
+	uhmm_migrate_pages(&a);
+	for (unsigned long i = 0; i < a.npages; i++)
+		if ((src[i] & UHMM_MIGRATE_MIGRATE) && dst[i])
+			++*moved;
+	uhmm_migrate_finalize(&a);
+	return ret;
+}
+
+/* Bring the device's pages of the managed range [s, e) home, in 2 MiB chunks. */
+int sim_migrate_to_sys(struct uhmm_sim *sim, uintptr_t s, uintptr_t e, bool cmd,
+		       unsigned long *moved)
+{
+	unsigned long before = *moved;
+	int ret = 0;
+
+	while (s < e && !ret) {
+		uintptr_t ce = (s | (SIM_HUGE - 1)) + 1;
+
+		if (ce > e)
+			ce = e;
+		ret = chunk_to_sys(sim, s, ce, cmd, moved);
+		if (ret == -ENOENT) {
+			ret = 0;
+			for (uintptr_t a = s; a < ce && !ret; a += SIM_PAGE) {
+				ret = chunk_to_sys(sim, a, a + SIM_PAGE, cmd, moved);
+				if (ret == -ENOENT)
+					ret = 0;
+			}
+		}
+		s = ce;
+	}
+	atomic_fetch_add(&sim->migrated_from, *moved - before);
 	return ret;
 }
 
@@ -287,6 +544,17 @@ int uhmm_sim_stats(struct uhmm_sim *sim, struct uhmm_sim_stats *st)
 	s.copy_errors = atomic_load(&sim->copy_errors);
 	s.page_frees = atomic_load(&sim->page_frees);
 	s.migrate_to_ram = atomic_load(&sim->faults);
+	s.launches = atomic_load(&sim->launches);
+	s.device_faults = atomic_load(&sim->device_faults);
+	s.fault_migrated = atomic_load(&sim->fault_migrated);
+	s.fault_mapped = atomic_load(&sim->fault_mapped);
+	s.fault_retries = atomic_load(&sim->fault_retries);
+	s.invalidations = atomic_load(&sim->invalidations);
+	s.revalidations = atomic_load(&sim->revalidations);
+	s.migrated_to = atomic_load(&sim->migrated_to);
+	s.migrated_from = atomic_load(&sim->migrated_from);
+	s.alloc_fallbacks = atomic_load(&sim->alloc_fallbacks);
+	s.alloc_failures = atomic_load(&sim->alloc_failures);
 	memcpy(st, &s, sz < sizeof(s) ? sz : sizeof(s));
 	st->sz = sz;
 	return 0;

@@ -1,0 +1,666 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * pt.c - the sim device's page table (its MMU): a radix tree keyed by CPU
+ * page number, per-thread translation caches, the interval notifier that
+ * keeps it true to the CPU side, and the device fault that fills it.
+ * Locking: see sim_internal.h.
+ */
+#include <errno.h>
+#include <sched.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "sim_internal.h"
+
+/* 5 levels of 512: 45 bits of page number, the whole 57-bit address space. */
+#define PT_BITS 9
+#define PT_FAN (1UL << PT_BITS)
+#define PT_LEVELS 5
+#define PT_SPARES SIM_SPARES
+
+struct pt_node {
+	void *e[PT_FAN];
+};
+
+struct pt_leaf {
+	uint64_t e[PT_FAN];
+};
+
+static unsigned pt_index(uint64_t vpn, int level)
+{
+	return (unsigned)((vpn >> (PT_BITS * (PT_LEVELS - 1 - level))) & (PT_FAN - 1));
+}
+
+static void *ctx_spare(struct uhmm_sim_ctx *ctx)
+{
+	for (int i = 0; i < PT_SPARES; i++) {
+		if (ctx->spare[i]) {
+			void *p = ctx->spare[i];
+
+			ctx->spare[i] = NULL;
+			return p;
+		}
+	}
+	return NULL;
+}
+
+/* Before taking the lock: nodes an install may need, allocated here, not under it. */
+static int ctx_topup(struct uhmm_sim_ctx *ctx)
+{
+	for (int i = 0; i < PT_SPARES; i++) {
+		if (!ctx->spare[i]) {
+			ctx->spare[i] = calloc(1, sizeof(struct pt_node));
+			if (!ctx->spare[i])
+				return -ENOMEM;
+		}
+	}
+	return 0;
+}
+
+/* The leaf of @vpn; with @ctx, created from its spares where missing. Under sim->lock. */
+static struct pt_leaf *leaf_get(struct uhmm_sim *sim, uint64_t vpn, struct uhmm_sim_ctx *ctx)
+{
+	void **slot = &sim->root;
+
+	if (vpn >> (PT_BITS * PT_LEVELS))
+		return NULL; /* beyond 57 bits: no such address */
+	for (int level = 0; level < PT_LEVELS; level++) {
+		if (!*slot) {
+			if (!ctx || !(*slot = ctx_spare(ctx)))
+				return NULL;
+		}
+		if (level == PT_LEVELS - 1)
+			break;
+		slot = &((struct pt_node *)*slot)->e[pt_index(vpn, level)];
+	}
+	return *slot;
+}
+
+/* Under sim->lock. */
+uint64_t sim_pt_lookup(struct uhmm_sim *sim, uint64_t vpn, uint64_t *gen)
+{
+	struct pt_leaf *l;
+	uint64_t pte;
+
+	pthread_mutex_lock(&sim->lock);
+	l = leaf_get(sim, vpn, NULL);
+	pte = l ? l->e[vpn & (PT_FAN - 1)] : 0;
+	*gen = atomic_load(&sim->gen);
+	pthread_mutex_unlock(&sim->lock);
+	return pte;
+}
+
+struct drop_count {
+	unsigned long any, local;
+};
+
+/* Clear the entries of [s, e) (page numbers) below @node at @level. Under sim->lock. */
+static void drop_walk(void *node, int level, uint64_t base, uint64_t s, uint64_t e,
+		      struct drop_count *c)
+{
+	unsigned shift = PT_BITS * (PT_LEVELS - 1 - level);
+	uint64_t span = 1ULL << shift;
+
+	for (unsigned i = 0; i < PT_FAN; i++) {
+		uint64_t lo = base + i * span, hi = lo + span;
+
+		if (hi <= s || lo >= e)
+			continue;
+		if (level == PT_LEVELS - 1) {
+			uint64_t *pte = &((struct pt_leaf *)node)->e[i];
+
+			if (*pte & PTE_P) {
+				c->any++;
+				c->local += (*pte & PTE_L) != 0;
+			}
+			*pte = 0;
+			continue;
+		}
+		if (((struct pt_node *)node)->e[i])
+			drop_walk(((struct pt_node *)node)->e[i], level + 1, lo, s, e, c);
+	}
+}
+
+static void drop_locked(struct uhmm_sim *sim, uintptr_t s, uintptr_t e, struct drop_count *c)
+{
+	uint64_t vs = s >> SIM_PAGE_SHIFT, ve = (e + SIM_PAGE - 1) >> SIM_PAGE_SHIFT;
+
+	if (e == UINTPTR_MAX)
+		ve = UINT64_MAX;
+	if (sim->root && vs < ve)
+		drop_walk(sim->root, 0, 0, vs, ve, c);
+}
+
+/* Wait until no thread touches device memory through a translation older than @gen. */
+static void wait_slots(struct uhmm_sim *sim, uint64_t gen)
+{
+	for (int i = 0; i < SIM_NSLOTS; i++) {
+		uint64_t v;
+
+		while ((v = atomic_load(&sim->slots[i])) && v < gen)
+			sched_yield();
+	}
+}
+
+void sim_drop_range(struct uhmm_sim *sim, uintptr_t s, uintptr_t e)
+{
+	struct drop_count c = { 0, 0 };
+	uint64_t gen = 0;
+
+	pthread_mutex_lock(&sim->lock);
+	drop_locked(sim, s, e, &c);
+	if (c.any)
+		gen = atomic_fetch_add(&sim->gen, 1) + 1;
+	pthread_mutex_unlock(&sim->lock);
+	if (c.local)
+		wait_slots(sim, gen);
+}
+
+void sim_pt_drop_all(struct uhmm_sim *sim)
+{
+	sim_drop_range(sim, 0, UINTPTR_MAX);
+}
+
+/*
+ * The CPU side of [r->start, r->end) changes: drop our translations of it,
+ * and wait until nobody touches a dropped device page any more. Our own
+ * migrations do not make a device fault start again (the kernel's owner
+ * rule); they bump mig_gen, which the device fault checks instead, because
+ * it runs migrations of its own between read_begin and read_retry.
+ * May run in the fault path: no allocation.
+ */
+static bool sim_invalidate(struct uhmm_interval_notifier *n, const struct uhmm_notify_range *r,
+			   uint64_t cur_seq)
+{
+	struct uhmm_sim *sim = (struct uhmm_sim *)((char *)n - offsetof(struct uhmm_sim, notifier));
+	bool own = r->event == UHMM_NOTIFY_MIGRATE && r->owner == sim;
+	struct drop_count c = { 0, 0 };
+	uint64_t gen = 0;
+
+	pthread_mutex_lock(&sim->lock);
+	if (own)
+		atomic_fetch_add(&sim->mig_gen, 1);
+	else
+		uhmm_interval_set_seq(n, cur_seq);
+	drop_locked(sim, r->start, r->end, &c);
+	if (c.any)
+		gen = atomic_fetch_add(&sim->gen, 1) + 1;
+	pthread_mutex_unlock(&sim->lock);
+	if (c.local)
+		wait_slots(sim, gen);
+	if (c.any)
+		atomic_fetch_add_explicit(&sim->invalidations, 1, memory_order_relaxed);
+	return true;
+}
+
+static const struct uhmm_interval_notifier_ops sim_notifier_ops = {
+	.invalidate = sim_invalidate,
+};
+
+int sim_pt_init(struct uhmm_sim *sim)
+{
+	int ret;
+
+	pthread_mutex_init(&sim->lock, NULL);
+	atomic_store(&sim->gen, 1);
+	atomic_store(&sim->vepoch, 1);
+	/* The whole address space, as the kernel's test driver does. */
+	ret = uhmm_interval_notifier_insert(&sim->notifier, sim->h, 0, UINTPTR_MAX,
+					    &sim_notifier_ops);
+	if (ret) {
+		pthread_mutex_destroy(&sim->lock);
+		return ret;
+	}
+	sim->notifier_in = true;
+	return 0;
+}
+
+static void free_walk(void *node, int level)
+{
+	if (level < PT_LEVELS - 1)
+		for (unsigned i = 0; i < PT_FAN; i++)
+			if (((struct pt_node *)node)->e[i])
+				free_walk(((struct pt_node *)node)->e[i], level + 1);
+	free(node);
+}
+
+void sim_pt_fini(struct uhmm_sim *sim)
+{
+	if (sim->notifier_in)
+		uhmm_interval_notifier_remove(&sim->notifier);
+	sim->notifier_in = false;
+	if (sim->root)
+		free_walk(sim->root, 0);
+	sim->root = NULL;
+	pthread_mutex_destroy(&sim->lock);
+}
+
+/* --- contexts and slots --- */
+
+struct uhmm_sim_ctx *sim_ctx_new(struct uhmm_sim *sim, bool external, unsigned int thread)
+{
+	struct uhmm_sim_ctx *ctx = calloc(1, sizeof(*ctx));
+
+	if (!ctx)
+		return NULL;
+	ctx->bounce = aligned_alloc(SIM_PAGE, 2 * SIM_PAGE);
+	if (!ctx->bounce) {
+		free(ctx);
+		return NULL;
+	}
+	ctx->sim = sim;
+	ctx->thread = thread;
+	ctx->external = external;
+	if (!external) {
+		ctx->slot = thread;
+		return ctx;
+	}
+	/* Commands take one of the external slots, waiting while all are busy. */
+	for (;;) {
+		for (unsigned i = 0; i < SIM_EXT_SLOTS; i++) {
+			int z = 0;
+
+			if (atomic_compare_exchange_strong(&sim->ext_used[i], &z, 1)) {
+				ctx->slot = UHMM_SIM_MAX_THREADS + i;
+				return ctx;
+			}
+		}
+		sched_yield();
+	}
+}
+
+void sim_ctx_free(struct uhmm_sim_ctx *ctx)
+{
+	if (!ctx)
+		return;
+	if (ctx->external)
+		atomic_store(&ctx->sim->ext_used[ctx->slot - UHMM_SIM_MAX_THREADS], 0);
+	for (int i = 0; i < PT_SPARES; i++)
+		free(ctx->spare[i]);
+	free(ctx->bounce);
+	free(ctx);
+}
+
+/* Announce the gen this thread's device-memory access relies on. */
+static uint64_t slot_enter(struct uhmm_sim_ctx *ctx)
+{
+	struct uhmm_sim *sim = ctx->sim;
+
+	for (;;) {
+		uint64_t g = atomic_load(&sim->gen);
+
+		atomic_store(&sim->slots[ctx->slot], g);
+		if (atomic_load(&sim->gen) == g)
+			return g;
+	}
+}
+
+void sim_slot_exit(struct uhmm_sim_ctx *ctx)
+{
+	atomic_store(&ctx->sim->slots[ctx->slot], 0);
+}
+
+void sim_tlb_forget(struct uhmm_sim_ctx *ctx, uintptr_t va)
+{
+	ctx->tlb[(va >> SIM_PAGE_SHIFT) % SIM_TLB].vpn = UINT64_MAX;
+}
+
+void sim_new_epoch(struct uhmm_sim *sim)
+{
+	atomic_fetch_add(&sim->vepoch, 1);
+}
+
+static uint64_t epoch_bits(uint64_t epoch)
+{
+	return (epoch & 0xffff) << PTE_EPOCH_SHIFT;
+}
+
+int64_t sim_now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* --- filling the table --- */
+
+/*
+ * Enter the VALID entries of a uhmm_range_fault result for [s, s + n pages)
+ * (within one leaf). Under sim->lock. Returns whether a present entry
+ * changed (then the caller bumps gen: caches may hold the old one).
+ */
+static bool install_locked(struct uhmm_sim_ctx *ctx, uintptr_t s, const uint64_t *pfns,
+			   unsigned long n, uint64_t epoch, bool local_only, unsigned long *mapped)
+{
+	struct uhmm_sim *sim = ctx->sim;
+	uint64_t vpn = s >> SIM_PAGE_SHIFT;
+	struct pt_leaf *l = leaf_get(sim, vpn, ctx);
+	bool changed = false;
+
+	if (!l)
+		return false; /* out of memory: the entries stay missing */
+	for (unsigned long i = 0; i < n; i++) {
+		uint64_t o = pfns[i], *pte = &l->e[(vpn + i) & (PT_FAN - 1)], nv;
+		struct uhmm_page *page = uhmm_pfn_to_page(o);
+
+		if (!(o & UHMM_PFN_VALID))
+			continue;
+		if (page && page->devmem == sim->dm)
+			nv = PTE_P | PTE_L | ((uint64_t)page->pfn << PTE_PFN_SHIFT);
+		else if (!page && !local_only)
+			nv = PTE_P;
+		else
+			continue;
+		nv |= (o & UHMM_PFN_WRITE ? PTE_W : 0) | epoch_bits(epoch);
+		if ((*pte & PTE_P) && *pte != nv)
+			changed = true;
+		if (!(nv & PTE_L) && *pte != nv)
+			++*mapped;
+		*pte = nv;
+	}
+	return changed;
+}
+
+/*
+ * One round of the kernel's driver loop over [s, s + n pages) (within one
+ * leaf): read_begin, uhmm_range_fault with @req on @req_page (or every page
+ * when @req_page is -1), lock, read_retry, install. With @migrate, managed
+ * pages of the window that are not ours move to the device first.
+ */
+struct fill {
+	uintptr_t s;
+	unsigned long n;
+	uint64_t req;
+	long req_page;
+	bool migrate;
+	bool local_only;
+	bool install;
+	unsigned long migrated, mapped;
+};
+
+static void set_requests(const struct fill *f, uint64_t *pfns)
+{
+	for (unsigned long i = 0; i < f->n; i++)
+		pfns[i] = f->req_page < 0 || (long)i == f->req_page ? f->req : 0;
+}
+
+/* Runs of managed pages that are on the CPU (present or holes): they may migrate to us. */
+static unsigned long migrate_window(struct uhmm_sim *sim, const struct fill *f, const uint64_t *pfns)
+{
+	unsigned long i = 0, j, total = 0;
+
+	while (i < f->n) {
+		uint64_t o = pfns[i];
+		bool cand = (o & UHMM_PFN_MANAGED) &&
+			    !(o & (UHMM_PFN_ERROR | UHMM_PFN_DEVICE_PRIVATE | UHMM_PFN_DEVICE_REMOTE));
+
+		if (!cand) {
+			i++;
+			continue;
+		}
+		for (j = i + 1; j < f->n; j++) {
+			uint64_t p = pfns[j];
+
+			if (!(p & UHMM_PFN_MANAGED) ||
+			    (p & (UHMM_PFN_ERROR | UHMM_PFN_DEVICE_PRIVATE | UHMM_PFN_DEVICE_REMOTE)))
+				break;
+		}
+		unsigned long moved = 0;
+
+		sim_migrate_to_dev(sim, f->s + (i << SIM_PAGE_SHIFT), f->s + (j << SIM_PAGE_SHIFT),
+				   false, &moved);
+		total += moved;
+		i = j;
+	}
+	return total;
+}
+
+static int fill_round(struct uhmm_sim_ctx *ctx, struct fill *f)
+{
+	struct uhmm_sim *sim = ctx->sim;
+	uint64_t pfns[SIM_CHUNK];
+	int64_t deadline = sim_now_ns() + SIM_TIMEOUT_NS;
+	struct uhmm_range range = {
+		.notifier = &sim->notifier,
+		.start = f->s,
+		.end = f->s + (f->n << SIM_PAGE_SHIFT),
+		.pfns = pfns,
+		.pfn_flags_mask = UHMM_PFN_REQ_FAULT | UHMM_PFN_REQ_WRITE,
+		.dev_private_owner = sim,
+	};
+
+	for (bool first = true;; first = false) {
+		uint64_t epoch, mg = 0;
+		bool changed;
+		int ret;
+
+		if (!first) {
+			atomic_fetch_add_explicit(&sim->fault_retries, 1, memory_order_relaxed);
+			if (sim_now_ns() > deadline)
+				return -EBUSY;
+		}
+		epoch = atomic_load(&sim->vepoch);
+		range.notifier_seq = uhmm_interval_read_begin(&sim->notifier);
+		set_requests(f, pfns);
+		ret = uhmm_range_fault(&range);
+		if (ret == -EBUSY)
+			continue;
+		if (ret)
+			return ret;
+		if (f->migrate) {
+			unsigned long moved = migrate_window(sim, f, pfns);
+
+			if (moved) {
+				f->migrated += moved;
+				/* Our migration is not an invalidation for us: look again. */
+				mg = atomic_load(&sim->mig_gen);
+				memset(pfns, 0, f->n * sizeof(pfns[0]));
+				ret = uhmm_range_fault(&range);
+				if (ret == -EBUSY)
+					continue;
+				if (ret)
+					return ret;
+			}
+		}
+		if (!f->install)
+			return 0;
+		ret = ctx_topup(ctx);
+		if (ret)
+			return ret;
+		pthread_mutex_lock(&sim->lock);
+		if (uhmm_interval_read_retry(&sim->notifier, range.notifier_seq) ||
+		    (mg && atomic_load(&sim->mig_gen) != mg)) {
+			pthread_mutex_unlock(&sim->lock);
+			continue;
+		}
+		changed = install_locked(ctx, f->s, pfns, f->n, epoch, f->local_only, &f->mapped);
+		if (changed)
+			atomic_fetch_add(&sim->gen, 1);
+		pthread_mutex_unlock(&sim->lock);
+		return 0;
+	}
+}
+
+/* The kernel driver's dmirror_fault: fault [s, e) in and map it, 64 pages a round. */
+int sim_map_range(struct uhmm_sim_ctx *ctx, uintptr_t s, uintptr_t e, bool write)
+{
+	while (s < e) {
+		uintptr_t ce = (s | (64 * SIM_PAGE - 1)) + 1;
+		struct fill f = {
+			.s = s,
+			.n = ((ce < e ? ce : e) - s) >> SIM_PAGE_SHIFT,
+			.req = UHMM_PFN_REQ_FAULT | (write ? UHMM_PFN_REQ_WRITE : 0),
+			.req_page = -1,
+			.install = true,
+		};
+		int ret = fill_round(ctx, &f);
+
+		if (ret)
+			return ret;
+		s += f.n << SIM_PAGE_SHIFT;
+	}
+	return 0;
+}
+
+/* Snapshot [s, e) and enter what is present (only our device pages with @local_only). */
+int sim_install_snapshot(struct uhmm_sim_ctx *ctx, uintptr_t s, uintptr_t e, bool local_only)
+{
+	while (s < e) {
+		uintptr_t ce = (s | (SIM_CHUNK * SIM_PAGE - 1)) + 1;
+		struct fill f = {
+			.s = s,
+			.n = ((ce < e ? ce : e) - s) >> SIM_PAGE_SHIFT,
+			.req_page = -1,
+			.local_only = local_only,
+			.install = true,
+		};
+		int ret = fill_round(ctx, &f);
+
+		if (ret)
+			return ret;
+		s += f.n << SIM_PAGE_SHIFT;
+	}
+	return 0;
+}
+
+/* A device kernel met a missing or read-only translation at @va. */
+static int device_fault(struct uhmm_sim_ctx *ctx, uintptr_t va, bool write)
+{
+	struct uhmm_sim *sim = ctx->sim;
+	uintptr_t page = va & SIM_PAGE_MASK;
+	uintptr_t ws = page & ~((uintptr_t)sim->window * SIM_PAGE - 1);
+	struct fill f = {
+		.s = ws,
+		.n = sim->window,
+		.req = UHMM_PFN_REQ_FAULT | (write ? UHMM_PFN_REQ_WRITE : 0),
+		.req_page = (long)((page - ws) >> SIM_PAGE_SHIFT),
+		.migrate = sim->policy == UHMM_SIM_POLICY_MIGRATE,
+		.install = true,
+	};
+	int ret = fill_round(ctx, &f);
+
+	if (ret)
+		return ret;
+	atomic_fetch_add_explicit(&sim->device_faults, 1, memory_order_relaxed);
+	atomic_fetch_add_explicit(&sim->fault_migrated, f.migrated, memory_order_relaxed);
+	atomic_fetch_add_explicit(&sim->fault_mapped, f.mapped, memory_order_relaxed);
+	return 0;
+}
+
+/*
+ * Check the translations of the 2 MiB around @va against the CPU side again
+ * (a new launch or command: mprotect raised no event meanwhile), keeping what
+ * is still true, stamped with the current epoch, and dropping the rest.
+ */
+int sim_revalidate(struct uhmm_sim_ctx *ctx, uintptr_t va)
+{
+	struct uhmm_sim *sim = ctx->sim;
+	uintptr_t ws = va & ~(SIM_REVAL * SIM_PAGE - 1);
+	uint64_t pfns[SIM_REVAL];
+	int64_t deadline = sim_now_ns() + SIM_TIMEOUT_NS;
+	struct uhmm_range range = {
+		.notifier = &sim->notifier,
+		.start = ws,
+		.end = ws + SIM_REVAL * SIM_PAGE,
+		.pfns = pfns,
+		.dev_private_owner = sim,
+	};
+
+	for (;;) {
+		uint64_t epoch = atomic_load(&sim->vepoch), vpn = ws >> SIM_PAGE_SHIFT;
+		struct pt_leaf *l;
+		int ret;
+
+		if (sim_now_ns() > deadline)
+			return -EBUSY;
+		range.notifier_seq = uhmm_interval_read_begin(&sim->notifier);
+		memset(pfns, 0, sizeof(pfns));
+		ret = uhmm_range_fault(&range);
+		if (ret == -EBUSY)
+			continue;
+		if (ret)
+			return ret;
+		pthread_mutex_lock(&sim->lock);
+		if (uhmm_interval_read_retry(&sim->notifier, range.notifier_seq)) {
+			pthread_mutex_unlock(&sim->lock);
+			continue;
+		}
+		l = leaf_get(sim, vpn, NULL);
+		for (unsigned long i = 0; l && i < SIM_REVAL; i++) {
+			uint64_t *pte = &l->e[i], o = pfns[i];
+			struct uhmm_page *pg = uhmm_pfn_to_page(o);
+			bool keep;
+
+			if (!(*pte & PTE_P))
+				continue;
+			if (*pte & PTE_L)
+				keep = pg && pg->devmem == sim->dm && pg->pfn == pte_pfn(*pte);
+			else
+				keep = (o & UHMM_PFN_VALID) && !pg;
+			if (keep)
+				*pte = (*pte & (PTE_P | PTE_L | PTE_PFN_MASK)) |
+				       (o & UHMM_PFN_WRITE ? PTE_W : 0) | epoch_bits(epoch);
+			else
+				*pte = 0;
+		}
+		atomic_fetch_add(&sim->gen, 1);
+		pthread_mutex_unlock(&sim->lock);
+		atomic_fetch_add_explicit(&sim->revalidations, 1, memory_order_relaxed);
+		return 0;
+	}
+}
+
+/*
+ * Translate @va for an access. Returns 0 with *mem in the device's memory and
+ * the slot held (finish touching it, without touching anything else that may
+ * fault, then sim_slot_exit), 1 with *mem == va for a system page (nothing
+ * held), or -errno from the device fault. Without @fault, a missing (or
+ * read-only, for @write) translation gives -ENOENT instead of a device fault.
+ */
+int sim_translate(struct uhmm_sim_ctx *ctx, uintptr_t va, bool write, bool fault, char **mem)
+{
+	struct uhmm_sim *sim = ctx->sim;
+	uint64_t vpn = va >> SIM_PAGE_SHIFT;
+	int64_t deadline = 0;
+
+	for (;;) {
+		uint64_t epoch = atomic_load(&sim->vepoch) & 0xffff;
+		uint64_t g = slot_enter(ctx), pte;
+		struct sim_tlb *t = &ctx->tlb[vpn % SIM_TLB];
+		int ret;
+
+		/* Only present entries are cached: a new entry bumps no gen. */
+		if (t->vpn == vpn && t->gen == g && (t->pte & PTE_P)) {
+			pte = t->pte;
+		} else {
+			pte = sim_pt_lookup(sim, vpn, &t->gen);
+			t->vpn = vpn;
+			t->pte = pte;
+		}
+		if ((pte & PTE_P) && pte_epoch(pte) == epoch && (!write || (pte & PTE_W))) {
+			if (pte & PTE_L) {
+				*mem = sim_pool_page(sim, pte_pfn(pte)) + (va & (SIM_PAGE - 1));
+				return 0;
+			}
+			sim_slot_exit(ctx);
+			*mem = (char *)va;
+			return 1;
+		}
+		sim_slot_exit(ctx);
+		if (!deadline)
+			deadline = sim_now_ns() + SIM_TIMEOUT_NS;
+		else if (sim_now_ns() > deadline)
+			return -EBUSY; /* translations keep vanishing under us */
+		if ((pte & PTE_P) && pte_epoch(pte) != epoch)
+			ret = sim_revalidate(ctx, va);
+		else if (!fault)
+			return -ENOENT;
+		else
+			ret = device_fault(ctx, va, write);
+		if (ret)
+			return ret;
+	}
+}
