@@ -46,6 +46,7 @@ extern "C" {
 	struct type name = { .sz = sizeof(struct type), __VA_ARGS__ }
 
 struct uhmm;
+struct uhmm_devmem; /* device memory: see uhmm_driver.h; uhmm_sim_devmem() gives one */
 
 /* Userfaultfd features uhmm uses, as reported by uhmm_features(). */
 enum {
@@ -274,6 +275,54 @@ UHMM_API int uhmm_migrate_to_ram(struct uhmm *h, void *addr, size_t len);
  * Return: 0, or -EINVAL (NULL handle).
  */
 UHMM_API int uhmm_sync(struct uhmm *h);
+
+/**
+ * uhmm_prefetch() - move a range where it is about to be used (cudaMemPrefetchAsync's
+ * synchronous form).
+ * @h: the handle. @addr, @len: a page-aligned range inside managed memory.
+ * @target: a device memory region, or NULL for system memory.
+ *
+ * To a device: uhmm_migrate_to_device() (with eviction if the region has a
+ * policy); to system memory: uhmm_migrate_to_ram(). Counted as prefetches.
+ * Return: pages moved, or the errors of those two functions (-EINVAL for a
+ * region of another handle).
+ */
+UHMM_API int uhmm_prefetch(struct uhmm *h, void *addr, size_t len, struct uhmm_devmem *target);
+
+/**
+ * uhmm_prefetch_async() - queue a prefetch; a worker thread of the handle
+ * runs queued prefetches in order.
+ * @ticket: out: what uhmm_prefetch_wait() takes.
+ * Return: 0, or -EINVAL (bad arguments, checked now), -ENOMEM, -EAGAIN (no thread).
+ */
+UHMM_API int uhmm_prefetch_async(struct uhmm *h, void *addr, size_t len,
+				 struct uhmm_devmem *target, uint64_t *ticket);
+
+/**
+ * uhmm_prefetch_wait() - wait until the prefetch @ticket (and all before it) ran.
+ * Return: that prefetch's result (pages moved or -errno), -EINVAL for a ticket
+ * never issued, -ENOENT when its result is no longer kept (more than 4096
+ * prefetches later).
+ */
+UHMM_API int uhmm_prefetch_wait(struct uhmm *h, uint64_t ticket);
+
+/*
+ * struct uhmm_thrash_opts - thrashing control (CUDA's throttle-then-pin);
+ * declare with UHMM_OPTS. A page that comes home by a CPU fault less than
+ * @window_ms after it went to a device has bounced; after @threshold bounces
+ * in a row it is pinned in system memory for @pin_ms: migrations to devices
+ * leave it there (devices reach it through its CPU address). @threshold 0
+ * turns the control off (the default).
+ */
+struct uhmm_thrash_opts {
+	size_t sz;
+	unsigned int window_ms;
+	unsigned int threshold;
+	unsigned int pin_ms;
+};
+
+/** uhmm_set_thrash() - set the thrashing control. Return: 0, or -EINVAL, -E2BIG. */
+UHMM_API int uhmm_set_thrash(struct uhmm *h, const struct uhmm_thrash_opts *opts);
 
 /* Where a page is, as seen by uhmm_page_state(). */
 enum uhmm_page_state {

@@ -55,6 +55,8 @@ struct uhmm_page {
 	void *zone_device_data;
 	int refcount;
 	uint32_t next_free; /* core: free-list link */
+	uint64_t birth;     /* when it last received a page's data (a core tick) */
+	uint64_t last_use;  /* when it was last used (uhmm_page_mark_accessed, or birth) */
 } __attribute__((aligned(64)));
 
 /*
@@ -202,6 +204,13 @@ UHMM_API struct uhmm_page *uhmm_devmem_page(struct uhmm_devmem *dm, unsigned lon
  * @resident:   pages holding the data of a managed page.
  * @page_frees: times a page's last reference dropped (page_free calls).
  * @owner_pages: pages charged to this region's owner, over all its regions.
+ * @faults:     CPU faults on its pages (each brought at least one page home).
+ * @pages_to:   pages migrated into it (migrations, prefetches).
+ * @pages_from: pages that left it for system memory (faults, migrations, evictions).
+ * @bytes_to, @bytes_from: the same in bytes.
+ * @prefetched: pages moved into it by uhmm_prefetch*().
+ * @evictions:  pages evicted home to make room.
+ * @thrash_events: pages pinned on the CPU because they bounced (uhmm_set_thrash).
  */
 struct uhmm_devmem_stats {
 	size_t sz;
@@ -210,6 +219,14 @@ struct uhmm_devmem_stats {
 	uint64_t resident;
 	uint64_t page_frees;
 	uint64_t owner_pages;
+	uint64_t faults;
+	uint64_t pages_to;
+	uint64_t pages_from;
+	uint64_t bytes_to;
+	uint64_t bytes_from;
+	uint64_t prefetched;
+	uint64_t evictions;
+	uint64_t thrash_events;
 };
 
 /** uhmm_devmem_stats() - read a region's counters. Return: 0, or -EINVAL, -E2BIG. */
@@ -227,6 +244,44 @@ static inline uintptr_t uhmm_page_addr(const struct uhmm_page *page)
 {
 	return __atomic_load_n(&page->addr, __ATOMIC_ACQUIRE);
 }
+
+/**
+ * uhmm_page_mark_accessed() - the device used @page: recency for eviction
+ * (drivers call it on device accesses; cheap, async-signal-safe).
+ */
+UHMM_API void uhmm_page_mark_accessed(struct uhmm_page *page);
+
+/* --- Eviction: oversubscribing device memory --- */
+
+#define UHMM_EVICT_POLICY_ABI 1
+
+/*
+ * struct uhmm_evict_policy - which device pages to send home when a
+ * migration to a full region needs room. One const table per policy.
+ */
+struct uhmm_evict_policy {
+	unsigned int abi; /* UHMM_EVICT_POLICY_ABI */
+	const char *name;
+	/*
+	 * select - choose up to @n pages of @dm that hold data (uhmm_page_addr()
+	 * non-zero) to evict; write them to @out, return how many. Called from
+	 * the migrating thread with no page lock held. Required.
+	 */
+	unsigned long (*select)(struct uhmm_devmem *dm, struct uhmm_page **out, unsigned long n);
+};
+
+/* Built in: least recently used (by last_use) and first in, first out (by birth). */
+UHMM_API extern const struct uhmm_evict_policy uhmm_evict_lru;
+UHMM_API extern const struct uhmm_evict_policy uhmm_evict_fifo;
+
+/**
+ * uhmm_devmem_set_evict() - let migrations to a full region evict pages home.
+ * @dm: the region. @policy: a policy, or NULL for none (the default: a
+ * migration to a full region stops and returns what moved, or -ENOMEM).
+ * Evicted pages come home with their data, like uhmm_migrate_to_ram().
+ * Return: 0, or -EINVAL (NULL region, policy without select or wrong ABI).
+ */
+UHMM_API int uhmm_devmem_set_evict(struct uhmm_devmem *dm, const struct uhmm_evict_policy *policy);
 
 /** uhmm_page_get() - take a reference on an in-use page. */
 UHMM_API void uhmm_page_get(struct uhmm_page *page);

@@ -286,6 +286,14 @@ int uhmm_devmem_stats(struct uhmm_devmem *dm, struct uhmm_devmem_stats *st)
 	s.resident = (uint64_t)atomic_load(&dm->resident);
 	s.page_frees = (uint64_t)atomic_load(&dm->page_frees);
 	s.owner_pages = (uint64_t)atomic_load(&dm->acct->pages);
+	s.faults = (uint64_t)atomic_load(&dm->st_faults);
+	s.pages_to = (uint64_t)atomic_load(&dm->st_to);
+	s.pages_from = (uint64_t)atomic_load(&dm->st_from);
+	s.bytes_to = s.pages_to * PAGE_SIZE;
+	s.bytes_from = s.pages_from * PAGE_SIZE;
+	s.prefetched = (uint64_t)atomic_load(&dm->st_prefetched);
+	s.evictions = (uint64_t)atomic_load(&dm->st_evictions);
+	s.thrash_events = (uint64_t)atomic_load(&dm->st_thrash);
 	memcpy(st, &s, sz < sizeof(s) ? sz : sizeof(s));
 	st->sz = sz;
 	return 0;

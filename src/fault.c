@@ -224,6 +224,10 @@ again:
 		 */
 		ret = page ? page->devmem->ops->migrate_to_ram(&vmf) : -ENODEV;
 		nv = atomic_load(w);
+		if (w_kind(nv) == W_CPU) {
+			atomic_fetch_add(&page->devmem->st_faults, 1);
+			nv = uhmm__thrash_home(h, page->devmem, v, nv);
+		}
 		if (w_kind(nv) == W_DEVICE && uhmm__svc_eagain) {
 			ret = -EAGAIN; /* an event is pending: the page stays, the fault is retried */
 			break;

@@ -55,6 +55,18 @@
 #define W_SLOT_MASK 0xffffULL
 #define W_PFN_SHIFT 32
 
+/*
+ * Thrashing control (policy.c), bits 4-15, kept across state changes: how
+ * many bounces in a row, pinned on the CPU, and a time in 16 ms units (when
+ * the page last went to a device, or when it was pinned).
+ */
+#define W_TCOUNT_SHIFT 4
+#define W_TCOUNT_MASK (0x7ULL << W_TCOUNT_SHIFT)
+#define W_PINNED 0x80ULL
+#define W_TTIME_SHIFT 8
+#define W_TTIME_MASK (0xffULL << W_TTIME_SHIFT)
+#define W_THRASH_MASK (W_TCOUNT_MASK | W_PINNED | W_TTIME_MASK)
+
 static inline uint64_t w_kind(uint64_t w)
 {
 	return w & W_KIND_MASK;
@@ -131,6 +143,8 @@ struct uhmm_devmem {
 	atomic_long page_frees;
 	atomic_int dying;
 	struct owner_acct *acct;
+	_Atomic(const struct uhmm_evict_policy *) evict;
+	atomic_long st_faults, st_to, st_from, st_prefetched, st_evictions, st_thrash;
 };
 
 struct uhmm {
@@ -176,6 +190,13 @@ struct uhmm {
 	atomic_int remaps_pending; /* remap events read and not yet handled */
 	atomic_int events_pending; /* unmap/remove/remap events read and not yet handled */
 	atomic_int reading;        /* the service thread is inside read(2) of the uffd */
+
+	/* Recency for eviction, and the thrashing control (policy.c). */
+	_Atomic uint64_t tick;
+	struct {
+		atomic_uint window16, threshold, pin16; /* 16 ms units; threshold 0: off */
+	} thrash;
+	struct prefetcher *pf; /* the async prefetch worker, started on first use */
 
 	/* Fault streams, for uhmm_fault_window (fault.c). */
 	struct {
@@ -265,6 +286,13 @@ bool uhmm__invalidate_start(struct uhmm *h, uintptr_t start, uintptr_t end, int 
 			    void *owner);
 void uhmm__invalidate_end(struct uhmm *h, bool started);
 void uhmm__mirror_fini(struct uhmm *h);
+
+/* policy.c */
+uint64_t uhmm__thrash_home(struct uhmm *h, struct uhmm_devmem *dm, uint64_t old, uint64_t nw);
+uint64_t uhmm__thrash_out(uint64_t old);
+bool uhmm__thrash_pinned(struct uhmm *h, uint64_t w);
+void uhmm__evict(struct uhmm_devmem *dm, unsigned long need);
+void uhmm__prefetch_stop(struct uhmm *h);
 
 /* migrate.c */
 int uhmm__home_range(struct uhmm *h, uintptr_t start, uintptr_t end, struct uhmm_devmem *only,

@@ -196,6 +196,11 @@ int uhmm_migrate_setup(struct uhmm_migrate *a)
 			continue;
 		}
 		if (sys && w_kind(v) == W_CPU) {
+			/* A page pinned for thrashing stays; devices reach it where it is. */
+			if (uhmm__thrash_pinned(h, v)) {
+				uhmm__unlock(w, v);
+				continue;
+			}
 			a->src[i] = S_HELD | UHMM_MIGRATE_MIGRATE;
 			any_sys = true;
 			continue;
@@ -231,8 +236,12 @@ static void commit_device(struct uhmm_migrate *a, unsigned long i)
 		return;
 	}
 	uhmm__page_set_addr(np, page_addr(a, i));
+	np->birth = atomic_fetch_add(&h->tick, 1);
+	__atomic_store_n(&np->last_use, np->birth, __ATOMIC_RELAXED);
 	atomic_fetch_add(&np->devmem->resident, 1);
-	atomic_store(w, w_device(np->devmem->slot, np->pfn) | W_LOCKED | (old & W_WAITERS));
+	atomic_fetch_add(&np->devmem->st_to, 1);
+	atomic_store(w, w_device(np->devmem->slot, np->pfn) | W_LOCKED | (old & W_WAITERS) |
+				uhmm__thrash_out(old));
 	if (a->src[i] & UHMM_MIGRATE_DEVICE)
 		uhmm__release_word(h, old);
 	else
@@ -253,8 +262,12 @@ static void commit_system(struct uhmm_migrate *a, unsigned long i)
 {
 	_Atomic uint64_t *w = mig_word(a, i);
 	uint64_t old = atomic_load(w);
+	struct uhmm_page *page = uhmm__word_page(a->h, old);
 
-	atomic_store(w, W_CPU | W_LOCKED | (old & W_WAITERS));
+	if (page)
+		atomic_fetch_add(&page->devmem->st_from, 1);
+	/* The bounce history stays with the page (a fault updates it, serve()). */
+	atomic_store(w, W_CPU | W_LOCKED | (old & (W_WAITERS | W_TCOUNT_MASK | W_TTIME_MASK)));
 	uhmm__release_word(a->h, old);
 	UHMM_STAT_ADD(a->h, pages_home, 1);
 	a->src[i] |= S_DONE;
@@ -505,6 +518,8 @@ static int pass_to_device(void *ctx, uintptr_t s, uintptr_t e, unsigned long off
 
 	if (td->full)
 		return 0;
+	/* Full region with an eviction policy: make room first, holding no lock. */
+	uhmm__evict(dm, (e - s) >> PAGE_SHIFT);
 	ret = uhmm_migrate_setup(&a);
 	if (ret)
 		return ret;

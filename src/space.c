@@ -493,8 +493,11 @@ static void fork_parent(void)
 
 static void fork_child(void)
 {
-	for (struct uhmm *h = open_list; h; h = h->next_open)
+	/* The child has none of the parent's threads: forget them, never join them. */
+	for (struct uhmm *h = open_list; h; h = h->next_open) {
 		atomic_store(&h->closed, 1);
+		h->pf = NULL;
+	}
 	open_list = NULL;
 	pthread_mutex_unlock(&open_lock);
 }
@@ -681,6 +684,7 @@ void uhmm_close(struct uhmm *h)
 	if (!h)
 		return;
 	open_list_del(h);
+	uhmm__prefetch_stop(h); /* queued prefetches run first */
 	if (atomic_exchange(&h->closed, 1))
 		return;
 	n = snapshot(h, &rs);

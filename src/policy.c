@@ -1,0 +1,411 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * policy.c - what CUDA unified-memory users expect on top of migration:
+ * prefetch (synchronous and queued), eviction when device memory is full
+ * (pluggable policies: LRU, FIFO), and thrashing control (throttle, then
+ * pin a bouncing page in system memory for a while).
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "internal.h"
+
+/* --- time, in the 16 ms units the state word keeps (async-signal-safe) --- */
+
+static unsigned now16(void)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC_COARSE, &t);
+	return (unsigned)(((uint64_t)t.tv_sec * 1000 + (uint64_t)t.tv_nsec / 1000000) / 16) & 0xff;
+}
+
+static unsigned since16(uint64_t w)
+{
+	return (now16() - (unsigned)((w & W_TTIME_MASK) >> W_TTIME_SHIFT)) & 0xff;
+}
+
+/* --- thrashing control --- */
+
+int uhmm_set_thrash(struct uhmm *h, const struct uhmm_thrash_opts *opts)
+{
+	struct uhmm_thrash_opts o = { .sz = sizeof(o) };
+	int ret;
+
+	if (!h || !opts)
+		return -EINVAL;
+	ret = uhmm__opts_check(opts, opts->sz, sizeof(o));
+	if (ret)
+		return ret;
+	memcpy(&o, opts, opts->sz < sizeof(o) ? opts->sz : sizeof(o));
+	/* The word keeps 8 bits of 16 ms: windows and pins up to 4 s. */
+	if (o.window_ms > 4000 || o.pin_ms > 4000 || o.threshold > 7)
+		return -EINVAL;
+	atomic_store(&h->thrash.window16, (o.window_ms + 15) / 16);
+	atomic_store(&h->thrash.pin16, (o.pin_ms + 15) / 16);
+	atomic_store(&h->thrash.threshold, o.threshold);
+	return 0;
+}
+
+/* The page goes to a device: keep its bounce count, stamp the time, unpin. */
+uint64_t uhmm__thrash_out(uint64_t old)
+{
+	return (old & W_TCOUNT_MASK) | ((uint64_t)now16() << W_TTIME_SHIFT);
+}
+
+/*
+ * A CPU fault brought the page home (@old: its word on the device; @nw: its
+ * new word). A quick return is a bounce; enough bounces in a row pin it.
+ */
+uint64_t uhmm__thrash_home(struct uhmm *h, struct uhmm_devmem *dm, uint64_t old, uint64_t nw)
+{
+	unsigned thr = atomic_load(&h->thrash.threshold);
+	uint64_t count = (old & W_TCOUNT_MASK) >> W_TCOUNT_SHIFT;
+
+	nw &= ~W_THRASH_MASK;
+	if (!thr)
+		return nw;
+	if (since16(old) > atomic_load(&h->thrash.window16))
+		return nw; /* it stayed long enough: the streak ends */
+	if (++count < thr)
+		return nw | (count << W_TCOUNT_SHIFT);
+	if (dm)
+		atomic_fetch_add(&dm->st_thrash, 1);
+	return nw | W_PINNED | ((uint64_t)now16() << W_TTIME_SHIFT);
+}
+
+/* Whether a CPU page is pinned there now (migrations to devices leave it). */
+bool uhmm__thrash_pinned(struct uhmm *h, uint64_t w)
+{
+	return (w & W_PINNED) && since16(w) < atomic_load(&h->thrash.pin16);
+}
+
+/* --- recency and eviction --- */
+
+void uhmm_page_mark_accessed(struct uhmm_page *page)
+{
+	if (page && page->devmem)
+		__atomic_store_n(&page->last_use, atomic_fetch_add(&page->devmem->h->tick, 1),
+				 __ATOMIC_RELAXED);
+}
+
+/* A max-heap of the @n pages with the smallest keys seen so far. */
+struct pick {
+	struct uhmm_page **p;
+	uint64_t *key;
+	unsigned long n, cap;
+};
+
+static void pick_sift(struct pick *k, unsigned long i)
+{
+	for (;;) {
+		unsigned long l = 2 * i + 1, r = l + 1, m = i;
+
+		if (l < k->n && k->key[l] > k->key[m])
+			m = l;
+		if (r < k->n && k->key[r] > k->key[m])
+			m = r;
+		if (m == i)
+			return;
+		uint64_t tk = k->key[i];
+		struct uhmm_page *tp = k->p[i];
+
+		k->key[i] = k->key[m];
+		k->p[i] = k->p[m];
+		k->key[m] = tk;
+		k->p[m] = tp;
+		i = m;
+	}
+}
+
+static void pick_add(struct pick *k, struct uhmm_page *page, uint64_t key)
+{
+	if (k->n < k->cap) {
+		unsigned long i = k->n++;
+
+		k->p[i] = page;
+		k->key[i] = key;
+		while (i && k->key[(i - 1) / 2] < k->key[i]) {
+			unsigned long up = (i - 1) / 2;
+			uint64_t tk = k->key[i];
+			struct uhmm_page *tp = k->p[i];
+
+			k->key[i] = k->key[up];
+			k->p[i] = k->p[up];
+			k->key[up] = tk;
+			k->p[up] = tp;
+			i = up;
+		}
+		return;
+	}
+	if (key >= k->key[0])
+		return;
+	k->p[0] = page;
+	k->key[0] = key;
+	pick_sift(k, 0);
+}
+
+/* The @n resident pages with the smallest birth (FIFO) or last use (LRU). */
+static unsigned long select_oldest(struct uhmm_devmem *dm, struct uhmm_page **out, unsigned long n,
+				   bool by_use)
+{
+	uint64_t *keys = malloc(n * sizeof(*keys));
+	struct pick k = { .p = out, .key = keys, .n = 0, .cap = n };
+
+	if (!keys)
+		return 0;
+	for (unsigned long pfn = 0; pfn < dm->npages; pfn++) {
+		struct uhmm_page *page = &dm->pages[pfn];
+
+		if (!uhmm_page_addr(page) || __atomic_load_n(&page->refcount, __ATOMIC_RELAXED) <= 0)
+			continue;
+		pick_add(&k, page, by_use ? __atomic_load_n(&page->last_use, __ATOMIC_RELAXED) :
+					    page->birth);
+	}
+	free(keys);
+	return k.n;
+}
+
+static unsigned long lru_select(struct uhmm_devmem *dm, struct uhmm_page **out, unsigned long n)
+{
+	return select_oldest(dm, out, n, true);
+}
+
+static unsigned long fifo_select(struct uhmm_devmem *dm, struct uhmm_page **out, unsigned long n)
+{
+	return select_oldest(dm, out, n, false);
+}
+
+const struct uhmm_evict_policy uhmm_evict_lru = {
+	.abi = UHMM_EVICT_POLICY_ABI,
+	.name = "lru",
+	.select = lru_select,
+};
+
+const struct uhmm_evict_policy uhmm_evict_fifo = {
+	.abi = UHMM_EVICT_POLICY_ABI,
+	.name = "fifo",
+	.select = fifo_select,
+};
+
+int uhmm_devmem_set_evict(struct uhmm_devmem *dm, const struct uhmm_evict_policy *policy)
+{
+	if (!dm || (policy && (policy->abi != UHMM_EVICT_POLICY_ABI || !policy->select)))
+		return -EINVAL;
+	atomic_store(&dm->evict, policy);
+	return 0;
+}
+
+static int cmp_addr(const void *a, const void *b)
+{
+	uintptr_t x = uhmm_page_addr(*(struct uhmm_page *const *)a);
+	uintptr_t y = uhmm_page_addr(*(struct uhmm_page *const *)b);
+
+	return x < y ? -1 : x > y;
+}
+
+/*
+ * Make room for @need pages in @dm by sending the policy's victims home.
+ * From the migrating thread, holding no page lock.
+ */
+void uhmm__evict(struct uhmm_devmem *dm, unsigned long need)
+{
+	const struct uhmm_evict_policy *pol = atomic_load(&dm->evict);
+	struct uhmm_page *victims[CHUNK_PAGES];
+	unsigned long free_pages, n, i, j, poisoned = 0;
+
+	if (!pol)
+		return;
+	free_pages = dm->npages - (unsigned long)atomic_load(&dm->in_use);
+	if (free_pages >= need)
+		return;
+	n = need - free_pages;
+	if (n > CHUNK_PAGES)
+		n = CHUNK_PAGES;
+	n = pol->select(dm, victims, n);
+	/* Home in runs of neighbouring addresses: one migration per run. */
+	qsort(victims, n, sizeof(victims[0]), cmp_addr);
+	for (i = 0; i < n; i = j) {
+		uintptr_t a = uhmm_page_addr(victims[i]);
+		int moved;
+
+		for (j = i + 1; j < n && a && uhmm_page_addr(victims[j]) ==
+					       a + ((j - i) << PAGE_SHIFT);
+		     j++)
+			;
+		if (!a)
+			continue;
+		moved = uhmm__home_range(dm->h, a, a + ((j - i) << PAGE_SHIFT), dm, &poisoned);
+		if (moved > 0)
+			atomic_fetch_add(&dm->st_evictions, moved);
+	}
+}
+
+/* --- prefetch --- */
+
+int uhmm_prefetch(struct uhmm *h, void *addr, size_t len, struct uhmm_devmem *target)
+{
+	int ret;
+
+	if (!h || (target && target->h != h))
+		return -EINVAL;
+	if (!target)
+		return uhmm_migrate_to_ram(h, addr, len);
+	ret = uhmm_migrate_to_device(target, addr, len);
+	if (ret > 0)
+		atomic_fetch_add(&target->st_prefetched, ret);
+	return ret;
+}
+
+#define PF_RESULTS 4096
+
+struct pf_req {
+	struct pf_req *next;
+	uint64_t ticket;
+	void *addr;
+	size_t len;
+	struct uhmm_devmem *target;
+};
+
+struct prefetcher {
+	pthread_t thread;
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	struct pf_req *head, **tail;
+	uint64_t issued, done;
+	int results[PF_RESULTS];
+	bool stop;
+};
+
+static void *pf_main(void *arg)
+{
+	struct uhmm *h = arg;
+	struct prefetcher *pf = h->pf;
+
+	pthread_mutex_lock(&pf->lock);
+	for (;;) {
+		struct pf_req *r;
+		int ret;
+
+		while (!pf->head && !pf->stop)
+			pthread_cond_wait(&pf->cond, &pf->lock);
+		r = pf->head;
+		if (!r)
+			break;
+		pf->head = r->next;
+		if (!pf->head)
+			pf->tail = &pf->head;
+		pthread_mutex_unlock(&pf->lock);
+		ret = uhmm_prefetch(h, r->addr, r->len, r->target);
+		pthread_mutex_lock(&pf->lock);
+		pf->results[r->ticket % PF_RESULTS] = ret;
+		pf->done = r->ticket;
+		pthread_cond_broadcast(&pf->cond);
+		free(r);
+	}
+	pthread_mutex_unlock(&pf->lock);
+	return NULL;
+}
+
+static int pf_start(struct uhmm *h)
+{
+	struct prefetcher *pf;
+	int ret = 0;
+
+	pthread_mutex_lock(&h->lock);
+	if (h->pf)
+		goto out;
+	pf = calloc(1, sizeof(*pf));
+	if (!pf) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	pthread_mutex_init(&pf->lock, NULL);
+	pthread_cond_init(&pf->cond, NULL);
+	pf->tail = &pf->head;
+	h->pf = pf;
+	ret = -pthread_create(&pf->thread, NULL, pf_main, h);
+	if (ret) {
+		h->pf = NULL;
+		free(pf);
+	}
+out:
+	pthread_mutex_unlock(&h->lock);
+	return ret;
+}
+
+int uhmm_prefetch_async(struct uhmm *h, void *addr, size_t len, struct uhmm_devmem *target,
+			uint64_t *ticket)
+{
+	struct prefetcher *pf;
+	struct pf_req *r;
+	int ret;
+
+	if (!h || !ticket || (target && target->h != h))
+		return -EINVAL;
+	ret = uhmm__check_range(addr, len);
+	if (ret)
+		return ret;
+	if (atomic_load(&h->closed))
+		return -EINVAL;
+	ret = pf_start(h);
+	if (ret)
+		return ret;
+	r = calloc(1, sizeof(*r));
+	if (!r)
+		return -ENOMEM;
+	r->addr = addr;
+	r->len = len;
+	r->target = target;
+	pf = h->pf;
+	pthread_mutex_lock(&pf->lock);
+	r->ticket = *ticket = ++pf->issued;
+	*pf->tail = r;
+	pf->tail = &r->next;
+	pthread_cond_broadcast(&pf->cond);
+	pthread_mutex_unlock(&pf->lock);
+	return 0;
+}
+
+int uhmm_prefetch_wait(struct uhmm *h, uint64_t ticket)
+{
+	struct prefetcher *pf;
+	int ret;
+
+	if (!h || !h->pf || !ticket)
+		return -EINVAL;
+	pf = h->pf;
+	pthread_mutex_lock(&pf->lock);
+	if (ticket > pf->issued) {
+		pthread_mutex_unlock(&pf->lock);
+		return -EINVAL;
+	}
+	while (pf->done < ticket && !pf->stop)
+		pthread_cond_wait(&pf->cond, &pf->lock);
+	if (pf->done < ticket)
+		ret = -ESHUTDOWN;
+	else
+		ret = pf->done - ticket >= PF_RESULTS ? -ENOENT : pf->results[ticket % PF_RESULTS];
+	pthread_mutex_unlock(&pf->lock);
+	return ret;
+}
+
+/* At close: run what is queued, then stop the worker. */
+void uhmm__prefetch_stop(struct uhmm *h)
+{
+	struct prefetcher *pf = h->pf;
+
+	if (!pf)
+		return;
+	pthread_mutex_lock(&pf->lock);
+	pf->stop = true;
+	pthread_cond_broadcast(&pf->cond);
+	pthread_mutex_unlock(&pf->lock);
+	pthread_join(pf->thread, NULL);
+	h->pf = NULL;
+	pthread_mutex_destroy(&pf->lock);
+	pthread_cond_destroy(&pf->cond);
+	free(pf);
+}

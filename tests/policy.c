@@ -1,0 +1,253 @@
+/* policy.c - prefetch, eviction policies (oversubscription), thrashing control, device counters. */
+#include "harness.h"
+
+#define DEVPAGES 64
+
+static void fill(char *buf, size_t npages, unsigned seed)
+{
+	for (size_t i = 0; i < npages * PAGE; i += 8)
+		*(uint64_t *)(buf + i) = (i * 0x9e3779b97f4a7c15ULL) ^ seed;
+}
+
+static void check_fill(const char *buf, size_t npages, unsigned seed)
+{
+	for (size_t i = 0; i < npages * PAGE; i += 8)
+		if (*(const uint64_t *)(buf + i) != ((i * 0x9e3779b97f4a7c15ULL) ^ seed))
+			CHECK_EQ(*(const uint64_t *)(buf + i), (i * 0x9e3779b97f4a7c15ULL) ^ seed);
+}
+
+static size_t count_device(struct uhmm *h, const char *buf, size_t npages)
+{
+	size_t n = 0;
+
+	for (size_t i = 0; i < npages; i++)
+		n += uhmm_page_state(h, buf + i * PAGE) == UHMM_PAGE_DEVICE;
+	return n;
+}
+
+TEST(prefetch_to_device_and_back_counts)
+{
+	struct uhmm *h = uhmm_test_open_migrating();
+	struct uhmm_sim *sim = uhmm_test_sim(h, DEVPAGES);
+	struct uhmm_devmem *dm = uhmm_sim_devmem(sim);
+	struct uhmm_devmem_stats d;
+	void *p;
+
+	CHECK_EQ(uhmm_alloc(h, 32 * PAGE, &p), 0);
+	fill(p, 32, 1);
+	CHECK_EQ(uhmm_prefetch(h, p, 32 * PAGE, dm), 32);
+	CHECK_EQ(count_device(h, p, 32), 32);
+	d = dmstats(dm);
+	CHECK_EQ(d.prefetched, 32);
+	CHECK_EQ(d.pages_to, 32);
+	CHECK_EQ(d.bytes_to, 32 * PAGE);
+	CHECK_EQ(uhmm_prefetch(h, p, 32 * PAGE, NULL), 32);
+	CHECK_EQ(count_device(h, p, 32), 0);
+	d = dmstats(dm);
+	CHECK_EQ(d.pages_from, 32);
+	CHECK_EQ(d.faults, 0);
+	check_fill(p, 32, 1);
+	CHECK_EQ(uhmm_prefetch(NULL, p, 32 * PAGE, dm), -EINVAL);
+	CHECK_EQ(uhmm_sim_destroy(sim), 0);
+	uhmm_close(h);
+}
+
+TEST(async_prefetches_run_in_order_and_report)
+{
+	struct uhmm *h = uhmm_test_open_migrating();
+	struct uhmm_sim *sim = uhmm_test_sim(h, DEVPAGES);
+	struct uhmm_devmem *dm = uhmm_sim_devmem(sim);
+	uint64_t t1, t2, t3;
+	void *p;
+	char *buf;
+
+	CHECK_EQ(uhmm_alloc(h, 16 * PAGE, &p), 0);
+	buf = p;
+	fill(buf, 16, 2);
+	CHECK_EQ(uhmm_prefetch_wait(h, 1), -EINVAL); /* nothing issued yet */
+	CHECK_EQ(uhmm_prefetch_async(h, buf, 16 * PAGE, dm, &t1), 0);
+	CHECK_EQ(uhmm_prefetch_async(h, buf, 8 * PAGE, NULL, &t2), 0);
+	CHECK_EQ(uhmm_prefetch_async(h, buf + 1, PAGE, NULL, &t3), -EINVAL);
+	CHECK_LT(t1, t2);
+	CHECK_EQ(uhmm_prefetch_wait(h, t2), 8);
+	CHECK_EQ(uhmm_prefetch_wait(h, t1), 16);
+	CHECK_EQ(uhmm_prefetch_wait(h, t2 + 1), -EINVAL);
+	CHECK_EQ(count_device(h, buf, 16), 8);
+	check_fill(buf, 16, 2);
+	/* Close with prefetches queued: they run, nothing is lost. */
+	CHECK_EQ(uhmm_prefetch_async(h, buf, 16 * PAGE, dm, &t3), 0);
+	CHECK_EQ(uhmm_sim_destroy(sim), 0);
+	check_fill(buf, 16, 2);
+	uhmm_close(h);
+}
+
+TEST(full_device_without_policy_stops_with_enomem)
+{
+	struct uhmm *h = uhmm_test_open_migrating();
+	struct uhmm_sim *sim = uhmm_test_sim(h, DEVPAGES);
+	struct uhmm_devmem *dm = uhmm_sim_devmem(sim);
+	void *p;
+	char *buf;
+
+	CHECK_EQ(uhmm_alloc(h, 2 * DEVPAGES * PAGE, &p), 0);
+	buf = p;
+	fill(buf, 2 * DEVPAGES, 3);
+	CHECK_EQ(uhmm_migrate_to_device(dm, buf, 2 * DEVPAGES * PAGE), DEVPAGES);
+	CHECK_EQ(uhmm_migrate_to_device(dm, buf + DEVPAGES * PAGE, DEVPAGES * PAGE), -ENOMEM);
+	CHECK_EQ(dmstats(dm).evictions, 0);
+	check_fill(buf, 2 * DEVPAGES, 3);
+	CHECK_EQ(uhmm_sim_destroy(sim), 0);
+	uhmm_close(h);
+}
+
+static void evict_order(const struct uhmm_evict_policy *pol, bool lru)
+{
+	struct uhmm *h = uhmm_test_open_migrating();
+	struct uhmm_sim *sim = uhmm_test_sim(h, DEVPAGES);
+	struct uhmm_devmem *dm = uhmm_sim_devmem(sim);
+	struct uhmm_page *pg;
+	void *p;
+	char *buf;
+	size_t half = DEVPAGES / 2;
+
+	CHECK_EQ(uhmm_devmem_set_evict(dm, pol), 0);
+	CHECK_EQ(uhmm_alloc(h, (DEVPAGES + half) * PAGE, &p), 0);
+	buf = p;
+	fill(buf, DEVPAGES + half, 4);
+	/* Two batches fill the device: first A = [0, half), then B = [half, DEVPAGES). */
+	CHECK_EQ(uhmm_migrate_to_device(dm, buf, half * PAGE), (long long)half);
+	CHECK_EQ(uhmm_migrate_to_device(dm, buf + half * PAGE, half * PAGE), (long long)half);
+	/* The device uses A again: A is now the most recently used. */
+	for (unsigned long pfn = 0; pfn < DEVPAGES; pfn++) {
+		pg = uhmm_devmem_page(dm, pfn);
+		if (uhmm_page_addr(pg) && uhmm_page_addr(pg) < (uintptr_t)buf + half * PAGE)
+			uhmm_page_mark_accessed(pg);
+	}
+	/* C = [DEVPAGES, DEVPAGES + half) needs room for half pages. */
+	CHECK_EQ(uhmm_migrate_to_device(dm, buf + DEVPAGES * PAGE, half * PAGE), (long long)half);
+	CHECK_EQ(dmstats(dm).evictions, half);
+	CHECK_EQ(count_device(h, buf + DEVPAGES * PAGE, half), half);
+	if (lru) {
+		/* LRU sent B home, the least recently used. */
+		CHECK_EQ(count_device(h, buf, half), half);
+		CHECK_EQ(count_device(h, buf + half * PAGE, half), 0);
+	} else {
+		/* FIFO sent A home, the first in, whatever its use. */
+		CHECK_EQ(count_device(h, buf, half), 0);
+		CHECK_EQ(count_device(h, buf + half * PAGE, half), half);
+	}
+	check_fill(buf, DEVPAGES + half, 4);
+	CHECK_EQ(uhmm_sim_destroy(sim), 0);
+	uhmm_close(h);
+}
+
+TEST(lru_evicts_the_least_recently_used)
+{
+	evict_order(&uhmm_evict_lru, true);
+}
+
+TEST(fifo_evicts_the_first_in)
+{
+	evict_order(&uhmm_evict_fifo, false);
+}
+
+TEST(working_set_twice_the_device_runs_with_correct_data)
+{
+	static const struct uhmm_evict_policy *const pols[] = { &uhmm_evict_lru, &uhmm_evict_fifo };
+
+	for (size_t k = 0; k < ARRAY_SIZE(pols); k++) {
+		struct uhmm *h = uhmm_test_open_migrating();
+		struct uhmm_sim *sim = uhmm_test_sim(h, DEVPAGES);
+		struct uhmm_devmem *dm = uhmm_sim_devmem(sim);
+		size_t n = 2 * DEVPAGES;
+		void *p;
+		char *buf;
+
+		CHECK_EQ(uhmm_devmem_set_evict(dm, pols[k]), 0);
+		CHECK_EQ(uhmm_alloc(h, n * PAGE, &p), 0);
+		buf = p;
+		fill(buf, n, 5);
+		/* Rounds over the whole set, 16 pages at a time to the device, then a CPU pass. */
+		for (int r = 0; r < 4; r++) {
+			for (size_t i = 0; i < n; i += 16)
+				CHECK_EQ(uhmm_migrate_to_device(dm, buf + i * PAGE, 16 * PAGE), 16);
+			CHECK_EQ(count_device(h, buf, n), DEVPAGES);
+			check_fill(buf, n, 5);
+			for (size_t i = 0; i < n; i++)
+				buf[i * PAGE + 100] ^= 0; /* a write per page, data unchanged */
+		}
+		/* Each round: everything past the device's size evicted something. */
+		CHECK_EQ(dmstats(dm).evictions, 4 * (n - DEVPAGES));
+		CHECK_EQ(uhmm_devmem_set_evict(dm, NULL), 0);
+		CHECK_EQ(uhmm_sim_destroy(sim), 0);
+		uhmm_close(h);
+	}
+}
+
+TEST(set_evict_refuses_bad_policies)
+{
+	struct uhmm *h = uhmm_test_open_migrating();
+	struct uhmm_sim *sim = uhmm_test_sim(h, DEVPAGES);
+	static const struct uhmm_evict_policy noselect = { .abi = UHMM_EVICT_POLICY_ABI };
+	static const struct uhmm_evict_policy badabi = { .abi = 99, .select = NULL };
+
+	CHECK_EQ(uhmm_devmem_set_evict(NULL, &uhmm_evict_lru), -EINVAL);
+	CHECK_EQ(uhmm_devmem_set_evict(uhmm_sim_devmem(sim), &noselect), -EINVAL);
+	CHECK_EQ(uhmm_devmem_set_evict(uhmm_sim_devmem(sim), &badabi), -EINVAL);
+	CHECK_EQ(uhmm_sim_destroy(sim), 0);
+	uhmm_close(h);
+}
+
+TEST(bouncing_pages_get_pinned_then_released)
+{
+	struct uhmm *h = uhmm_test_open_migrating();
+	struct uhmm_sim *sim = uhmm_test_sim(h, DEVPAGES);
+	struct uhmm_devmem *dm = uhmm_sim_devmem(sim);
+	UHMM_OPTS(uhmm_thrash_opts, t, .window_ms = 2000, .threshold = 3, .pin_ms = 300);
+	UHMM_OPTS(uhmm_thrash_opts, bad, .window_ms = 5000, .threshold = 3, .pin_ms = 300);
+	void *p;
+	char *buf;
+
+	CHECK_EQ(uhmm_set_thrash(h, &bad), -EINVAL);
+	CHECK_EQ(uhmm_set_thrash(h, &t), 0);
+	CHECK_EQ(uhmm_alloc(h, 4 * PAGE, &p), 0);
+	buf = p;
+	fill(buf, 4, 6);
+	/* Three quick round trips (to the device, a CPU touch brings it home). */
+	for (int r = 0; r < 3; r++) {
+		CHECK_EQ(uhmm_migrate_to_device(dm, buf, PAGE), 1);
+		CHECK_EQ(buf[0], 6); /* a CPU fault brings it home */
+	}
+	CHECK_EQ(dmstats(dm).thrash_events, 1);
+	/* Pinned: a migration leaves it on the CPU; its neighbour still moves. */
+	CHECK_EQ(uhmm_migrate_to_device(dm, buf, 2 * PAGE), 1);
+	CHECK_EQ(uhmm_page_state(h, buf), UHMM_PAGE_SYSTEM);
+	CHECK_EQ(uhmm_page_state(h, buf + PAGE), UHMM_PAGE_DEVICE);
+	/* After the pin time it may move again. */
+	usleep(400 * 1000);
+	CHECK_EQ(uhmm_migrate_to_device(dm, buf, PAGE), 1);
+	check_fill(buf, 4, 6);
+	CHECK_EQ(uhmm_sim_destroy(sim), 0);
+	uhmm_close(h);
+}
+
+TEST(thrash_control_is_off_by_default)
+{
+	struct uhmm *h = uhmm_test_open_migrating();
+	struct uhmm_sim *sim = uhmm_test_sim(h, DEVPAGES);
+	struct uhmm_devmem *dm = uhmm_sim_devmem(sim);
+	void *p;
+	char *buf;
+
+	CHECK_EQ(uhmm_alloc(h, PAGE, &p), 0);
+	buf = p;
+	memset(buf, 7, PAGE);
+	for (int r = 0; r < 8; r++) {
+		CHECK_EQ(uhmm_migrate_to_device(dm, buf, PAGE), 1);
+		CHECK_EQ(buf[0], 7);
+	}
+	CHECK_EQ(dmstats(dm).thrash_events, 0);
+	CHECK_EQ(dmstats(dm).faults, 8);
+	CHECK_EQ(uhmm_sim_destroy(sim), 0);
+	uhmm_close(h);
+}
