@@ -347,8 +347,9 @@ UHMM_API int uhmm_page_state(struct uhmm *h, const void *addr);
  * @pages_home:    pages brought home to system memory (faults and migrations).
  * @pages_out:     pages migrated to device memory.
  * @zero_fills:    pages filled with zeros on first touch or after discard,
- *                 including neighbours of a touched hole mapped with the zero
- *                 page in the same fault (fault-around: up to 64 pages).
+ *                 including the holes after a touched one that a sweep of
+ *                 first touches maps with the zero page in the same fault
+ *                 (fault-around, up to 64 pages; an isolated touch fills one).
  * @poisoned:      pages poisoned because their device failed.
  * @events:        unmap, remove and remap events handled.
  */

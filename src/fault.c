@@ -41,27 +41,33 @@ static void poison_page(struct uhmm *h, uintptr_t addr)
 	UHMM_STAT_ADD(h, poisoned, 1);
 }
 
-#define ZERO_AROUND 64 /* pages: first touches of fresh memory come in streams */
+static unsigned long stream_window(struct stream *st, atomic_uint *victim, uintptr_t addr,
+				   unsigned long cap);
+
+#define ZERO_AROUND 64 /* pages: the largest window of zero fills */
 
 /*
- * The neighbours of a zero-filled hole are likely holes about to be touched:
- * map the zero page over those that are holes on the CPU side, so their first
- * read costs nothing and their first write is the kernel's own fault, not a
- * userfaultfd round trip. Only pages this call can lock are touched.
+ * First touches of fresh memory come in sweeps: while zero fills form a
+ * stream (uhmm_fault_window's rule), map the zero page over the next holes
+ * of the window too, so their first read costs nothing and their first
+ * write is the kernel's own fault, not a userfaultfd round trip. An isolated
+ * first touch fills its page alone, as the kernel does. Only pages this
+ * call can lock, and that are holes, are touched.
  */
 static void zero_around(struct uhmm *h, struct range *r, uintptr_t addr)
 {
-	uintptr_t s = addr & ~(ZERO_AROUND * PAGE_SIZE - 1), e = s + ZERO_AROUND * PAGE_SIZE;
+	unsigned long n = stream_window(h->zstreams, &h->zstream_victim, addr, ZERO_AROUND);
+	uintptr_t s = addr + PAGE_SIZE, e = addr + (n << PAGE_SHIFT);
 	unsigned char vec[ZERO_AROUND];
 	bool held[ZERO_AROUND] = { false };
-	unsigned long i, j, n;
+	unsigned long i, j;
 
-	if (s < r->start)
-		s = r->start;
 	if (e > r->end)
 		e = r->end;
+	if (s >= e)
+		return;
 	n = (e - s) >> PAGE_SHIFT;
-	if (n <= 1 || mincore((void *)s, e - s, vec))
+	if (mincore((void *)s, e - s, vec))
 		return;
 	for (i = 0; i < n; i++) {
 		_Atomic uint64_t *w = uhmm__word(r, s + (i << PAGE_SHIFT));
@@ -89,39 +95,57 @@ static void zero_around(struct uhmm *h, struct range *r, uintptr_t addr)
 	}
 }
 
-unsigned long uhmm_fault_window(const struct uhmm_fault *vmf)
+/*
+ * Streams of faults: a fault that lands where a previous window ended
+ * continues that stream, and its window doubles up to @cap pages; any other
+ * fault starts a stream of one page. Random access pays one page per fault;
+ * a sweep pays one fault per window. Windows never cross a 2 MiB boundary.
+ * Async-signal-safe (races only lose a hit).
+ */
+static unsigned long stream_window(struct stream *st, atomic_uint *victim, uintptr_t addr,
+				   unsigned long cap)
 {
-	struct uhmm *h;
-	uintptr_t addr;
-	unsigned long room, w;
+	unsigned long room = (CHUNK_SIZE - (addr & (CHUNK_SIZE - 1))) >> PAGE_SHIFT, w;
 	unsigned i;
 
-	if (!vmf || !vmf->h)
-		return 1;
-	h = vmf->h;
-	addr = vmf->address & PAGE_MASK;
-	room = (CHUNK_SIZE - (addr & (CHUNK_SIZE - 1))) >> PAGE_SHIFT;
-	for (i = 0; i < sizeof(h->streams) / sizeof(h->streams[0]); i++) {
+	for (i = 0; i < NSTREAMS; i++) {
 		uintptr_t next = addr;
 
-		/* Claim the stream that expected this fault (races just lose a hit). */
-		if (atomic_load(&h->streams[i].next) != addr)
+		if (atomic_load(&st[i].next) != addr)
 			continue;
-		w = atomic_load(&h->streams[i].window) * 2;
-		if (w > CHUNK_PAGES)
-			w = CHUNK_PAGES;
-		atomic_store(&h->streams[i].window, w);
+		w = atomic_load(&st[i].window) * 2;
+		if (w > cap)
+			w = cap;
+		atomic_store(&st[i].window, w);
 		if (w > room)
 			w = room;
-		if (atomic_compare_exchange_strong(&h->streams[i].next, &next,
-						   addr + (w << PAGE_SHIFT)))
+		if (atomic_compare_exchange_strong(&st[i].next, &next, addr + (w << PAGE_SHIFT)))
 			return w;
 	}
 	/* A new stream, maybe: remember where its next fault would be. */
-	i = atomic_fetch_add(&h->stream_victim, 1) % (sizeof(h->streams) / sizeof(h->streams[0]));
-	atomic_store(&h->streams[i].window, 1);
-	atomic_store(&h->streams[i].next, addr + PAGE_SIZE);
+	i = atomic_fetch_add(victim, 1) % NSTREAMS;
+	atomic_store(&st[i].window, 1);
+	atomic_store(&st[i].next, addr + PAGE_SIZE);
 	return 1;
+}
+
+/* Discarded or unmapped memory starts afresh: no stream continues into it. */
+static void streams_forget(struct stream *st, uintptr_t start, uintptr_t end)
+{
+	for (unsigned i = 0; i < NSTREAMS; i++) {
+		uintptr_t next = atomic_load(&st[i].next);
+
+		if (next >= start && next <= end)
+			atomic_compare_exchange_strong(&st[i].next, &next, 0);
+	}
+}
+
+unsigned long uhmm_fault_window(const struct uhmm_fault *vmf)
+{
+	if (!vmf || !vmf->h)
+		return 1;
+	return stream_window(vmf->h->streams, &vmf->h->stream_victim, vmf->address & PAGE_MASK,
+			     CHUNK_PAGES);
 }
 
 /* Ask the holder of a locked page to kick the service threads when it unlocks. */
@@ -444,6 +468,8 @@ static int event_try(struct uhmm *h, struct work *wk)
 	switch (wk->type) {
 	case WK_REMOVE:
 	case WK_UNMAP:
+		streams_forget(h->streams, wk->a, wk->b);
+		streams_forget(h->zstreams, wk->a, wk->b);
 		uhmm__rd_enter(h);
 		ret = for_each_word(h, &wk->at, wk->b, discard_one, NULL);
 		uhmm__rd_exit(h);

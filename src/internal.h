@@ -147,6 +147,13 @@ struct uhmm_devmem {
 	atomic_long st_faults, st_to, st_from, st_prefetched, st_evictions, st_thrash;
 };
 
+#define NSTREAMS 16
+
+struct stream {
+	_Atomic uintptr_t next; /* where the stream's next fault would land */
+	atomic_ulong window;    /* its window, before clipping */
+};
+
 struct uhmm {
 	int uffd;
 	int uffd_stg; /* a second userfaultfd, without events, for the staging pool */
@@ -198,12 +205,9 @@ struct uhmm {
 	} thrash;
 	struct prefetcher *pf; /* the async prefetch worker, started on first use */
 
-	/* Fault streams, for uhmm_fault_window (fault.c). */
-	struct {
-		_Atomic uintptr_t next;  /* where the stream's next fault would land */
-		atomic_ulong window;     /* its window, before clipping */
-	} streams[16];
-	atomic_uint stream_victim;
+	/* Fault streams (fault.c): device faults (uhmm_fault_window), zero fills. */
+	struct stream streams[NSTREAMS], zstreams[NSTREAMS];
+	atomic_uint stream_victim, zstream_victim;
 	atomic_int refs; /* the user's + one per device memory region */
 	atomic_int closed;
 
