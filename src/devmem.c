@@ -225,9 +225,14 @@ int uhmm_devmem_remove(struct uhmm_devmem *dm)
 		if (atomic_load(&dm->resident))
 			sched_yield();
 	}
-	/* Transient references (faults in flight, driver references) drain. */
-	while (atomic_load(&dm->in_use) && !atomic_load(&h->closed))
+	/*
+	 * Transient references (faults in flight, driver references) drain;
+	 * forked children that still hold pages of the region get them now.
+	 */
+	while (atomic_load(&dm->in_use) && !atomic_load(&h->closed)) {
+		uhmm__children_flush(h, dm);
 		sched_yield();
+	}
 
 	pthread_mutex_lock(&h->lock);
 	atomic_store(&h->dm[dm->slot], NULL);

@@ -295,6 +295,15 @@ again:
  * so the walk can resume. In a read section.
  */
 static int for_each_word(struct uhmm *h, uintptr_t *at, uintptr_t end,
+			 int (*fn)(struct uhmm *, struct range *, uintptr_t, void *), void *arg);
+
+int uhmm__for_each_word(struct uhmm *h, uintptr_t at, uintptr_t end,
+			int (*fn)(struct uhmm *, struct range *, uintptr_t, void *), void *arg)
+{
+	return for_each_word(h, &at, end, fn, arg);
+}
+
+static int for_each_word(struct uhmm *h, uintptr_t *at, uintptr_t end,
 			 int (*fn)(struct uhmm *, struct range *, uintptr_t, void *), void *arg)
 {
 	uintptr_t start = *at;
@@ -579,6 +588,10 @@ static void work_add(struct uhmm *h, struct work *q, size_t *n, const struct uff
 		wk.a = wk.at = m->arg.remove.start;
 		wk.b = m->arg.remove.end;
 		break;
+	case UFFD_EVENT_FORK:
+		/* At once: the forking thread's pthread_atfork handler waits for it. */
+		uhmm__fork_event(h, (int)m->arg.fork.ufd);
+		return;
 	case UFFD_EVENT_REMAP:
 		atomic_fetch_add(&h->remaps_pending, 1);
 		wk.type = WK_REMAP;
@@ -602,21 +615,27 @@ static void *svc_main(void *arg)
 	struct uffd_msg msgs[64];
 	sigset_t all;
 	bool events_left = false;
+	struct timespec probed = { 0 };
 
 	sigfillset(&all);
 	pthread_sigmask(SIG_BLOCK, &all, NULL);
 	uhmm__in_svc = 1;
 
 	while (q && !atomic_load(&h->stop)) {
-		struct pollfd pfd[3] = { { .fd = h->uffd, .events = POLLIN },
-					 { .fd = h->wake_fd, .events = POLLIN },
-					 { .fd = uhmm__kick_fd, .events = POLLIN } };
+		struct pollfd pfd[3 + MAX_CHILDREN + 8] = {
+			{ .fd = h->uffd, .events = POLLIN },
+			{ .fd = h->wake_fd, .events = POLLIN },
+			{ .fd = uhmm__kick_fd, .events = POLLIN },
+		};
+		int nfd = 3 + uhmm__children_pollfds(h, pfd + 3, MAX_CHILDREN + 8);
 		uint64_t req, junk;
+		struct timespec now;
 
 		/* Read only while the queue has room: the kernel holds the rest. */
 		if (nq + 64 > MAX_WORK)
 			pfd[0].fd = -1;
-		if (poll(pfd, 3, nq ? 1 : -1) < 0 && errno != EINTR)
+		/* With children, look every 100 ms whether they are still there. */
+		if (poll(pfd, (nfds_t)nfd, nq ? 1 : nfd > 3 ? 100 : -1) < 0 && errno != EINTR)
 			break;
 		if (atomic_load(&h->stop))
 			break;
@@ -641,6 +660,12 @@ static void *svc_main(void *arg)
 				break;
 		}
 		events_left = work_run(h, q, &nq);
+		if (h->children || atomic_load(&h->child_flush)) {
+			clock_gettime(CLOCK_MONOTONIC, &now);
+			uhmm__children_run(h, ms_since(&probed) >= 100);
+			if (ms_since(&probed) >= 100)
+				probed = now;
+		}
 
 		pthread_mutex_lock(&h->sync_lock);
 		if (!events_left && h->sync_done < req) {
@@ -653,6 +678,7 @@ static void *svc_main(void *arg)
 		if (q[i].nwords)
 			munmap((void *)q[i].nwords, q[i].nlen);
 	free(q);
+	uhmm__children_fini(h);
 	/* Nobody waits for a sync any more. */
 	pthread_mutex_lock(&h->sync_lock);
 	h->sync_done = UINT64_MAX;
@@ -678,7 +704,7 @@ int uhmm__svc_start(struct uhmm *h)
 	return 0;
 }
 
-static void kick(struct uhmm *h)
+void uhmm__svc_kick(struct uhmm *h)
 {
 	uint64_t one = 1;
 
@@ -690,7 +716,7 @@ void uhmm__svc_stop(struct uhmm *h)
 	if (!h->svc_started)
 		return;
 	atomic_store(&h->stop, 1);
-	kick(h);
+	uhmm__svc_kick(h);
 	pthread_join(h->svc, NULL);
 	h->svc_started = 0;
 	close(h->wake_fd);
@@ -709,7 +735,7 @@ int uhmm__sync(struct uhmm *h)
 		return 0;
 	pthread_mutex_lock(&h->sync_lock);
 	t = ++h->sync_req;
-	kick(h);
+	uhmm__svc_kick(h);
 	while (h->sync_done < t)
 		pthread_cond_wait(&h->sync_cond, &h->sync_lock);
 	pthread_mutex_unlock(&h->sync_lock);

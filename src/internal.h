@@ -40,6 +40,7 @@
 #define MAX_DEVMEM 1024 /* slots 1..MAX_DEVMEM-1; 0 means none */
 #define MAX_OWNERS 256
 #define MAX_LEAVING 16
+#define MAX_CHILDREN 60 /* forked children served per handle; beyond, pages come home at fork */
 
 /*
  * The page state word. The low 32 bits hold the kind and the lock bits, so a
@@ -194,6 +195,15 @@ struct uhmm {
 	uint64_t sync_req, sync_done; /* under sync_lock */
 
 	struct uhmm *next_open; /* the list of open handles, for fork */
+	/* Fork (fork.c): snapshots waiting for their fork event, the children served. */
+	atomic_int forking;      /* migrations to devices wait while set */
+	atomic_int out_inflight; /* migrations to devices between setup and finalize */
+	pthread_mutex_t fork_lock;
+	struct snap *snaps;
+	struct child *children;  /* the service thread's */
+	atomic_int nchildren;
+	_Atomic(struct uhmm_devmem *) child_flush;
+
 	atomic_int remaps_pending; /* remap events read and not yet handled */
 	atomic_int events_pending; /* unmap/remove/remap events read and not yet handled */
 	atomic_int reading;        /* the service thread is inside read(2) of the uffd */
@@ -265,6 +275,9 @@ void uhmm__pool_put(struct pool *p, char *chunk);
 
 /* fault.c */
 int uhmm__serve(struct uhmm *h, uintptr_t addr, bool write, bool block);
+int uhmm__for_each_word(struct uhmm *h, uintptr_t at, uintptr_t end,
+			int (*fn)(struct uhmm *, struct range *, uintptr_t, void *), void *arg);
+void uhmm__svc_kick(struct uhmm *h);
 void uhmm__events_settle(struct uhmm *h);
 int uhmm__svc_start(struct uhmm *h);
 void uhmm__svc_stop(struct uhmm *h);
@@ -275,6 +288,18 @@ static inline void uhmm__page_set_addr(struct uhmm_page *page, uintptr_t addr)
 {
 	__atomic_store_n(&page->addr, addr, __ATOMIC_RELEASE);
 }
+
+/* fork.c */
+struct pollfd;
+int uhmm__fork_prepare(struct uhmm *h);
+void uhmm__fork_parent(struct uhmm *h);
+void uhmm__out_begin(struct uhmm *h);
+void uhmm__out_end(struct uhmm *h);
+void uhmm__fork_event(struct uhmm *h, int ufd);
+int uhmm__children_pollfds(struct uhmm *h, struct pollfd *pfd, int max);
+void uhmm__children_run(struct uhmm *h, bool probe);
+void uhmm__children_fini(struct uhmm *h);
+void uhmm__children_flush(struct uhmm *h, struct uhmm_devmem *dm);
 
 /* signal.c */
 int uhmm__signal_register(struct uhmm *h);

@@ -34,6 +34,7 @@ enum { P_STAGING, P_BOUNCE, P_RANGE, P_STATE, P_ONLY, P_FAULT };
 /* priv[P_STATE] bits */
 #define ST_SETUP 1UL /* between setup and finalize */
 #define ST_INV 2UL   /* an invalidation was started: finalize ends it */
+#define ST_OUT 4UL   /* counted as a migration to a device (a fork waits for it) */
 
 static uintptr_t page_addr(const struct uhmm_migrate *a, unsigned long i)
 {
@@ -151,6 +152,9 @@ int uhmm_migrate_setup(struct uhmm_migrate *a)
 	/* See the events that already happened (a discard) before choosing pages. */
 	if (!a->fault_page)
 		uhmm__events_settle(h);
+	/* Taking pages from the CPU waits out a fork in progress (fork.c). */
+	if (sys)
+		uhmm__out_begin(h);
 	only = (struct uhmm_devmem *)a->priv[P_ONLY];
 	for (i = 0; i < P_ONLY; i++)
 		a->priv[i] = 0;
@@ -163,14 +167,17 @@ int uhmm_migrate_setup(struct uhmm_migrate *a)
 	r = uhmm__lookup(h, a->start);
 	if (!r || a->end > r->end || (sys && uhmm__leaving(h, a->start, a->end))) {
 		uhmm__rd_exit(h);
+		if (sys)
+			uhmm__out_end(h);
 		return -ENOENT;
 	}
 	a->priv[P_RANGE] = (uintptr_t)r;
 	/* Devices mirroring the range drop their view before pages move. */
-	a->priv[P_STATE] = ST_SETUP | (uhmm__invalidate_start(h, a->start, a->end,
-							      UHMM_NOTIFY_MIGRATE, a->pgmap_owner) ?
-					       ST_INV :
-					       0);
+	a->priv[P_STATE] = ST_SETUP | (sys ? ST_OUT : 0) |
+			   (uhmm__invalidate_start(h, a->start, a->end, UHMM_NOTIFY_MIGRATE,
+						   a->pgmap_owner) ?
+				    ST_INV :
+				    0);
 	a->priv[P_FAULT] = a->fault_page ? uhmm_page_addr(a->fault_page) : 0;
 
 	for (i = 0; i < n; i++) {
@@ -387,6 +394,8 @@ void uhmm_migrate_finalize(struct uhmm_migrate *a)
 	if (a->priv[P_BOUNCE] && (char *)a->priv[P_BOUNCE] != h->svc_bounce)
 		uhmm__pool_put(&h->bounce, (char *)a->priv[P_BOUNCE]);
 	uhmm__invalidate_end(h, a->priv[P_STATE] & ST_INV);
+	if (a->priv[P_STATE] & ST_OUT)
+		uhmm__out_end(h);
 	a->priv[P_STATE] = 0;
 	uhmm__rd_exit(h);
 }

@@ -106,7 +106,9 @@ int uhmm__probe_open(struct uhmm *h, unsigned int flags, uint64_t mask, int mode
 	fd = open_uffd(flags & UHMM_OPEN_USER_MODE_ONLY, &kf);
 	if (fd < 0)
 		return fd;
-	ret = uffd_api(fd, (avail & WANTED) | (mode == UHMM_FAULT_SIGNAL ? UFFD_FEATURE_SIGBUS : 0),
+	/* Fork events only where the service thread can serve a child (thread mode). */
+	ret = uffd_api(fd, (avail & WANTED) | (mode == UHMM_FAULT_SIGNAL ? UFFD_FEATURE_SIGBUS :
+					      avail & UFFD_FEATURE_EVENT_FORK),
 		       &got, &ioctls);
 	if (ret) {
 		close(fd);

@@ -478,8 +478,12 @@ static void fork_prepare(void)
 	for (struct uhmm *h = open_list; h; h = h->next_open) {
 		uintptr_t(*rs)[2];
 		unsigned long poisoned;
-		size_t n = snapshot(h, &rs);
+		size_t n;
 
+		/* Thread mode: the child will be served (fork.c). Otherwise: pages come home. */
+		if (!uhmm__fork_prepare(h))
+			continue;
+		n = snapshot(h, &rs);
 		for (size_t i = 0; i < n; i++)
 			uhmm__home_range(h, rs[i][0], rs[i][1], NULL, &poisoned);
 		free(rs);
@@ -488,6 +492,8 @@ static void fork_prepare(void)
 
 static void fork_parent(void)
 {
+	for (struct uhmm *h = open_list; h; h = h->next_open)
+		uhmm__fork_parent(h);
 	pthread_mutex_unlock(&open_lock);
 }
 
@@ -559,6 +565,7 @@ int uhmm_open(struct uhmm **hp, const struct uhmm_open_opts *opts)
 		return -EMFILE;
 	}
 	pthread_mutex_init(&h->lock, NULL);
+	pthread_mutex_init(&h->fork_lock, NULL);
 	pthread_mutex_init(&h->sync_lock, NULL);
 	pthread_cond_init(&h->sync_cond, NULL);
 	atomic_store(&h->refs, 1);
@@ -650,6 +657,7 @@ void uhmm__put(struct uhmm *h)
 	uhmm__pool_fini(&h->bounce);
 	munmap(h->svc_bounce, CHUNK_SIZE);
 	pthread_mutex_destroy(&h->lock);
+	pthread_mutex_destroy(&h->fork_lock);
 	pthread_mutex_destroy(&h->sync_lock);
 	pthread_cond_destroy(&h->sync_cond);
 	free(h);
