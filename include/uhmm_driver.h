@@ -46,6 +46,11 @@ enum uhmm_memory_type {
  * @zone_device_data: the driver's, never touched by the core.
  * @refcount: 0 while free; 1 while it holds a page's data; drivers may take
  *           more with uhmm_page_get(). page_free runs when it drops to 0.
+ *           After fork (thread mode) a child holds references to the device
+ *           pages it inherited, until it faults them in or goes away: a
+ *           driver that writes a device page in place while its refcount is
+ *           above what it took itself must first move the data to a fresh
+ *           page (copy-on-write), or the child would see the write.
  */
 struct uhmm_page {
 	struct uhmm_devmem *devmem;
