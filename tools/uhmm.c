@@ -95,10 +95,16 @@ static int cmd_info(int argc, char **argv)
 
 static void demo_usage(void)
 {
-	printf("usage: uhmm demo [--size MiB] [--device MiB]\n"
-	       "  Fills --size MiB (default 256) on the CPU, migrates it to the sim device\n"
-	       "  (--device MiB of device memory, default: the size), computes a histogram on\n"
-	       "  the CPU (pages come home on touch), checks it against the expected result.\n");
+	printf("usage: uhmm demo [--size MiB] [--device MiB] [--threads N] [--prefetch]\n"
+	       "  The CPU fills an input array of --size MiB (default 256); kernels on the sim\n"
+	       "  device compute a 3-point stencil into an output array of the same size (their\n"
+	       "  first touches migrate the pages to the device); the CPU then reads the output\n"
+	       "  (pages come home on touch), builds a histogram and checks every value against\n"
+	       "  a CPU-only computation. --device MiB of device memory (default: twice the\n"
+	       "  size; less oversubscribes it, and the least recently used pages are evicted),\n"
+	       "  --threads device threads (default 2), --prefetch moves the input to the device\n"
+	       "  before the kernel runs. Exits 1 on a wrong result, 77 where migration is not\n"
+	       "  possible here.\n");
 }
 
 static uint64_t mix(uint64_t x)
@@ -109,36 +115,83 @@ static uint64_t mix(uint64_t x)
 	return x;
 }
 
+#define BLOCK 512 /* u64 per kernel index: one page */
+
+struct stencil {
+	const uint64_t *in;
+	uint64_t *out;
+	size_t n;
+};
+
+static uint64_t stencil_at(uint64_t l, uint64_t c, uint64_t r)
+{
+	return (l >> 2) + (c >> 1) + (r >> 2);
+}
+
+/* A device kernel: one page of output from a page of input and its two neighbours. */
+static void k_stencil(struct uhmm_sim_ctx *ctx, unsigned long b, void *arg)
+{
+	struct stencil *s = arg;
+	uint64_t in[BLOCK + 2], out[BLOCK];
+	size_t first = b * BLOCK, n = BLOCK;
+
+	if (first + n > s->n)
+		n = s->n - first;
+	in[0] = first ? uhmm_sim_load_u64(ctx, &s->in[first - 1]) : 0;
+	in[n + 1] = first + n < s->n ? uhmm_sim_load_u64(ctx, &s->in[first + n]) : 0;
+	if (uhmm_sim_load(ctx, &in[1], &s->in[first], n * sizeof(uint64_t)))
+		return;
+	for (size_t i = 0; i < n; i++)
+		out[i] = stencil_at(in[i], in[i + 1], in[i + 2]);
+	uhmm_sim_store(ctx, &s->out[first], out, n * sizeof(uint64_t));
+}
+
+static bool progress;
+
+static void phase(const char *what)
+{
+	if (progress)
+		fprintf(stderr, "\r\033[K  %s ...", what);
+}
+
 static int cmd_demo(int argc, char **argv)
 {
 	static const struct option lo[] = { { "size", required_argument, 0, 's' },
 					    { "device", required_argument, 0, 'd' },
+					    { "threads", required_argument, 0, 't' },
+					    { "prefetch", no_argument, 0, 'p' },
 					    { "help", no_argument, 0, 'h' },
 					    { 0, 0, 0, 0 } };
-	unsigned long mib = 256, dev_mib = 0;
+	unsigned long mib = 256, dev_mib = 0, threads = 2;
+	bool prefetch = false;
 	struct uhmm *h = NULL;
 	struct uhmm_sim *sim = NULL;
-	struct uhmm_stats st = { .sz = sizeof(st) };
-	uint64_t *data, hist[256] = { 0 }, want[256] = { 0 };
-	size_t len, nwords, i;
-	double t0, t_fill, t_out, t_cpu;
-	int c, ret, moved, bad = 0;
+	struct uhmm_stats st = { .sz = sizeof(st) }, st0;
+	struct uhmm_sim_stats ss = { .sz = sizeof(ss) };
+	struct uhmm_devmem_stats ds = { .sz = sizeof(ds) };
+	uint64_t *in = NULL, *out = NULL, hist[256] = { 0 };
+	size_t len, n, i, bad = 0;
+	double t0, t_fill, t_pf = 0, t_dev, t_cpu;
+	int c, ret, pf = 0, status = 0;
 
 	optind = 1;
-	while ((c = getopt_long(argc, argv, "s:d:h", lo, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "s:d:t:ph", lo, NULL)) != -1) {
 		switch (c) {
 		case 's': mib = strtoul(optarg, NULL, 0); break;
 		case 'd': dev_mib = strtoul(optarg, NULL, 0); break;
+		case 't': threads = strtoul(optarg, NULL, 0); break;
+		case 'p': prefetch = true; break;
 		case 'h': demo_usage(); return 0;
 		default: demo_usage(); return 2;
 		}
 	}
-	if (!mib) {
+	if (!mib || mib > (1UL << 20) || !threads || threads > 64) {
 		demo_usage();
 		return 2;
 	}
 	if (!dev_mib)
-		dev_mib = mib;
+		dev_mib = 2 * mib;
+	progress = isatty(STDERR_FILENO);
 	ret = uhmm_open(&h, NULL);
 	if (ret) {
 		fprintf(stderr, "uhmm demo: skipped: %s\n", uhmm_strerror(ret));
@@ -151,67 +204,112 @@ static int cmd_demo(int argc, char **argv)
 		return EXIT_SKIP;
 	}
 	len = mib << 20;
-	nwords = len / sizeof(uint64_t);
-	UHMM_OPTS(uhmm_sim_opts, so, .npages = (dev_mib << 20) / UHMM_PAGE_SIZE);
+	n = len / sizeof(uint64_t);
+	UHMM_OPTS(uhmm_sim_opts, so, .npages = (dev_mib << 20) / UHMM_PAGE_SIZE,
+		  .threads = (unsigned int)threads);
 	ret = uhmm_sim_create(h, &so, &sim);
+	if (!ret && dev_mib < 2 * mib)
+		ret = uhmm_devmem_set_evict(uhmm_sim_devmem(sim), &uhmm_evict_lru);
 	if (!ret)
-		ret = uhmm_alloc(h, len, (void **)&data);
+		ret = uhmm_alloc(h, len, (void **)&in);
+	if (!ret)
+		ret = uhmm_alloc(h, len, (void **)&out);
 	if (ret) {
 		fprintf(stderr, "uhmm demo: %s\n", uhmm_strerror(ret));
-		uhmm_sim_destroy(sim);
-		uhmm_close(h);
-		return 1;
-	}
-
-	printf("uhmm demo: %lu MiB on the CPU, %lu MiB of sim device memory\n", mib, dev_mib);
-	t0 = now_s();
-	for (i = 0; i < nwords; i++) {
-		data[i] = mix(i);
-		want[data[i] & 255]++;
-	}
-	t_fill = now_s() - t0;
-
-	t0 = now_s();
-	moved = uhmm_migrate_to_device(uhmm_sim_devmem(sim), data, len);
-	t_out = now_s() - t0;
-	if (moved < 0) {
-		fprintf(stderr, "uhmm demo: migration failed: %s\n", uhmm_strerror(moved));
-		bad = 1;
+		status = 1;
 		goto out;
 	}
 
-	/* The CPU computes over device-resident data: each page comes home on touch. */
+	printf("uhmm demo: %lu MiB in, %lu MiB out, %lu MiB of sim device memory%s, %lu device "
+	       "threads, %s mode\n",
+	       mib, mib, dev_mib, dev_mib < 2 * mib ? " (oversubscribed: LRU eviction)" : "",
+	       threads, uhmm_fault_mode(h) == UHMM_FAULT_SIGNAL ? "signal" : "thread");
+	phase("the CPU fills the input");
 	t0 = now_s();
-	for (i = 0; i < nwords; i++) {
-		hist[data[i] & 255]++;
-		if (data[i] != mix(i))
+	for (i = 0; i < n; i++)
+		in[i] = mix(i);
+	t_fill = now_s() - t0;
+
+	uhmm_stats(h, &st0);
+	if (prefetch) {
+		phase("prefetching the input to the device");
+		t0 = now_s();
+		pf = uhmm_prefetch(h, in, len, uhmm_sim_devmem(sim));
+		t_pf = now_s() - t0;
+		if (pf < 0) {
+			fprintf(stderr, "\nuhmm demo: prefetch: %s\n", uhmm_strerror(pf));
+			status = 1;
+			goto out;
+		}
+	}
+
+	phase("device kernels compute the stencil");
+	{
+		struct stencil s = { .in = in, .out = out, .n = n };
+
+		t0 = now_s();
+		ret = uhmm_sim_launch(sim, k_stencil, (n + BLOCK - 1) / BLOCK, &s);
+		t_dev = now_s() - t0;
+	}
+	if (ret) {
+		fprintf(stderr, "\nuhmm demo: device kernel: %s\n", uhmm_strerror(ret));
+		status = 1;
+		goto out;
+	}
+	uhmm_sim_stats(sim, &ss);
+
+	/* The CPU reads the result: each page comes home on its first touch. */
+	phase("the CPU reads the output and checks it");
+	t0 = now_s();
+	for (i = 0; i < n; i++) {
+		uint64_t want = stencil_at(i ? mix(i - 1) : 0, mix(i), i + 1 < n ? mix(i + 1) : 0);
+
+		hist[out[i] & 255]++;
+		if (out[i] != want)
 			bad++;
 	}
 	t_cpu = now_s() - t0;
-	for (i = 0; i < 256; i++)
-		if (hist[i] != want[i])
+	for (i = 0; i < n; i++)
+		if (in[i] != mix(i))
 			bad++;
 	uhmm_stats(h, &st);
+	uhmm_devmem_stats(uhmm_sim_devmem(sim), &ds);
+	if (progress)
+		fprintf(stderr, "\r\033[K");
 
-	printf("\n%-28s %12s %12s %10s\n", "phase", "pages", "MiB", "seconds");
-	printf("%-28s %12zu %12lu %10.3f\n", "CPU fills (first touch)", len / UHMM_PAGE_SIZE, mib,
-	       t_fill);
-	printf("%-28s %12d %12.1f %10.3f\n", "migrate to sim device", moved,
-	       (double)moved * UHMM_PAGE_SIZE / (1 << 20), t_out);
-	printf("%-28s %12llu %12.1f %10.3f\n", "CPU histogram (fault-back)",
-	       (unsigned long long)st.pages_home, (double)st.pages_home * UHMM_PAGE_SIZE / (1 << 20),
-	       t_cpu);
-	printf("\nfaults %llu (on device pages %llu, zero fills %llu), pages out %llu, home %llu\n",
-	       (unsigned long long)st.faults, (unsigned long long)st.faults_device,
-	       (unsigned long long)st.zero_fills, (unsigned long long)st.pages_out,
-	       (unsigned long long)st.pages_home);
-	printf("result: %s (%zu words and 256 histogram bins checked)\n", bad ? "WRONG" : "correct",
-	       nwords);
+	printf("\n%-34s %10s %10s %9s %9s\n", "phase", "pages", "MiB", "seconds", "GB/s");
+	printf("%-34s %10zu %10lu %9.3f %9.2f\n", "CPU fills the input (first touch)",
+	       len / UHMM_PAGE_SIZE, mib, t_fill, len / t_fill / 1e9);
+	if (prefetch)
+		printf("%-34s %10d %10.1f %9.3f %9.2f\n", "prefetch input to the device", pf,
+		       pf * 4096.0 / (1 << 20), t_pf, pf * 4096.0 / t_pf / 1e9);
+	printf("%-34s %10llu %10.1f %9.3f %9.2f\n", "device kernels (migrate on touch)",
+	       (unsigned long long)ss.fault_migrated, ss.fault_migrated * 4096.0 / (1 << 20),
+	       t_dev, 2.0 * len / t_dev / 1e9);
+	printf("%-34s %10llu %10.1f %9.3f %9.2f\n", "CPU reads the output (fault-back)",
+	       (unsigned long long)(st.pages_home - st0.pages_home),
+	       (st.pages_home - st0.pages_home) * 4096.0 / (1 << 20), t_cpu,
+	       2.0 * len / t_cpu / 1e9);
+	printf("\ndevice: %llu device faults, %llu pages migrated by them, %llu mapped in place, "
+	       "%llu evicted\n",
+	       (unsigned long long)ss.device_faults, (unsigned long long)ss.fault_migrated,
+	       (unsigned long long)ss.fault_mapped, (unsigned long long)ds.evictions);
+	printf("cpu:    %llu faults (%llu on device pages, %llu zero fills), %llu pages home\n",
+	       (unsigned long long)(st.faults - st0.faults),
+	       (unsigned long long)(st.faults_device - st0.faults_device),
+	       (unsigned long long)(st.zero_fills - st0.zero_fills),
+	       (unsigned long long)(st.pages_home - st0.pages_home));
+	printf("result: %s (%zu outputs checked against the CPU, histogram of %zu values)\n",
+	       bad ? "WRONG" : "correct", n, n);
+	status = bad ? 1 : 0;
 out:
-	uhmm_free(h, data, len);
+	if (in)
+		uhmm_free(h, in, len);
+	if (out)
+		uhmm_free(h, out, len);
 	uhmm_sim_destroy(sim);
 	uhmm_close(h);
-	return bad ? 1 : 0;
+	return status;
 }
 
 static void usage(FILE *f)
