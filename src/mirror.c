@@ -471,7 +471,7 @@ static int walk_batch(struct uhmm_range *range, struct uhmm *h, int pagemap, con
 	bool managed[WALK_BATCH];
 
 	for (int tries = 0;; tries++) {
-		bool zero[WALK_BATCH] = { false }, scan = false, faults = false;
+		bool zero[WALK_BATCH] = { false }, scan = false, faults = false, busy = false;
 		unsigned long i, j;
 
 		page_bits(pagemap, s, n, pm);
@@ -497,7 +497,17 @@ static int walk_batch(struct uhmm_range *range, struct uhmm *h, int pagemap, con
 				uhmm__rd_exit(h);
 				return -EPERM;
 			}
-			if (r && w_kind(w) == W_DEVICE) {
+			if (r && (w & W_LOCKED) && !(pm[i] & PM_PRESENT)) {
+				/*
+				 * A migration (or a CPU fault) holds a page that is
+				 * not on the CPU: the kernel's migration entry. Not
+				 * present; a fault waits for it and asks the caller
+				 * to start again (faulting it would undo the
+				 * migration).
+				 */
+				out[i] = m;
+				busy |= req != 0;
+			} else if (r && w_kind(w) == W_DEVICE) {
 				struct uhmm_page *page = uhmm__word_page(h, w);
 
 				if (page && range->dev_private_owner &&
@@ -533,6 +543,10 @@ static int walk_batch(struct uhmm_range *range, struct uhmm *h, int pagemap, con
 		}
 		uhmm__rd_exit(h);
 
+		if (busy) {
+			sched_yield();
+			return -EBUSY;
+		}
 		if (!faults) {
 			memcpy(pfns, out, n * sizeof(*out));
 			return 0;
