@@ -147,7 +147,12 @@ out:
  */
 static int snapshot(struct uhmm_sim *sim, uintptr_t s, uintptr_t e, uint64_t *pfns)
 {
-	while (s < e) {
+	struct uhmm_sim_ctx *ctx = sim_ctx_new(sim, true, 0);
+	int ret = 0;
+
+	if (!ctx)
+		return -ENOMEM;
+	while (s < e && !ret) {
 		uintptr_t ce = (s | (SIM_CHUNK * SIM_PAGE - 1)) + 1;
 		int64_t deadline = sim_now_ns() + SIM_TIMEOUT_NS;
 		struct uhmm_range range = {
@@ -159,27 +164,33 @@ static int snapshot(struct uhmm_sim *sim, uintptr_t s, uintptr_t e, uint64_t *pf
 		};
 
 		for (;;) {
-			int ret;
+			bool stale;
 
-			if (sim_now_ns() > deadline)
-				return -EBUSY;
+			if (sim_now_ns() > deadline) {
+				ret = -EBUSY;
+				break;
+			}
+			sim_fill_begin(ctx, range.start, range.end);
 			range.notifier_seq = uhmm_interval_read_begin(&sim->notifier);
 			memset(pfns, 0, ((range.end - s) >> SIM_PAGE_SHIFT) * sizeof(*pfns));
 			ret = uhmm_range_fault(&range);
 			if (ret == -EBUSY)
 				continue;
 			if (ret)
-				return ret;
+				break;
 			pthread_mutex_lock(&sim->lock);
-			ret = uhmm_interval_read_retry(&sim->notifier, range.notifier_seq);
+			stale = sim_fill_stale_locked(ctx) ||
+				uhmm_interval_read_retry(&sim->notifier, range.notifier_seq);
 			pthread_mutex_unlock(&sim->lock);
-			if (!ret)
+			if (!stale)
 				break;
 		}
+		sim_fill_end(ctx);
 		pfns += (range.end - s) >> SIM_PAGE_SHIFT;
 		s = range.end;
 	}
-	return 0;
+	sim_ctx_free(ctx);
+	return ret;
 }
 
 static unsigned char snapshot_byte(struct uhmm_sim *sim, uint64_t e)
@@ -232,8 +243,6 @@ static int migrate_check(struct uhmm_sim *sim, uintptr_t s, uintptr_t e, uint64_
 	uint64_t *pfns;
 	int ret;
 
-	/* Events delivered before this call (mremap, munmap) are handled first. */
-	uhmm_sync(sim->h);
 	ret = uhmm_can_migrate(sim->h);
 	if (ret)
 		return ret;
@@ -373,6 +382,8 @@ int uhmm_sim_dmirror(struct uhmm_sim *sim, unsigned int op, struct uhmm_dmirror_
 			  op == UHMM_DMIRROR_MIGRATE_TO_DEV || op == UHMM_DMIRROR_SNAPSHOT))
 		return -EINVAL;
 
+	/* As in the kernel, a command sees every munmap, discard and mremap before it. */
+	uhmm_sync(sim->h);
 	switch (op) {
 	case UHMM_DMIRROR_READ:
 	case UHMM_DMIRROR_WRITE:

@@ -157,6 +157,8 @@ static int launch(struct uhmm_sim *sim, uhmm_sim_kernel_fn fn, unsigned long n, 
 		return -EDEADLK;
 	if (!n)
 		return 0;
+	/* The launch sees every munmap, discard and mremap that returned before it. */
+	uhmm_sync(sim->h);
 	ls = calloc(1, sizeof(*ls));
 	if (!ls)
 		return -ENOMEM;

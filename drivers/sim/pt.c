@@ -165,24 +165,28 @@ void sim_pt_drop_all(struct uhmm_sim *sim)
 
 /*
  * The CPU side of [r->start, r->end) changes: drop our translations of it,
- * and wait until nobody touches a dropped device page any more. Our own
- * migrations do not make a device fault start again (the kernel's owner
- * rule); they bump mig_gen, which the device fault checks instead, because
- * it runs migrations of its own between read_begin and read_retry.
- * May run in the fault path: no allocation.
+ * mark the windows being filled over it stale, and wait until nobody touches
+ * a dropped device page any more. The sequence moves only where a window is
+ * being filled (see sim_internal.h), and never for our own migrations (the
+ * kernel's owner rule: the device fault runs migrations of its own between
+ * read_begin and read_retry). May run in the fault path: no allocation.
  */
 static bool sim_invalidate(struct uhmm_interval_notifier *n, const struct uhmm_notify_range *r,
 			   uint64_t cur_seq)
 {
 	struct uhmm_sim *sim = (struct uhmm_sim *)((char *)n - offsetof(struct uhmm_sim, notifier));
-	bool own = r->event == UHMM_NOTIFY_MIGRATE && r->owner == sim;
+	bool own = r->event == UHMM_NOTIFY_MIGRATE && r->owner == sim, hit = false;
 	struct drop_count c = { 0, 0 };
 	uint64_t gen = 0;
 
 	pthread_mutex_lock(&sim->lock);
-	if (own)
-		atomic_fetch_add(&sim->mig_gen, 1);
-	else
+	for (int i = 0; i < SIM_NSLOTS; i++) {
+		if (sim->fill_s[i] < r->end && r->start < sim->fill_e[i]) {
+			sim->fill_stale[i] = true;
+			hit = true;
+		}
+	}
+	if (hit && !own)
 		uhmm_interval_set_seq(n, cur_seq);
 	drop_locked(sim, r->start, r->end, &c);
 	if (c.any)
@@ -193,6 +197,33 @@ static bool sim_invalidate(struct uhmm_interval_notifier *n, const struct uhmm_n
 	if (c.any)
 		atomic_fetch_add_explicit(&sim->invalidations, 1, memory_order_relaxed);
 	return true;
+}
+
+/* Register the window [s, e) this context fills; before uhmm_interval_read_begin. */
+void sim_fill_begin(struct uhmm_sim_ctx *ctx, uintptr_t s, uintptr_t e)
+{
+	struct uhmm_sim *sim = ctx->sim;
+
+	pthread_mutex_lock(&sim->lock);
+	sim->fill_s[ctx->slot] = s;
+	sim->fill_e[ctx->slot] = e;
+	sim->fill_stale[ctx->slot] = false;
+	pthread_mutex_unlock(&sim->lock);
+}
+
+/* Under sim->lock: whether the window changed since sim_fill_begin. */
+bool sim_fill_stale_locked(struct uhmm_sim_ctx *ctx)
+{
+	return ctx->sim->fill_stale[ctx->slot];
+}
+
+void sim_fill_end(struct uhmm_sim_ctx *ctx)
+{
+	struct uhmm_sim *sim = ctx->sim;
+
+	pthread_mutex_lock(&sim->lock);
+	sim->fill_s[ctx->slot] = sim->fill_e[ctx->slot] = 0;
+	pthread_mutex_unlock(&sim->lock);
 }
 
 static const struct uhmm_interval_notifier_ops sim_notifier_ops = {
@@ -387,12 +418,42 @@ static void set_requests(const struct fill *f, uint64_t *pfns)
 		pfns[i] = f->req_page < 0 || (long)i == f->req_page ? f->req : 0;
 }
 
-/* Runs of managed pages that are on the CPU (present or holes): they may migrate to us. */
-static unsigned long migrate_window(struct uhmm_sim *sim, const struct fill *f, const uint64_t *pfns)
+/*
+ * A device fault resolves the faulting page's neighbours too, but only those
+ * like it: managed memory with managed memory (one allocation, as far as the
+ * device can tell), unmanaged with unmanaged, never across a hole or a
+ * PROT_NONE page. [*lo, *hi) is that run of the window.
+ */
+static void window_run(const struct fill *f, const uint64_t *pfns, unsigned long *lo,
+		       unsigned long *hi)
 {
-	unsigned long i = 0, j, total = 0;
+	unsigned long i = (unsigned long)f->req_page;
+	uint64_t kind = pfns[i] & UHMM_PFN_MANAGED;
 
-	while (i < f->n) {
+	*lo = i;
+	*hi = i + 1;
+	while (*lo > 0 && !(pfns[*lo - 1] & UHMM_PFN_ERROR) &&
+	       (pfns[*lo - 1] & UHMM_PFN_MANAGED) == kind)
+		--*lo;
+	while (*hi < f->n && !(pfns[*hi] & UHMM_PFN_ERROR) &&
+	       (pfns[*hi] & UHMM_PFN_MANAGED) == kind)
+		++*hi;
+}
+
+/*
+ * Runs of managed pages that are on the CPU (present or holes): they may
+ * migrate to us. Returns how many were tried (our own migration marks our
+ * window stale even when nothing moved), *moved how many moved.
+ */
+static unsigned long migrate_window(struct uhmm_sim *sim, const struct fill *f, const uint64_t *pfns,
+				    unsigned long *moved_total)
+{
+	unsigned long i = 0, j, total = 0, lo = 0, hi = f->n;
+
+	if (f->req_page >= 0)
+		window_run(f, pfns, &lo, &hi);
+	i = lo;
+	while (i < hi) {
 		uint64_t o = pfns[i];
 		bool cand = (o & UHMM_PFN_MANAGED) &&
 			    !(o & (UHMM_PFN_ERROR | UHMM_PFN_DEVICE_PRIVATE | UHMM_PFN_DEVICE_REMOTE));
@@ -401,7 +462,7 @@ static unsigned long migrate_window(struct uhmm_sim *sim, const struct fill *f, 
 			i++;
 			continue;
 		}
-		for (j = i + 1; j < f->n; j++) {
+		for (j = i + 1; j < hi; j++) {
 			uint64_t p = pfns[j];
 
 			if (!(p & UHMM_PFN_MANAGED) ||
@@ -412,7 +473,8 @@ static unsigned long migrate_window(struct uhmm_sim *sim, const struct fill *f, 
 
 		sim_migrate_to_dev(sim, f->s + (i << SIM_PAGE_SHIFT), f->s + (j << SIM_PAGE_SHIFT),
 				   false, &moved);
-		total += moved;
+		*moved_total += moved;
+		total += j - i;
 		i = j;
 	}
 	return total;
@@ -431,57 +493,67 @@ static int fill_round(struct uhmm_sim_ctx *ctx, struct fill *f)
 		.pfn_flags_mask = UHMM_PFN_REQ_FAULT | UHMM_PFN_REQ_WRITE,
 		.dev_private_owner = sim,
 	};
+	bool fresh = true, migrated = false;
+	int ret;
 
-	for (bool first = true;; first = false) {
-		uint64_t epoch, mg = 0;
+	for (;;) {
+		uint64_t epoch;
 		bool changed;
-		int ret;
 
-		if (!first) {
+		if (!fresh) {
 			atomic_fetch_add_explicit(&sim->fault_retries, 1, memory_order_relaxed);
-			if (sim_now_ns() > deadline)
-				return -EBUSY;
+			if (sim_now_ns() > deadline) {
+				ret = -EBUSY;
+				break;
+			}
 		}
+		fresh = false;
 		epoch = atomic_load(&sim->vepoch);
+		sim_fill_begin(ctx, range.start, range.end);
 		range.notifier_seq = uhmm_interval_read_begin(&sim->notifier);
 		set_requests(f, pfns);
 		ret = uhmm_range_fault(&range);
 		if (ret == -EBUSY)
 			continue;
 		if (ret)
-			return ret;
-		if (f->migrate) {
-			unsigned long moved = migrate_window(sim, f, pfns);
-
-			if (moved) {
-				f->migrated += moved;
-				/* Our migration is not an invalidation for us: look again. */
-				mg = atomic_load(&sim->mig_gen);
-				memset(pfns, 0, f->n * sizeof(pfns[0]));
-				ret = uhmm_range_fault(&range);
-				if (ret == -EBUSY)
-					continue;
-				if (ret)
-					return ret;
+			break;
+		if (f->migrate && !migrated) {
+			/* Once: pages that could not move (device full, read-only) are mapped. */
+			migrated = true;
+			if (migrate_window(sim, f, pfns, &f->migrated)) {
+				/* What is the window now? Look again, from the start. */
+				fresh = true;
+				continue;
 			}
 		}
 		if (!f->install)
-			return 0;
+			break;
 		ret = ctx_topup(ctx);
 		if (ret)
-			return ret;
+			break;
 		pthread_mutex_lock(&sim->lock);
-		if (uhmm_interval_read_retry(&sim->notifier, range.notifier_seq) ||
-		    (mg && atomic_load(&sim->mig_gen) != mg)) {
+		if (sim_fill_stale_locked(ctx) ||
+		    uhmm_interval_read_retry(&sim->notifier, range.notifier_seq)) {
 			pthread_mutex_unlock(&sim->lock);
 			continue;
+		}
+		if (f->req_page >= 0) {
+			/* Only the faulting page's run (see window_run). */
+			unsigned long lo, hi;
+
+			window_run(f, pfns, &lo, &hi);
+			for (unsigned long i = 0; i < f->n; i++)
+				if (i < lo || i >= hi)
+					pfns[i] = 0;
 		}
 		changed = install_locked(ctx, f->s, pfns, f->n, epoch, f->local_only, &f->mapped);
 		if (changed)
 			atomic_fetch_add(&sim->gen, 1);
 		pthread_mutex_unlock(&sim->lock);
-		return 0;
+		break;
 	}
+	sim_fill_end(ctx);
+	return ret;
 }
 
 /* The kernel driver's dmirror_fault: fault [s, e) in and map it, 64 pages a round. */
@@ -574,17 +646,23 @@ int sim_revalidate(struct uhmm_sim_ctx *ctx, uintptr_t va)
 		struct pt_leaf *l;
 		int ret;
 
-		if (sim_now_ns() > deadline)
+		if (sim_now_ns() > deadline) {
+			sim_fill_end(ctx);
 			return -EBUSY;
+		}
+		sim_fill_begin(ctx, range.start, range.end);
 		range.notifier_seq = uhmm_interval_read_begin(&sim->notifier);
 		memset(pfns, 0, sizeof(pfns));
 		ret = uhmm_range_fault(&range);
 		if (ret == -EBUSY)
 			continue;
-		if (ret)
+		if (ret) {
+			sim_fill_end(ctx);
 			return ret;
+		}
 		pthread_mutex_lock(&sim->lock);
-		if (uhmm_interval_read_retry(&sim->notifier, range.notifier_seq)) {
+		if (sim_fill_stale_locked(ctx) ||
+		    uhmm_interval_read_retry(&sim->notifier, range.notifier_seq)) {
 			pthread_mutex_unlock(&sim->lock);
 			continue;
 		}
@@ -608,6 +686,7 @@ int sim_revalidate(struct uhmm_sim_ctx *ctx, uintptr_t va)
 		}
 		atomic_fetch_add(&sim->gen, 1);
 		pthread_mutex_unlock(&sim->lock);
+		sim_fill_end(ctx);
 		atomic_fetch_add_explicit(&sim->revalidations, 1, memory_order_relaxed);
 		return 0;
 	}

@@ -20,6 +20,15 @@
  *   and never waits for the fault service.
  * - System pages are touched at their CPU address, holding nothing: that is
  *   exactly a CPU access, coherent with migrations by the fault path.
+ * - Filling the table follows the kernel driver's loop, with one change: the
+ *   window being filled is registered (sim_fill_begin) before read_begin, and
+ *   the invalidate callback marks overlapping windows stale. The install
+ *   checks that mark (our own migrations move no sequence, as the owner rule
+ *   says, yet must stop a stale install) as well as read_retry. An
+ *   invalidation that starts after the registration is seen; one that started
+ *   before it is waited out by read_begin. So the sequence needs to move only
+ *   for invalidations overlapping a registered window, and device faults in
+ *   one place do not retry for changes elsewhere.
  */
 #ifndef UHMM_SIM_INTERNAL_H
 #define UHMM_SIM_INTERNAL_H
@@ -115,8 +124,14 @@ struct uhmm_sim {
 	pthread_mutex_t lock;
 	void *root;
 	_Atomic uint64_t gen;     /* see above; starts at 1 */
-	_Atomic uint64_t mig_gen; /* bumped by invalidations of our own migrations */
 	_Atomic uint64_t vepoch;  /* bumped at each launch and command */
+	/*
+	 * Windows being filled, one per slot, under sim->lock: an invalidation
+	 * overlapping one marks it stale (our own migrations included, which do
+	 * not move the notifier's sequence) and moves the sequence only then.
+	 */
+	uintptr_t fill_s[SIM_NSLOTS], fill_e[SIM_NSLOTS];
+	bool fill_stale[SIM_NSLOTS];
 	_Atomic uint64_t slots[SIM_NSLOTS];
 	atomic_int ext_used[SIM_EXT_SLOTS];
 
@@ -163,6 +178,9 @@ int sim_map_range(struct uhmm_sim_ctx *ctx, uintptr_t s, uintptr_t e, bool write
 int sim_install_snapshot(struct uhmm_sim_ctx *ctx, uintptr_t s, uintptr_t e, bool local_only);
 void sim_drop_range(struct uhmm_sim *sim, uintptr_t s, uintptr_t e);
 void sim_new_epoch(struct uhmm_sim *sim);
+void sim_fill_begin(struct uhmm_sim_ctx *ctx, uintptr_t s, uintptr_t e);
+bool sim_fill_stale_locked(struct uhmm_sim_ctx *ctx);
+void sim_fill_end(struct uhmm_sim_ctx *ctx);
 
 /* exec.c */
 int sim_exec_start(struct uhmm_sim *sim);
