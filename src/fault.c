@@ -246,14 +246,25 @@ again:
 		 * reference, so that its release (page_free) happens before
 		 * the toucher is woken, as in the kernel's fault path.
 		 */
+		uhmm__fill_err = 0;
 		ret = page ? page->devmem->ops->migrate_to_ram(&vmf) : -ENODEV;
 		nv = atomic_load(w);
 		if (w_kind(nv) == W_CPU) {
 			atomic_fetch_add(&page->devmem->st_faults, 1);
 			nv = uhmm__thrash_home(h, page->devmem, v, nv);
 		}
-		if (w_kind(nv) == W_DEVICE && uhmm__svc_eagain) {
-			ret = -EAGAIN; /* an event is pending: the page stays, the fault is retried */
+		if (w_kind(nv) == W_DEVICE &&
+		    (uhmm__svc_eagain || uhmm__fill_err == -EAGAIN || uhmm__fill_err == -ENOMEM)) {
+			/*
+			 * An event is pending, or no page could be allocated:
+			 * the data stays on the device and the fault is retried.
+			 */
+			ret = -EAGAIN;
+			break;
+		}
+		if (w_kind(nv) == W_DEVICE && uhmm__fill_err == -ENOENT) {
+			/* The mapping moved or went: its event carries or frees the page. */
+			ret = 0;
 			break;
 		}
 		if (w_kind(nv) == W_DEVICE) {
@@ -264,7 +275,7 @@ again:
 			}
 			uhmm__release_word(h, nv);
 			nv = W_POISON;
-			atomic_store(w, W_POISON | W_LOCKED | (atomic_load(w) & W_WAITERS));
+			uhmm__word_set_locked(w, W_POISON);
 			poison_page(h, addr);
 		}
 		UHMM_STAT_ADD(h, faults_device, 1);
@@ -536,7 +547,7 @@ static int work_try(struct uhmm *h, struct work *wk, bool remap_pending)
  * the faults behind them; a fault waiting for a page lock holds up nobody.
  * Returns whether events remain.
  */
-static bool work_run(struct uhmm *h, struct work *q, size_t *n)
+static bool work_run(struct uhmm *h, struct work *q, size_t *n, bool faults_only)
 {
 	size_t k = 0, remaps = 0;
 	bool blocked = false;
@@ -546,6 +557,9 @@ static bool work_run(struct uhmm *h, struct work *q, size_t *n)
 	for (size_t i = 0; i < *n; i++) {
 		struct work *wk = &q[i];
 
+		/* Events may allocate: while a fork is under way they wait, and all behind them. */
+		if (faults_only && wk->type != WK_FAULT)
+			blocked = true;
 		if (!blocked) {
 			int ret = work_try(h, wk, remaps > 0);
 
@@ -647,6 +661,15 @@ static void *svc_main(void *arg)
 		req = h->sync_req;
 		pthread_mutex_unlock(&h->sync_lock);
 
+		/*
+		 * A fork is under way: glibc holds the malloc locks until the
+		 * kernel has handed over the fork event, which this thread
+		 * reads. Read (the fork event takes preallocated memory) and
+		 * serve faults, but leave events and children, which may
+		 * allocate, until fork returns.
+		 */
+		if (atomic_load(&h->fork_pending) && !atomic_load(&h->fork_quiet))
+			atomic_store(&h->fork_quiet, 1);
 		while (nq + 64 <= MAX_WORK) {
 			ssize_t got;
 
@@ -659,8 +682,8 @@ static void *svc_main(void *arg)
 			if (got <= 0)
 				break;
 		}
-		events_left = work_run(h, q, &nq);
-		if (h->children || atomic_load(&h->child_flush)) {
+		events_left = work_run(h, q, &nq, atomic_load(&h->fork_pending));
+		if (!atomic_load(&h->fork_pending) && (h->children || atomic_load(&h->child_flush))) {
 			clock_gettime(CLOCK_MONOTONIC, &now);
 			uhmm__children_run(h, ms_since(&probed) >= 100);
 			if (ms_since(&probed) >= 100)
@@ -744,7 +767,9 @@ int uhmm__sync(struct uhmm *h)
 
 int uhmm_sync(struct uhmm *h)
 {
-	if (!h)
-		return -EINVAL;
+	int ret = uhmm__usable(h);
+
+	if (ret)
+		return ret;
 	return uhmm__sync(h);
 }

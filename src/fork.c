@@ -32,10 +32,13 @@ struct centry {
 	struct uhmm_page *page; /* referenced; NULL once served or dropped */
 };
 
+struct child;
+
 struct snap {
 	struct snap *next;
 	size_t n, cap;
-	struct centry *e; /* sorted by addr */
+	struct centry *e;     /* sorted by addr */
+	struct child *child;  /* allocated before fork: the fork event must not malloc */
 };
 
 struct child {
@@ -70,6 +73,7 @@ static void snap_free(struct snap *s)
 		return;
 	for (size_t i = 0; i < s->n; i++)
 		uhmm_page_put(s->e[i].page);
+	free(s->child);
 	free(s->e);
 	free(s);
 }
@@ -146,10 +150,12 @@ int uhmm__fork_prepare(struct uhmm *h)
 	sa.s = calloc(1, sizeof(*sa.s));
 	if (!sa.s)
 		return -ENOMEM;
-	/* Hold back migrations to devices: a page leaving now would be a hole nobody fills. */
-	atomic_store(&h->forking, 1);
-	while (atomic_load(&h->out_inflight))
-		sched_yield();
+	sa.s->child = calloc(1, sizeof(*sa.s->child));
+	if (!sa.s->child) {
+		free(sa.s);
+		return -ENOMEM;
+	}
+	uhmm__fork_hold(h);
 	uhmm__rd_enter(h);
 	uhmm__for_each_word(h, 0, UINTPTR_MAX, snap_one, &sa);
 	uhmm__rd_exit(h);
@@ -164,6 +170,16 @@ int uhmm__fork_prepare(struct uhmm *h)
 		;
 	*tail = sa.s;
 	pthread_mutex_unlock(&h->fork_lock);
+	/*
+	 * glibc's fork takes the malloc locks after these handlers and holds
+	 * them while the kernel waits for the service thread to read the fork
+	 * event: until fork returns, the service thread must not malloc. It
+	 * says when it has stopped at a safe point.
+	 */
+	atomic_store(&h->fork_pending, 1);
+	uhmm__svc_kick(h);
+	while (h->svc_started && !atomic_load(&h->fork_quiet))
+		sched_yield();
 	return 0;
 }
 
@@ -187,7 +203,21 @@ void uhmm__fork_parent(struct uhmm *h)
 		snap_free(s);
 		s = next;
 	}
+	atomic_store(&h->fork_quiet, 0);
+	atomic_store(&h->fork_pending, 0);
+	uhmm__svc_kick(h);
 	atomic_store(&h->forking, 0);
+}
+
+/*
+ * Hold back migrations to devices until fork returns (uhmm__fork_parent): a
+ * page leaving now would be a hole in the child that nobody fills.
+ */
+void uhmm__fork_hold(struct uhmm *h)
+{
+	atomic_store(&h->forking, 1);
+	while (atomic_load(&h->out_inflight))
+		sched_yield();
 }
 
 /* Migrations to devices call this before taking pages: wait out a fork. */
@@ -212,7 +242,7 @@ void uhmm__out_end(struct uhmm *h)
 
 static struct child *child_new(struct uhmm *h, int ufd, struct snap *s)
 {
-	struct child *c = calloc(1, sizeof(*c));
+	struct child *c = s->child ? s->child : calloc(1, sizeof(*c));
 
 	if (!c) {
 		/* Without a service the child would read zeros: better no userfaultfd at all. */
@@ -220,6 +250,7 @@ static struct child *child_new(struct uhmm *h, int ufd, struct snap *s)
 		snap_free(s);
 		return NULL;
 	}
+	s->child = NULL;
 	c->uffd = ufd;
 	c->s = s;
 	c->next = h->children;
@@ -238,9 +269,12 @@ void uhmm__fork_event(struct uhmm *h, int ufd)
 	if (s)
 		h->snaps = s->next;
 	pthread_mutex_unlock(&h->fork_lock);
-	if (!s)
-		s = calloc(1, sizeof(*s)); /* a fork uhmm did not see coming: nothing to serve */
 	if (!s) {
+		/*
+		 * A fork uhmm did not prepare for (no pthread_atfork): nothing
+		 * to serve it with, and no malloc allowed here. Without its
+		 * userfaultfd the child's memory is ordinary memory.
+		 */
 		close(ufd);
 		return;
 	}

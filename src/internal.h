@@ -20,6 +20,7 @@
 #ifndef UHMM_INTERNAL_H
 #define UHMM_INTERNAL_H
 
+#include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -40,7 +41,7 @@
 #define MAX_DEVMEM 1024 /* slots 1..MAX_DEVMEM-1; 0 means none */
 #define MAX_OWNERS 256
 #define MAX_LEAVING 16
-#define MAX_CHILDREN 60 /* forked children served per handle; beyond, pages come home at fork */
+#define MAX_CHILDREN 250 /* forked children served per handle; beyond, pages come home at fork */
 
 /*
  * The page state word. The low 32 bits hold the kind and the lock bits, so a
@@ -202,6 +203,8 @@ struct uhmm {
 	struct snap *snaps;
 	struct child *children;  /* the service thread's */
 	atomic_int nchildren;
+	atomic_int fork_pending; /* a fork is under way: the service thread must not malloc */
+	atomic_int fork_quiet;   /* the service thread has seen fork_pending */
 	_Atomic(struct uhmm_devmem *) child_flush;
 
 	atomic_int remaps_pending; /* remap events read and not yet handled */
@@ -227,6 +230,18 @@ struct uhmm {
 	} st;
 };
 
+/*
+ * Whether a public entry point may use @h: -EINVAL for NULL, -ESHUTDOWN once
+ * closed, and in a forked child (whose inherited handle would act on the
+ * parent's userfaultfd: pthread_atfork marks it closed).
+ */
+static inline int uhmm__usable(const struct uhmm *h)
+{
+	if (!h)
+		return -EINVAL;
+	return atomic_load(&h->closed) ? -ESHUTDOWN : 0;
+}
+
 /* space.c */
 void uhmm__rd_enter(struct uhmm *h);
 void uhmm__rd_exit(struct uhmm *h);
@@ -250,6 +265,12 @@ int uhmm__opts_check(const void *opts, size_t given, size_t known);
  */
 extern __thread int uhmm__in_svc __attribute__((tls_model("initial-exec")));
 extern __thread int uhmm__svc_eagain __attribute__((tls_model("initial-exec")));
+/*
+ * Why the last uhmm_migrate_pages() of this thread left pages on the device:
+ * -EAGAIN/-ENOMEM (try again later), -ENOENT (the mapping is gone: an mremap
+ * or munmap event will carry or free the page), 0 (no install failed).
+ */
+extern __thread int uhmm__fill_err __attribute__((tls_model("initial-exec")));
 extern int uhmm__kick_fd;
 void uhmm__kick_init(void);
 
@@ -262,6 +283,8 @@ void uhmm__unlock(_Atomic uint64_t *w, uint64_t nw);
 int uhmm__probe_open(struct uhmm *h, unsigned int flags, uint64_t mask, int mode);
 int uhmm__uffd_register(struct uhmm *h, uintptr_t start, size_t len);
 int uhmm__uffd_copy(int uffd, uintptr_t dst, const void *src, size_t len, bool wake);
+int uhmm__uffd_copy_n(int uffd, uintptr_t dst, const void *src, size_t len, bool wake,
+		      size_t *donep);
 int uhmm__uffd_zeropage(int uffd, uintptr_t dst, size_t len, bool wake);
 int uhmm__uffd_poison(int uffd, uintptr_t dst, size_t len, bool wake);
 long uhmm__uffd_move(int uffd, uintptr_t dst, uintptr_t src, size_t len, bool holes);
@@ -292,6 +315,7 @@ static inline void uhmm__page_set_addr(struct uhmm_page *page, uintptr_t addr)
 /* fork.c */
 struct pollfd;
 int uhmm__fork_prepare(struct uhmm *h);
+void uhmm__fork_hold(struct uhmm *h);
 void uhmm__fork_parent(struct uhmm *h);
 void uhmm__out_begin(struct uhmm *h);
 void uhmm__out_end(struct uhmm *h);
@@ -304,6 +328,18 @@ void uhmm__children_flush(struct uhmm *h, struct uhmm_devmem *dm);
 /* signal.c */
 int uhmm__signal_register(struct uhmm *h);
 void uhmm__signal_unregister(struct uhmm *h);
+
+/*
+ * Change a word we hold locked: a waiter may set WAITERS at any moment, so
+ * it is kept with compare-and-swap, never overwritten.
+ */
+static inline void uhmm__word_set_locked(_Atomic uint64_t *w, uint64_t nv)
+{
+	uint64_t old = atomic_load(w);
+
+	while (!atomic_compare_exchange_weak(w, &old, nv | W_LOCKED | (old & W_WAITERS)))
+		;
+}
 
 /* devmem.c */
 struct uhmm_devmem *uhmm__devmem(struct uhmm *h, unsigned slot);

@@ -125,6 +125,14 @@ static void take_system(struct uhmm_migrate *a)
 	}
 }
 
+/* Whether [start, end) is still managed (an unmanage may have finished meanwhile). */
+static bool still_managed(const struct uhmm_migrate *a)
+{
+	struct range *r = uhmm__lookup(a->h, a->start);
+
+	return r && a->end <= r->end;
+}
+
 int uhmm_migrate_setup(struct uhmm_migrate *a)
 {
 	struct uhmm *h;
@@ -136,6 +144,8 @@ int uhmm_migrate_setup(struct uhmm_migrate *a)
 	if (!a || !a->h || !a->src || !a->dst)
 		return -EINVAL;
 	h = a->h;
+	if (atomic_load(&h->closed))
+		return -ESHUTDOWN;
 	sys = a->flags & UHMM_MIGRATE_SELECT_SYSTEM;
 	dev = a->flags & UHMM_MIGRATE_SELECT_DEVICE_PRIVATE;
 	if (((a->start | a->end) & ~PAGE_MASK) || a->start >= a->end || (!sys && !dev) ||
@@ -222,6 +232,15 @@ int uhmm_migrate_setup(struct uhmm_migrate *a)
 		}
 		uhmm__unlock(w, v);
 	}
+	/*
+	 * Checked again now that the pages are locked: an uhmm_unmanage that
+	 * began meanwhile has either seen our locks (and waits for them) or
+	 * is seen here; either way no page leaves memory that is leaving.
+	 */
+	if (any_sys && (uhmm__leaving(h, a->start, a->end) || !still_managed(a))) {
+		uhmm_migrate_finalize(a);
+		return -ENOENT;
+	}
 	if (any_sys)
 		take_system(a);
 	if (any_dev)
@@ -247,8 +266,7 @@ static void commit_device(struct uhmm_migrate *a, unsigned long i)
 	__atomic_store_n(&np->last_use, np->birth, __ATOMIC_RELAXED);
 	atomic_fetch_add(&np->devmem->resident, 1);
 	atomic_fetch_add(&np->devmem->st_to, 1);
-	atomic_store(w, w_device(np->devmem->slot, np->pfn) | W_LOCKED | (old & W_WAITERS) |
-				uhmm__thrash_out(old));
+	uhmm__word_set_locked(w, w_device(np->devmem->slot, np->pfn) | uhmm__thrash_out(old));
 	if (a->src[i] & UHMM_MIGRATE_DEVICE)
 		uhmm__release_word(h, old);
 	else
@@ -274,10 +292,25 @@ static void commit_system(struct uhmm_migrate *a, unsigned long i)
 	if (page)
 		atomic_fetch_add(&page->devmem->st_from, 1);
 	/* The bounce history stays with the page (a fault updates it, serve()). */
-	atomic_store(w, W_CPU | W_LOCKED | (old & (W_WAITERS | W_TCOUNT_MASK | W_TTIME_MASK)));
+	uhmm__word_set_locked(w, W_CPU | (old & (W_TCOUNT_MASK | W_TTIME_MASK)));
 	uhmm__release_word(a->h, old);
 	UHMM_STAT_ADD(a->h, pages_home, 1);
 	a->src[i] |= S_DONE;
+}
+
+/* Wake touchers of [s, e); the fault path wakes its own toucher once its page is unlocked. */
+static void wake_run(struct uhmm_migrate *a, uintptr_t s, uintptr_t e)
+{
+	uintptr_t f = a->priv[P_FAULT];
+
+	if (a->fault_page && f >= s && f < e) {
+		if (f > s)
+			uhmm__uffd_wake(a->h->uffd, s, f - s);
+		if (e > f + PAGE_SIZE)
+			uhmm__uffd_wake(a->h->uffd, f + PAGE_SIZE, e - f - PAGE_SIZE);
+	} else {
+		uhmm__uffd_wake(a->h->uffd, s, e - s);
+	}
 }
 
 void uhmm_migrate_pages(struct uhmm_migrate *a)
@@ -286,6 +319,7 @@ void uhmm_migrate_pages(struct uhmm_migrate *a)
 
 	if (!a || !(a->priv[P_STATE] & ST_SETUP))
 		return;
+	uhmm__fill_err = 0;
 	n = a->npages;
 	for (i = 0; i < n;) {
 		uint64_t s = a->src[i], d = a->dst[i];
@@ -316,24 +350,26 @@ void uhmm_migrate_pages(struct uhmm_migrate *a)
 		for (j = i; j < n && to_system(a, j); j++)
 			;
 		uintptr_t s0 = page_addr(a, i);
-		int ret = uhmm__uffd_copy(a->h->uffd, s0, uhmm_migrate_sysbuf(a, i),
-					  (j - i) << PAGE_SHIFT, false);
+		size_t done;
+		int ret = uhmm__uffd_copy_n(a->h->uffd, s0, uhmm_migrate_sysbuf(a, i),
+					    (j - i) << PAGE_SHIFT, false, &done);
+
+		/*
+		 * What was installed is home. The rest stays on the device: on
+		 * EAGAIN/ENOMEM to be tried again, on ENOENT/EINVAL because the
+		 * mapping moved or went (its mremap or munmap event carries or
+		 * frees the device page; freeing it here would lose the data).
+		 */
+		if (ret)
+			uhmm__fill_err = ret == -EINVAL ? -ENOENT : ret;
 		for (; i < j; i++) {
-			if (!ret || ret == -ENOENT || ret == -EINVAL)
-				commit_system(a, i); /* home, or its mapping is gone */
+			if (page_addr(a, i) < s0 + done)
+				commit_system(a, i);
 			else
 				a->src[i] &= ~UHMM_MIGRATE_MIGRATE;
 		}
-		/* The fault path wakes its own toucher once the page is unlocked. */
-		if (a->fault_page && a->priv[P_FAULT] >= s0 && a->priv[P_FAULT] < page_addr(a, j)) {
-			if (a->priv[P_FAULT] > s0)
-				uhmm__uffd_wake(a->h->uffd, s0, a->priv[P_FAULT] - s0);
-			if (page_addr(a, j) > a->priv[P_FAULT] + PAGE_SIZE)
-				uhmm__uffd_wake(a->h->uffd, a->priv[P_FAULT] + PAGE_SIZE,
-						page_addr(a, j) - a->priv[P_FAULT] - PAGE_SIZE);
-		} else {
-			uhmm__uffd_wake(a->h->uffd, s0, page_addr(a, j) - s0);
-		}
+		if (done)
+			wake_run(a, s0, s0 + done);
 	}
 }
 
@@ -609,7 +645,7 @@ static void mig_poison(struct uhmm_migrate *a, unsigned long i)
 	_Atomic uint64_t *w = mig_word(a, i);
 	uint64_t old = atomic_load(w);
 
-	atomic_store(w, W_POISON | W_LOCKED | (old & W_WAITERS));
+	uhmm__word_set_locked(w, W_POISON);
 	uhmm__release_word(a->h, old);
 	uhmm__uffd_poison(a->h->uffd, page_addr(a, i), PAGE_SIZE, true);
 	UHMM_STAT_ADD(a->h, poisoned, 1);
@@ -755,8 +791,9 @@ int uhmm_migrate_to_ram(struct uhmm *h, void *addr, size_t len)
 	long total;
 	int ret;
 
-	if (!h)
-		return -EINVAL;
+	ret = uhmm__usable(h);
+	if (ret)
+		return ret;
 	ret = uhmm__check_range(addr, len);
 	if (ret)
 		return ret;

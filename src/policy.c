@@ -249,7 +249,10 @@ int uhmm_prefetch(struct uhmm *h, void *addr, size_t len, struct uhmm_devmem *ta
 {
 	int ret;
 
-	if (!h || (target && target->h != h))
+	ret = uhmm__usable(h);
+	if (ret)
+		return ret;
+	if (target && target->h != h)
 		return -EINVAL;
 	if (!target)
 		return uhmm_migrate_to_ram(h, addr, len);
@@ -343,13 +346,14 @@ int uhmm_prefetch_async(struct uhmm *h, void *addr, size_t len, struct uhmm_devm
 	struct pf_req *r;
 	int ret;
 
-	if (!h || !ticket || (target && target->h != h))
+	ret = uhmm__usable(h);
+	if (ret)
+		return ret;
+	if (!ticket || (target && target->h != h))
 		return -EINVAL;
 	ret = uhmm__check_range(addr, len);
 	if (ret)
 		return ret;
-	if (atomic_load(&h->closed))
-		return -EINVAL;
 	ret = pf_start(h);
 	if (ret)
 		return ret;

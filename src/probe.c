@@ -168,8 +168,18 @@ static int eagain(void)
 /* Install @len bytes from @src at @dst; a page already present is not an error. */
 int uhmm__uffd_copy(int uffd, uintptr_t dst, const void *src, size_t len, bool wake)
 {
+	size_t done;
+
+	return uhmm__uffd_copy_n(uffd, dst, src, len, wake, &done);
+}
+
+/* As uhmm__uffd_copy; *@donep: the bytes installed (or found present) from the start. */
+int uhmm__uffd_copy_n(int uffd, uintptr_t dst, const void *src, size_t len, bool wake,
+		      size_t *donep)
+{
 	size_t done = 0;
 
+	*donep = 0;
 	while (done < len) {
 		struct uffdio_copy c = {
 			.dst = dst + done,
@@ -186,8 +196,10 @@ int uhmm__uffd_copy(int uffd, uintptr_t dst, const void *src, size_t len, bool w
 			continue;
 		}
 		if (errno == EAGAIN) {
-			if (eagain())
+			if (eagain()) {
+				*donep = done;
 				return -EAGAIN;
+			}
 			continue;
 		}
 		if (errno == EEXIST) {
@@ -196,8 +208,10 @@ int uhmm__uffd_copy(int uffd, uintptr_t dst, const void *src, size_t len, bool w
 			done += PAGE_SIZE;
 			continue;
 		}
+		*donep = done;
 		return -errno;
 	}
+	*donep = done;
 	return 0;
 }
 

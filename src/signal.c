@@ -52,7 +52,9 @@ static int serve_any(uintptr_t addr, bool write)
 
 		if (!h)
 			continue;
-		ret = uhmm__serve(h, addr, write, true);
+		/* Retried here, in the toucher: a pending event, or no memory for now. */
+		while ((ret = uhmm__serve(h, addr, write, true)) == -EAGAIN)
+			sched_yield();
 		if (ret != -ENOENT)
 			return ret;
 	}

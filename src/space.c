@@ -96,6 +96,7 @@ static void range_free(struct uhmm *h, void *p)
 
 __thread int uhmm__in_svc __attribute__((tls_model("initial-exec")));
 __thread int uhmm__svc_eagain __attribute__((tls_model("initial-exec")));
+__thread int uhmm__fill_err __attribute__((tls_model("initial-exec")));
 int uhmm__kick_fd = -1;
 static pthread_once_t kick_once = PTHREAD_ONCE_INIT;
 
@@ -483,6 +484,8 @@ static void fork_prepare(void)
 		/* Thread mode: the child will be served (fork.c). Otherwise: pages come home. */
 		if (!uhmm__fork_prepare(h))
 			continue;
+		/* And none may leave again before the fork: the child would read zeros. */
+		uhmm__fork_hold(h);
 		n = snapshot(h, &rs);
 		for (size_t i = 0; i < n; i++)
 			uhmm__home_range(h, rs[i][0], rs[i][1], NULL, &poisoned);
@@ -783,14 +786,17 @@ int uhmm_manage(struct uhmm *h, void *addr, size_t len)
 	uintptr_t s = (uintptr_t)addr;
 	int ret;
 
-	if (!h || atomic_load(&h->closed))
-		return -EINVAL;
+	ret = uhmm__usable(h);
+	if (ret)
+		return ret;
 	ret = uhmm__check_range(addr, len);
 	if (ret)
 		return ret;
 	ret = check_anon_private(s, s + len);
 	if (ret)
 		return ret;
+	/* An unmap of this address may have been read and not yet handled. */
+	uhmm__events_settle(h);
 	ret = uhmm__add_range(h, s, s + len, false, NULL);
 	if (ret)
 		return ret;
@@ -807,8 +813,9 @@ int uhmm_unmanage(struct uhmm *h, void *addr, size_t len)
 	int ret, slot;
 	bool ok, inv;
 
-	if (!h)
-		return -EINVAL;
+	ret = uhmm__usable(h);
+	if (ret)
+		return ret;
 	ret = uhmm__check_range(addr, len);
 	if (ret)
 		return ret;
@@ -834,20 +841,28 @@ int uhmm_alloc(struct uhmm *h, size_t len, void **out)
 	void *p;
 	int ret;
 
-	if (!h || !out || !len || len > SIZE_MAX - PAGE_SIZE || atomic_load(&h->closed))
+	ret = uhmm__usable(h);
+	if (ret)
+		return ret;
+	if (!out || !len || len > SIZE_MAX - PAGE_SIZE)
 		return -EINVAL;
 	*out = NULL;
 	len = (len + PAGE_SIZE - 1) & PAGE_MASK;
 	p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (p == MAP_FAILED)
 		return -ENOMEM;
+	/* The kernel may reuse an address whose unmap event is still in hand. */
+	uhmm__events_settle(h);
 	ret = uhmm__add_range(h, (uintptr_t)p, (uintptr_t)p + len, true, NULL);
-	if (!ret)
-		ret = uhmm__uffd_register(h, (uintptr_t)p, len);
+	if (ret) {
+		munmap(p, len);
+		return ret == -EEXIST ? -ENOMEM : ret;
+	}
+	ret = uhmm__uffd_register(h, (uintptr_t)p, len);
 	if (ret) {
 		uhmm__remove_ranges(h, (uintptr_t)p, (uintptr_t)p + len);
 		munmap(p, len);
-		return ret == -EEXIST ? -ENOMEM : ret;
+		return ret;
 	}
 	*out = p;
 	return 0;
@@ -859,8 +874,9 @@ int uhmm_free(struct uhmm *h, void *addr, size_t len)
 	bool ok;
 	int ret;
 
-	if (!h)
-		return -EINVAL;
+	ret = uhmm__usable(h);
+	if (ret)
+		return ret;
 	len = (len + PAGE_SIZE - 1) & PAGE_MASK;
 	ret = uhmm__check_range(addr, len);
 	if (ret)
@@ -883,9 +899,10 @@ int uhmm_page_state(struct uhmm *h, const void *addr)
 	struct range *r;
 	uint64_t w;
 	unsigned char vec = 0;
+	int ret = uhmm__usable(h);
 
-	if (!h)
-		return -EINVAL;
+	if (ret)
+		return ret;
 	uhmm__events_settle(h);
 	uhmm__rd_enter(h);
 	r = uhmm__lookup(h, a);
