@@ -693,6 +693,17 @@ int sim_revalidate(struct uhmm_sim_ctx *ctx, uintptr_t va)
 }
 
 /*
+ * After fork a child references the device pages it inherited (thread mode):
+ * one referenced by more than its state word must not be written in place.
+ */
+static bool page_shared(struct uhmm_sim *sim, uint64_t pte)
+{
+	struct uhmm_page *page = uhmm_devmem_page(sim->dm, pte_pfn(pte));
+
+	return page && __atomic_load_n(&page->refcount, __ATOMIC_ACQUIRE) > 1;
+}
+
+/*
  * Translate @va for an access. Returns 0 with *mem in the device's memory and
  * the slot held (finish touching it, without touching anything else that may
  * fault, then sim_slot_exit), 1 with *mem == va for a system page (nothing
@@ -709,6 +720,7 @@ int sim_translate(struct uhmm_sim_ctx *ctx, uintptr_t va, bool write, bool fault
 		uint64_t epoch = atomic_load(&sim->vepoch) & 0xffff;
 		uint64_t g = slot_enter(ctx), pte;
 		struct sim_tlb *t = &ctx->tlb[vpn % SIM_TLB];
+		bool cow;
 		int ret;
 
 		/* Only present entries are cached: a new entry bumps no gen. */
@@ -719,21 +731,27 @@ int sim_translate(struct uhmm_sim_ctx *ctx, uintptr_t va, bool write, bool fault
 			t->vpn = vpn;
 			t->pte = pte;
 		}
+		cow = false;
 		if ((pte & PTE_P) && pte_epoch(pte) == epoch && (!write || (pte & PTE_W))) {
-			if (pte & PTE_L) {
+			if (!(pte & PTE_L)) {
+				sim_slot_exit(ctx);
+				*mem = (char *)va;
+				return 1;
+			}
+			if (!write || !page_shared(sim, pte)) {
 				*mem = sim_pool_page(sim, pte_pfn(pte)) + (va & (SIM_PAGE - 1));
 				return 0;
 			}
-			sim_slot_exit(ctx);
-			*mem = (char *)va;
-			return 1;
+			cow = true;
 		}
 		sim_slot_exit(ctx);
 		if (!deadline)
 			deadline = sim_now_ns() + SIM_TIMEOUT_NS;
 		else if (sim_now_ns() > deadline)
 			return -EBUSY; /* translations keep vanishing under us */
-		if ((pte & PTE_P) && pte_epoch(pte) != epoch)
+		if (cow)
+			ret = sim_cow(sim, va);
+		else if ((pte & PTE_P) && pte_epoch(pte) != epoch)
 			ret = sim_revalidate(ctx, va);
 		else if (!fault)
 			return -ENOENT;

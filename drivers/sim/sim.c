@@ -388,6 +388,45 @@ static int chunk_to_dev_retry(struct uhmm_sim *sim, uintptr_t s, uintptr_t e, bo
 	}
 }
 
+/*
+ * Copy-on-write of a device page a forked child still references: its data
+ * moves to a fresh page of ours (a migration from the device to itself), or
+ * home where the device is full; the child keeps the old page. Our own
+ * migration drops our translation of it first.
+ */
+int sim_cow(struct uhmm_sim *sim, uintptr_t va)
+{
+	uint64_t src[1], dst[1];
+	struct uhmm_migrate a = {
+		.h = sim->h,
+		.start = va & SIM_PAGE_MASK,
+		.end = (va & SIM_PAGE_MASK) + SIM_PAGE,
+		.src = src,
+		.dst = dst,
+		.pgmap_owner = sim,
+		.flags = UHMM_MIGRATE_SELECT_DEVICE_PRIVATE,
+	};
+	struct uhmm_page *old, *np;
+	int ret = uhmm_migrate_setup(&a);
+
+	if (ret)
+		return ret;
+	old = uhmm_migrate_entry_page(src[0]);
+	if ((src[0] & UHMM_MIGRATE_MIGRATE) && old &&
+	    __atomic_load_n(&old->refcount, __ATOMIC_ACQUIRE) > 1) {
+		np = sim->dm ? uhmm_devmem_alloc_page(sim->dm) : NULL;
+		if (np) {
+			memcpy(sim_mem(sim, np), sim_mem(sim, old), SIM_PAGE);
+			dst[0] = uhmm_migrate_dst_device(np);
+		} else if (!sim_copy_one_from(sim, uhmm_migrate_sysbuf(&a, 0), old, a.start)) {
+			dst[0] = UHMM_MIGRATE_VALID;
+		}
+	}
+	uhmm_migrate_pages(&a);
+	uhmm_migrate_finalize(&a);
+	return 0;
+}
+
 /* Migrate the managed pages of [s, e) to the device, in 2 MiB chunks. */
 int sim_migrate_to_dev(struct uhmm_sim *sim, uintptr_t s, uintptr_t e, bool cmd,
 		       unsigned long *moved)

@@ -156,6 +156,7 @@ int sim_migrate_to_dev(struct uhmm_sim *sim, uintptr_t s, uintptr_t e, bool cmd,
 		       unsigned long *moved);
 int sim_migrate_to_sys(struct uhmm_sim *sim, uintptr_t s, uintptr_t e, bool cmd,
 		       unsigned long *moved);
+int sim_cow(struct uhmm_sim *sim, uintptr_t va);
 int64_t sim_now_ns(void);
 
 static inline char *sim_pool_page(const struct uhmm_sim *sim, unsigned long pfn)
