@@ -133,15 +133,101 @@ TEST(anon_write_prot)
 	hmm_teardown(&fx);
 }
 
-/* 6, 7 */
-TEST(anon_write_child)
+struct child_arg {
+	struct hmm_buffer *b;
+	unsigned long npages;
+	size_t size;
+	int migrate;
+};
+
+/* In the child: its parent's data, then a device of its own writes its memory. */
+static void write_child(void *p)
 {
-	SKIP("needs fork service (EVENT_FORK), core issue");
+	struct child_arg *c = p;
+	struct hmm_fixture fx;
+	unsigned long i;
+	int *ptr;
+
+	for (i = 0, ptr = c->b->ptr; i < c->size / sizeof(*ptr); ++i)
+		CHECK_EQ(ptr[i], (int)i);
+	if (!c->migrate)
+		for (i = 0, ptr = c->b->mirror; i < c->size / sizeof(*ptr); ++i)
+			CHECK_EQ(ptr[i], -(int)i);
+	/* The parent's handles are closed here: the child opens its own device. */
+	hmm_setup(&fx, 1);
+	CHECK_EQ(hmm_dmirror_cmd(fx.dev[0], UHMM_DMIRROR_WRITE, c->b, c->npages), 0);
+	CHECK_EQ(c->b->cpages, c->npages);
+	CHECK_EQ(c->b->faults, 1);
+	for (i = 0, ptr = c->b->ptr; i < c->size / sizeof(*ptr); ++i)
+		CHECK_EQ(ptr[i], -(int)i);
+	hmm_teardown(&fx);
 }
 
+/* 6: a forked child writes through its own device; the parent keeps its data. */
+TEST(anon_write_child)
+{
+	struct hmm_fixture fx;
+
+	hmm_setup(&fx, 1);
+	for (int migrate = 0; migrate < 2; ++migrate) {
+		for (int thp = 0; thp < 2; ++thp) {
+			size_t size = thp ? HMM_PMD : HMM_NPAGES << PAGE_SHIFT_;
+			struct hmm_buffer *b = hmm_buffer_new(&fx, 2 * size, PROT_READ | PROT_WRITE,
+							      MAP_PRIVATE | MAP_ANONYMOUS);
+			struct child_arg c = { b, size >> PAGE_SHIFT_, size, migrate };
+			void *old = b->ptr;
+			unsigned long i;
+			int *ptr, status;
+
+			if (thp) {
+				b->ptr = hmm_align(b->ptr, size);
+				CHECK_EQ(madvise(b->ptr, size, MADV_HUGEPAGE), 0);
+			}
+			for (i = 0, ptr = b->ptr; i < size / sizeof(*ptr); ++i)
+				ptr[i] = (int)i;
+			for (i = 0, ptr = b->mirror; i < size / sizeof(*ptr); ++i)
+				ptr[i] = -(int)i;
+			if (migrate) {
+				CHECK_EQ(hmm_migrate_to_dev(fx.dev[0], b, c.npages), 0);
+				CHECK_EQ(b->cpages, c.npages);
+				for (i = 0, ptr = b->mirror; i < size / sizeof(*ptr); ++i)
+					ptr[i] = -(int)i;
+			}
+			status = harness_run_child(write_child, &c);
+			CHECK_EXITED(status, 0);
+			/* Copy-on-write: the child's writes stayed the child's. */
+			for (i = 0, ptr = b->ptr; i < size / sizeof(*ptr); ++i)
+				CHECK_EQ(ptr[i], (int)i);
+			b->ptr = old;
+			hmm_buffer_free(b);
+		}
+	}
+	hmm_teardown(&fx);
+}
+
+/* 7: the same with shared memory: the parent sees the child's device writes. */
 TEST(anon_write_child_shared)
 {
-	SKIP("needs fork service (EVENT_FORK), core issue");
+	struct hmm_fixture fx;
+	struct hmm_buffer *b;
+	unsigned long npages = HMM_NPAGES, i;
+	size_t size = npages << PAGE_SHIFT_;
+	struct child_arg c;
+	int *ptr, status;
+
+	hmm_setup(&fx, 1);
+	b = hmm_buffer_new(&fx, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS);
+	c = (struct child_arg){ b, npages, size, 0 };
+	for (i = 0, ptr = b->ptr; i < size / sizeof(*ptr); ++i)
+		ptr[i] = (int)i;
+	for (i = 0, ptr = b->mirror; i < size / sizeof(*ptr); ++i)
+		ptr[i] = -(int)i;
+	status = harness_run_child(write_child, &c);
+	CHECK_EXITED(status, 0);
+	for (i = 0, ptr = b->ptr; i < size / sizeof(*ptr); ++i)
+		CHECK_EQ(ptr[i], -(int)i);
+	hmm_buffer_free(b);
+	hmm_teardown(&fx);
 }
 
 /* 8: the device writes a huge-page-advised range. */
@@ -511,10 +597,44 @@ TEST(hmm_gup_test)
 	     "get_user_pages of device-private pages is a kernel path user space cannot drive");
 }
 
-/* 29 */
+/* 29: device-resident pages shared with a child: the parent's write gets it private pages. */
 TEST(hmm_cow_in_device)
 {
-	SKIP("needs fork service (EVENT_FORK), core issue");
+	struct hmm_fixture fx;
+	struct hmm_buffer *b;
+	unsigned long npages = 4, i;
+	size_t size = npages << PAGE_SHIFT_;
+	unsigned char *m;
+	int *ptr, status;
+	pid_t pid;
+
+	hmm_setup(&fx, 1);
+	b = hmm_buffer_new(&fx, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS);
+	for (i = 0, ptr = b->ptr; i < size / sizeof(*ptr); ++i)
+		ptr[i] = (int)i;
+	CHECK_EQ(hmm_migrate_to_dev(fx.dev[0], b, npages), 0);
+	CHECK_EQ(b->cpages, npages);
+
+	harness_flush();
+	pid = fork();
+	CHECK(pid >= 0);
+	if (pid == 0) {
+		for (;;)
+			pause();
+	}
+	/* The parent writes: copy-on-write breaks here. */
+	for (i = 0, ptr = b->ptr; i < size / sizeof(*ptr); ++i)
+		ptr[i] = (int)i;
+	CHECK_EQ(kill(pid, SIGKILL), 0);
+	CHECK_EQ(waitpid(pid, &status, 0), pid);
+	CHECK_SIGNALED(status, SIGKILL);
+
+	CHECK_EQ(hmm_dmirror_cmd(fx.dev[0], UHMM_DMIRROR_SNAPSHOT, b, npages), 0);
+	CHECK_EQ(b->cpages, npages);
+	for (i = 0, m = b->mirror; i < npages; ++i)
+		CHECK_EQ(m[i], UHMM_DMIRROR_PROT_WRITE);
+	hmm_buffer_free(b);
+	hmm_teardown(&fx);
 }
 
 /* 30: a never-touched read-only huge range migrates as zeros. */

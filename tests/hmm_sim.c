@@ -474,3 +474,42 @@ TEST(command_arguments)
 	CHECK_EQ(c.faults, 1);
 	hmm_teardown(&fx);
 }
+
+/*
+ * After fork (thread mode) the child references the device pages it
+ * inherited: the device's in-place writes must copy them first, or the child
+ * would see its parent's later writes.
+ */
+TEST(kernel_writes_after_fork_stay_the_parents)
+{
+	struct uhmm *h = uhmm_test_open_migrating();
+	struct uhmm_sim *sim = sim_new(h, 2 * NPAGES, 0, 0);
+	uint64_t *p = managed(h, NPAGES);
+	struct kargs a = { p, 1 };
+	int go[2], status;
+	pid_t pid;
+	char c = 0;
+
+	CHECK_EQ(uhmm_sim_launch(sim, k_add, NPAGES, &a), 0);
+	CHECK_EQ(count_state(h, p, NPAGES, UHMM_PAGE_DEVICE), NPAGES);
+	CHECK_EQ(pipe(go), 0);
+	harness_flush();
+	pid = fork();
+	CHECK(pid >= 0);
+	if (pid == 0) {
+		/* Wait until the parent's device wrote again, then look. */
+		if (read(go[0], &c, 1) != 1)
+			_exit(2);
+		check_added(p, NPAGES, 1);
+		_exit(0);
+	}
+	CHECK_EQ(uhmm_sim_launch(sim, k_add, NPAGES, &a), 0);
+	CHECK_EQ(write(go[1], &c, 1), 1);
+	CHECK_EQ(waitpid(pid, &status, 0), pid);
+	CHECK_EXITED(status, 0);
+	check_added(p, NPAGES, 2);
+	close(go[0]);
+	close(go[1]);
+	CHECK_EQ(uhmm_sim_destroy(sim), 0);
+	uhmm_close(h);
+}
