@@ -343,7 +343,8 @@ static int for_each_word(struct uhmm *h, uintptr_t *at, uintptr_t end,
 			uintptr_t span = ((wp + PAGE_SIZE - (uintptr_t)w) / sizeof(*w)) << PAGE_SHIFT;
 			uintptr_t until = stop - start < span ? stop : start + span;
 
-			if (mincore((void *)wp, PAGE_SIZE, &vec) == 0 && !(vec & 1)) {
+			/* Never written (a swapped-out page of words is not a hole). */
+			if (uhmm__pages_with_data(wp, 1, &vec) == 0 && !vec) {
 				start = until;
 				continue;
 			}

@@ -289,6 +289,7 @@ int uhmm__uffd_zeropage(int uffd, uintptr_t dst, size_t len, bool wake);
 int uhmm__uffd_poison(int uffd, uintptr_t dst, size_t len, bool wake);
 long uhmm__uffd_move(int uffd, uintptr_t dst, uintptr_t src, size_t len, bool holes);
 void uhmm__uffd_wake(int uffd, uintptr_t start, size_t len);
+int uhmm__pages_with_data(uintptr_t addr, size_t n, unsigned char *vec);
 
 /* pools (space.c) */
 int uhmm__pool_init(struct pool *p, bool populate);

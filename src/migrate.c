@@ -6,7 +6,7 @@
  * Taking a page from the CPU is UFFDIO_MOVE of its page-table entry into a
  * staging chunk registered with the same userfaultfd: atomic with respect to
  * CPU access (a touch now faults and waits for the page lock), and zero-copy.
- * Holes move as holes (ALLOW_SRC_HOLES); mincore on the staging chunk then
+ * Holes move as holes (ALLOW_SRC_HOLES); pagemap of the staging chunk then
  * tells which pages carried data, so empty pages reach the device without a
  * CPU copy. Pages come home with UFFDIO_COPY from a bounce chunk, which also
  * wakes a waiting toucher. Both are batched over contiguous runs.
@@ -113,7 +113,7 @@ static void take_system(struct uhmm_migrate *a)
 			i++;
 		}
 	}
-	if (mincore(stg, n << PAGE_SHIFT, vec))
+	if (uhmm__pages_with_data((uintptr_t)stg, n, vec))
 		for (i = 0; i < n; i++)
 			vec[i] = 1; /* cannot tell: copy every page */
 	for (i = 0; i < n; i++) {
@@ -732,7 +732,8 @@ static bool words_touched(struct uhmm *h, uintptr_t s, uintptr_t e)
 	if (r) {
 		w0 = (uintptr_t)uhmm__word(r, s) & PAGE_MASK;
 		w1 = ((uintptr_t)uhmm__word(r, e - PAGE_SIZE) & PAGE_MASK) + PAGE_SIZE;
-		if (w1 - w0 <= sizeof(vec) * PAGE_SIZE && !mincore((void *)w0, w1 - w0, vec)) {
+		if (w1 - w0 <= sizeof(vec) * PAGE_SIZE &&
+		    !uhmm__pages_with_data(w0, (w1 - w0) / PAGE_SIZE, vec)) {
 			touched = false;
 			for (size_t i = 0; i < (w1 - w0) / PAGE_SIZE; i++)
 				touched |= vec[i] & 1;

@@ -276,3 +276,36 @@ void uhmm__uffd_wake(int uffd, uintptr_t start, size_t len)
 
 	ioctl(uffd, UFFDIO_WAKE, &r);
 }
+
+/*
+ * Which of @n pages at @addr hold data: present, or swapped out (mincore
+ * says "not in memory" for both a hole and a swapped-out page, and a
+ * swapped-out page must never be taken for a hole). From /proc/self/pagemap,
+ * opened for the call (a descriptor kept across fork would show the parent).
+ * vec[i] is 1 for data, 0 for a hole. Async-signal-safe. Returns 0, or -errno
+ * when pagemap cannot be read: then the caller must assume data everywhere.
+ */
+int uhmm__pages_with_data(uintptr_t addr, size_t n, unsigned char *vec)
+{
+	uint64_t ent[64];
+	int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+	int ret = 0;
+
+	if (fd < 0)
+		return -errno;
+	for (size_t i = 0; i < n && !ret;) {
+		size_t k = n - i < 64 ? n - i : 64;
+		ssize_t got = pread(fd, ent, k * sizeof(ent[0]),
+				    (off_t)(((addr >> PAGE_SHIFT) + i) * sizeof(ent[0])));
+
+		if (got != (ssize_t)(k * sizeof(ent[0]))) {
+			ret = got < 0 ? -errno : -EIO;
+			break;
+		}
+		for (size_t j = 0; j < k; j++)
+			vec[i + j] = (ent[j] >> 62) & 3 ? 1 : 0; /* bit 63 present, 62 swapped */
+		i += k;
+	}
+	close(fd);
+	return ret;
+}

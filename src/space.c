@@ -916,7 +916,7 @@ int uhmm_page_state(struct uhmm *h, const void *addr)
 		return UHMM_PAGE_DEVICE;
 	if (w_kind(w) == W_POISON)
 		return UHMM_PAGE_POISON;
-	if (mincore((void *)a, PAGE_SIZE, &vec) == 0 && (vec & 1))
+	if (uhmm__pages_with_data(a, 1, &vec) || vec)
 		return UHMM_PAGE_SYSTEM;
 	return UHMM_PAGE_EMPTY;
 }
