@@ -586,8 +586,8 @@ TEST(exclusive_mprotect)
 TEST(exclusive_cow)
 {
 	exclusive_unavailable();
-	SKIP("needs exclusive access (make_device_exclusive) in the core, and fork service "
-	     "(EVENT_FORK), core issue");
+	SKIP("needs exclusive access (make_device_exclusive) in the core: "
+	     "UHMM_DMIRROR_EXCLUSIVE is not yet available");
 }
 
 /* 28 */

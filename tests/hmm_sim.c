@@ -186,7 +186,8 @@ TEST(kernel_full_device_maps_the_rest)
 
 	CHECK_EQ(uhmm_sim_launch(sim, k_add, NPAGES, &a), 0);
 	CHECK_EQ(simstats(sim).fault_migrated, NPAGES / 4);
-	CHECK_EQ(simstats(sim).fault_migrated + simstats(sim).fault_mapped, NPAGES);
+	/* At least once each (a page may be mapped again after a concurrent fault's attempt). */
+	CHECK_GE(simstats(sim).fault_mapped, NPAGES - NPAGES / 4);
 	check_added(p, NPAGES, 1);
 	CHECK_EQ(uhmm_sim_destroy(sim), 0);
 	uhmm_close(h);

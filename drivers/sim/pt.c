@@ -449,7 +449,11 @@ static unsigned long migrate_window(struct uhmm_sim *sim, const struct fill *f, 
 				    unsigned long *moved_total)
 {
 	unsigned long i = 0, j, total = 0, lo = 0, hi = f->n;
+	UHMM_OPTS(uhmm_devmem_stats, st);
 
+	/* A full device: trying would take the pages and put them back, for nothing. */
+	if (!sim->dm || uhmm_devmem_stats(sim->dm, &st) || st.in_use >= st.npages)
+		return 0;
 	if (f->req_page >= 0)
 		window_run(f, pfns, &lo, &hi);
 	i = lo;
