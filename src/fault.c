@@ -168,7 +168,9 @@ static bool set_waiters(_Atomic uint64_t *w)
  * later. A faulting thread serving itself (signal mode, @block) holds no page
  * lock, so it may wait for one. Returns 0 when served, -EHWPOISON when the
  * page is poisoned and its marker is in place (the access gets SIGBUS),
- * -ENOENT when no range covers the address (yet).
+ * -ENOENT when no range covers the address (yet), -EBUSY when the page is
+ * locked (not @block), -EAGAIN when an event under way blocks the fill: it
+ * may change what the fault should do, so retry once events are handled.
  */
 /*
  * Wait until every unmap/remove/remap event the kernel has delivered is
@@ -192,8 +194,11 @@ int uhmm__serve(struct uhmm *h, uintptr_t addr, bool write, bool block)
 	_Atomic uint64_t *w;
 	struct range *r;
 	uint64_t v, nv;
-	int tries = 0, ret = 0;
+	int tries = 0, ret = 0, nowait;
 
+	/* A toucher serving itself sees the events already read handled first. */
+	if (block)
+		uhmm__events_settle(h);
 	uhmm__rd_enter(h);
 	r = uhmm__lookup(h, addr);
 	if (!r) {
@@ -201,18 +206,19 @@ int uhmm__serve(struct uhmm *h, uintptr_t addr, bool write, bool block)
 		return -ENOENT;
 	}
 	w = uhmm__word(r, addr);
-	if (block)
-		uhmm__events_settle(h);
 again:
 	if (block)
 		v = uhmm__lock(w);
 	while (!block && !uhmm__trylock(w, &v)) {
 		if (set_waiters(w)) {
 			uhmm__rd_exit(h);
-			return -EAGAIN;
+			return -EBUSY;
 		}
 	}
 	uhmm__svc_eagain = 0;
+	if (!tries)
+		nowait = uhmm__nowait;
+	uhmm__nowait = 1;
 	/*
 	 * Every fill is DONTWAKE: the toucher is woken last, once the page and
 	 * its neighbours are unlocked and every counter is up to date, so what
@@ -295,6 +301,7 @@ again:
 	 */
 	if (!ret && !block)
 		uhmm__uffd_wake(h->uffd, addr, PAGE_SIZE);
+	uhmm__nowait = nowait;
 	uhmm__rd_exit(h);
 	return ret;
 }
@@ -417,13 +424,12 @@ struct work {
 	size_t len;     /* remap */
 	uintptr_t at;   /* progress of an event's walk */
 	bool inv;       /* an invalidation was started for it */
+	bool after_events; /* a fault an event under way held up: retry after the events */
 	_Atomic uint64_t *nwords; /* remap: the new range's words */
 	size_t nlen;
-	struct timespec since;
 };
 
 #define MAX_WORK 1024
-#define UNKNOWN_MS 10
 
 static long ms_since(const struct timespec *t)
 {
@@ -524,19 +530,30 @@ static int work_try(struct uhmm *h, struct work *wk, bool remap_pending)
 		ret = uhmm__serve(h, wk->a, wk->write, false);
 		if (ret == -EHWPOISON)
 			return 0; /* the marker answers the toucher */
+		if (ret == -EBUSY)
+			return -EAGAIN;
+		if (ret == -EAGAIN) {
+			wk->after_events = true;
+			return -EAGAIN;
+		}
 		if (ret != -ENOENT)
 			return ret;
 		/*
 		 * No range covers it: the new side of an mremap whose event is
 		 * still to come, or registered memory uhmm does not track (the
-		 * grown tail of an mremap). After a while it is an ordinary hole.
+		 * grown tail of an mremap). The kernel holds every fill back
+		 * (EAGAIN) from before an mremap moves page tables until its
+		 * event is read: a fill that succeeds, with no remap in hand,
+		 * fills an ordinary hole.
 		 */
-		if (!wk->since.tv_sec && !wk->since.tv_nsec)
-			clock_gettime(CLOCK_MONOTONIC, &wk->since);
-		if (remap_pending || ms_since(&wk->since) < UNKNOWN_MS)
+		if (remap_pending) {
+			wk->after_events = true;
 			return -EAGAIN;
-		if (uhmm__uffd_zeropage(h->uffd, wk->a, PAGE_SIZE, true) == -EAGAIN)
+		}
+		if (uhmm__uffd_zeropage(h->uffd, wk->a, PAGE_SIZE, true) == -EAGAIN) {
+			wk->after_events = true;
 			return -EAGAIN;
+		}
 		uhmm__uffd_wake(h->uffd, wk->a, PAGE_SIZE);
 		return 0;
 	}
@@ -550,17 +567,25 @@ static int work_try(struct uhmm *h, struct work *wk, bool remap_pending)
  */
 static bool work_run(struct uhmm *h, struct work *q, size_t *n, bool faults_only)
 {
-	size_t k = 0, remaps = 0;
+	size_t k = 0, remaps = 0, events = 0;
 	bool blocked = false;
 
-	for (size_t i = 0; i < *n; i++)
+	for (size_t i = 0; i < *n; i++) {
 		remaps += q[i].type == WK_REMAP;
+		events += q[i].type != WK_FAULT;
+	}
 	for (size_t i = 0; i < *n; i++) {
 		struct work *wk = &q[i];
 
 		/* Events may allocate: while a fork is under way they wait, and all behind them. */
 		if (faults_only && wk->type != WK_FAULT)
 			blocked = true;
+		/* A fault an event held up waits until that event (read since) is handled. */
+		if (!blocked && wk->after_events && events) {
+			q[k++] = *wk;
+			continue;
+		}
+		wk->after_events = false;
 		if (!blocked) {
 			int ret = work_try(h, wk, remaps > 0);
 
@@ -596,7 +621,7 @@ static void work_add(struct uhmm *h, struct work *q, size_t *n, const struct uff
 		wk.type = WK_FAULT;
 		wk.a = m->arg.pagefault.address & PAGE_MASK;
 		wk.write = m->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WRITE;
-		break; /* wk.since is set when the address turns out unknown */
+		break;
 	case UFFD_EVENT_REMOVE:
 	case UFFD_EVENT_UNMAP:
 		wk.type = m->event == UFFD_EVENT_REMOVE ? WK_REMOVE : WK_UNMAP;

@@ -266,6 +266,13 @@ int uhmm__opts_check(const void *opts, size_t given, size_t known);
 extern __thread int uhmm__in_svc __attribute__((tls_model("initial-exec")));
 extern __thread int uhmm__svc_eagain __attribute__((tls_model("initial-exec")));
 /*
+ * Set while a signal-mode toucher serves its fault: like the service thread
+ * it gets -EAGAIN instead of waiting inside a fill ioctl, because the event
+ * that blocks the ioctl (an mremap or munmap under way) may change what the
+ * fault should do; it drops its lock, lets the event be handled, and starts over.
+ */
+extern __thread int uhmm__nowait __attribute__((tls_model("initial-exec")));
+/*
  * Why the last uhmm_migrate_pages() of this thread left pages on the device:
  * -EAGAIN/-ENOMEM (try again later), -ENOENT (the mapping is gone: an mremap
  * or munmap event will carry or free the page), 0 (no install failed).

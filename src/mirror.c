@@ -154,9 +154,15 @@ uint64_t uhmm_interval_read_begin(struct uhmm_interval_notifier *n)
 {
 	if (!n || !n->h)
 		return 0;
-	while (atomic_load(&n->h->inv_active))
-		sched_yield();
-	return __atomic_load_n(&n->seq, __ATOMIC_ACQUIRE);
+	uint64_t seq;
+
+	/* An invalidation starting between the wait and the load shows in inv_active. */
+	do {
+		while (atomic_load(&n->h->inv_active))
+			sched_yield();
+		seq = __atomic_load_n(&n->seq, __ATOMIC_ACQUIRE);
+	} while (atomic_load(&n->h->inv_active));
+	return seq;
 }
 
 bool uhmm_interval_read_retry(struct uhmm_interval_notifier *n, uint64_t seq)

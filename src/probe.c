@@ -157,7 +157,7 @@ int uhmm__uffd_register(struct uhmm *h, uintptr_t start, size_t len)
  */
 static int eagain(void)
 {
-	if (uhmm__in_svc) {
+	if (uhmm__in_svc || uhmm__nowait) {
 		uhmm__svc_eagain = 1;
 		return -EAGAIN;
 	}

@@ -52,8 +52,8 @@ static int serve_any(uintptr_t addr, bool write)
 
 		if (!h)
 			continue;
-		/* Retried here, in the toucher: a pending event, or no memory for now. */
-		while ((ret = uhmm__serve(h, addr, write, true)) == -EAGAIN)
+		/* Retried here, in the toucher: an event under way, or no memory for now. */
+		while ((ret = uhmm__serve(h, addr, write, true)) == -EAGAIN || ret == -EBUSY)
 			sched_yield();
 		if (ret != -ENOENT)
 			return ret;
@@ -76,12 +76,46 @@ static bool event_may_explain(void)
 			continue;
 		if (atomic_load(&h->remaps_pending))
 			return true;
+		if (atomic_load(&h->reading) || atomic_load(&h->events_pending))
+			return true;
 		pfd.fd = h->uffd;
 		pfd.events = POLLIN;
 		if (poll(&pfd, 1, 0) == 1)
 			return true;
 	}
 	return false;
+}
+
+/*
+ * A fault at an address no range covers, with no event in hand. The kernel
+ * holds fills back (EAGAIN) from before an mremap moves page tables until
+ * its event is read: EAGAIN means an event is on its way, so wait for it to
+ * be handled and look again. A fill that succeeds filled a registered hole
+ * uhmm does not track (the grown tail of an mremap): zeros, as the kernel
+ * would. Any other answer: the address is not registered, the SIGBUS is
+ * not ours.
+ */
+static int unknown_fill(uintptr_t addr, bool write)
+{
+	for (int i = 0; i < MAX_SIG_HANDLES; i++) {
+		struct uhmm *h = atomic_load(&handles[i]);
+
+		for (int spins = 0; h && spins < 100000; spins++) {
+			struct uffdio_zeropage z = { .range = { .start = addr, .len = PAGE_SIZE } };
+			int ret;
+
+			if (!ioctl(h->uffd, UFFDIO_ZEROPAGE, &z) || errno == EEXIST)
+				return 0;
+			if (errno != EAGAIN)
+				break;
+			uhmm__events_settle(h);
+			sched_yield();
+			ret = serve_any(addr, write);
+			if (ret != -ENOENT)
+				return ret;
+		}
+	}
+	return -ENOENT;
 }
 
 int uhmm_sigbus_handler(int sig, void *info, void *ucontext)
@@ -91,16 +125,24 @@ int uhmm_sigbus_handler(int sig, void *info, void *ucontext)
 	bool write;
 	int ret;
 
-	if (sig != SIGBUS || !si)
+	/* Only faults: a SIGBUS sent by kill(2) or sigqueue(3) is never ours. */
+	if (sig != SIGBUS || !si || si->si_code <= 0)
 		return 0;
 	addr = (uintptr_t)si->si_addr & PAGE_MASK;
 	write = is_write(ucontext);
 	atomic_fetch_add(&inflight, 1);
 	ret = serve_any(addr, write);
+	/*
+	 * No range covers it: maybe the new side of an mremap whose event is
+	 * not handled, or not even queued yet. Look again while an event may
+	 * explain it; then ask the kernel (unknown_fill).
+	 */
 	for (int spins = 0; ret == -ENOENT && spins < 100000 && event_may_explain(); spins++) {
 		sched_yield();
 		ret = serve_any(addr, write);
 	}
+	if (ret == -ENOENT)
+		ret = unknown_fill(addr, write);
 	atomic_fetch_sub(&inflight, 1);
 	return ret == 0;
 }
@@ -117,12 +159,17 @@ static void pass_on(int sig, siginfo_t *si, void *uc)
 		previous.sa_handler(sig);
 		return;
 	}
+	/* A SIGBUS sent by another process to one that ignores it: ignored. */
+	if (si->si_code <= 0 && previous.sa_handler == SIG_IGN)
+		return;
 	/*
 	 * Default (or ignored, which a fault cannot be): restore the default
-	 * action; the access faults again and the process dies of SIGBUS, as it
-	 * would have without uhmm.
+	 * action. A fault happens again and the process dies of SIGBUS, as it
+	 * would have without uhmm; a sent signal is sent again.
 	 */
 	signal(sig, SIG_DFL);
+	if (si->si_code <= 0)
+		raise(sig);
 }
 
 static void on_sigbus(int sig, siginfo_t *si, void *uc)
