@@ -225,3 +225,56 @@ TEST(commands_race_cpu_and_each_other)
 	hmm_buffer_free(b);
 	hmm_teardown(&fx);
 }
+
+/* The kernel's anon_teardown (test 20 of hmm-tests.c, see hmm.c). */
+struct teardown_arg {
+	struct hmm_buffer *b;
+	struct prng *rng;
+};
+
+static void *unmap_buffer(void *p)
+{
+	struct teardown_arg *t = p;
+	struct timespec ts = { 0, (long)prng_below(t->rng, 32000) };
+
+	/* A little later, unmap the second half while the device reads it. */
+	nanosleep(&ts, NULL);
+	munmap((char *)t->b->ptr + t->b->size / 2, t->b->size / 2);
+	return NULL;
+}
+
+/* 20: the device reads while another thread unmaps: any error, no crash, no hang. */
+TEST(anon_teardown)
+{
+	struct hmm_fixture fx;
+	unsigned long npages = HMM_NPAGES, i;
+	size_t size = npages << PAGE_SHIFT_;
+	struct prng rng;
+	int *ptr;
+
+	hmm_setup(&fx, 1);
+	prng_init(&rng, 0x7ea4d0, "unmap delay");
+	for (int c = 0; c < HMM_NTIMES; c++) {
+		struct hmm_buffer *b = hmm_buffer_new(&fx, size, PROT_READ | PROT_WRITE,
+						      MAP_PRIVATE | MAP_ANONYMOUS);
+		struct teardown_arg t = { b, &rng };
+		pthread_t thread;
+		int rc;
+
+		for (i = 0, ptr = b->ptr; i < size / sizeof(*ptr); ++i)
+			ptr[i] = (int)i + c;
+		CHECK_EQ(pthread_create(&thread, NULL, unmap_buffer, &t), 0);
+		rc = hmm_dmirror_cmd(fx.dev[0], UHMM_DMIRROR_READ, b, npages);
+		if (rc == 0) {
+			CHECK_EQ(b->cpages, npages);
+			CHECK_EQ(b->faults, 1);
+			for (i = 0, ptr = b->mirror; i < size / sizeof(*ptr); ++i)
+				CHECK_EQ(ptr[i], (int)i + c);
+		}
+		CHECK_EQ(pthread_join(thread, NULL), 0);
+		/* The second half is gone; free the first. */
+		b->size /= 2;
+		hmm_buffer_free(b);
+	}
+	hmm_teardown(&fx);
+}
