@@ -176,7 +176,7 @@ struct uhmm_devmem_desc {
  *          ops ABI mismatch, or an ops table without copy_to_device,
  *          copy_from_device or (for private memory) migrate_to_ram;
  * -E2BIG   @desc larger than known with a non-zero tail;
- * -ENOSPC  too many regions on this handle (65535);
+ * -ENOSPC  too many regions on this handle (1023) or owners (256);
  * -ESHUTDOWN the handle is closed;
  * -ENOMEM.
  */
@@ -601,7 +601,9 @@ struct uhmm_range {
  *          fault in (SIGBUS: e.g. beyond the end of a file);
  * -EPERM   a write was asked for a page of a read-only mapping;
  * -EBUSY   @notifier was invalidated since @notifier_seq (also when faulting
- *          brought a device page home): start again from read_begin;
+ *          brought a device page home), or a fault was asked of a page a
+ *          migration holds (the kernel's migration entry; a snapshot reports
+ *          such a page not present): start again from read_begin;
  * -EDEADLK called from the fault service thread, which would wait for itself;
  * -ENOMEM, -EMFILE, -EACCES  /proc/self/maps or /proc/self/pagemap cannot be
  *          opened (procfs is needed to read permissions).

@@ -173,8 +173,10 @@ typedef void (*uhmm_sim_kernel_fn)(struct uhmm_sim_ctx *ctx, unsigned long i, vo
  * @sim: the device. @fn: the kernel. @n: the index space (0: nothing runs).
  * @arg: passed to every call.
  *
- * Launches of one device run one after the other, in order (a stream).
- * Translations are checked again against the CPU side at each launch.
+ * Launches of one device run one after the other, in order (a stream). A
+ * launch sees every munmap, discard and mremap that returned before the call
+ * (uhmm's pending events are handled first), and checks its translations
+ * against the CPU side's permissions again (mprotect raises no event).
  * Return: 0, or the first error a memory access of this launch met (see
  * uhmm_sim_load), or -EINVAL (NULL @sim or @fn), -EDEADLK (called from a
  * device kernel), -ESHUTDOWN (the device is being destroyed), -ENOMEM.
@@ -208,20 +210,29 @@ UHMM_API int uhmm_sim_synchronize(struct uhmm_sim *sim);
  * Return: 0, or (also kept as the launch's error)
  * -EFAULT no mapping, PROT_NONE, a poisoned page, or a fault the kernel refused;
  * -EBUSY  the range kept changing for a second (device fault timeout);
+ * -ENOMEM no memory for the device's page table;
  * -EINVAL NULL @ctx, or a range that wraps.
  */
 UHMM_API int uhmm_sim_load(struct uhmm_sim_ctx *ctx, void *dst, const void *va, size_t len);
 
 /**
  * uhmm_sim_store() - the device writes @len bytes of @src at CPU address @va.
+ * A device page still shared with a forked child is copied first (copy-on-write).
  * Return: 0, or as uhmm_sim_load, and -EPERM (a read-only mapping).
  */
 UHMM_API int uhmm_sim_store(struct uhmm_sim_ctx *ctx, void *va, const void *src, size_t len);
 
-/** uhmm_sim_memcpy() - copy between two CPU addresses, both through the device. */
+/**
+ * uhmm_sim_memcpy() - copy @len bytes between two CPU addresses, both
+ * translated by the device (the ranges must not overlap).
+ * Return: 0, or as uhmm_sim_store (for @dst) and uhmm_sim_load (for @src).
+ */
 UHMM_API int uhmm_sim_memcpy(struct uhmm_sim_ctx *ctx, void *dst, const void *src, size_t len);
 
-/** uhmm_sim_memset() - fill @len bytes at @va with @c through the device. */
+/**
+ * uhmm_sim_memset() - fill @len bytes at @va with @c through the device.
+ * Return: 0, or as uhmm_sim_store.
+ */
 UHMM_API int uhmm_sim_memset(struct uhmm_sim_ctx *ctx, void *va, int c, size_t len);
 
 /*
