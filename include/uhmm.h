@@ -10,7 +10,9 @@
  * only it, gets SIGBUS.
  *
  * Conventions: every function returns 0 (or a non-negative count) on success
- * and a negative errno on failure; the library never sets errno.
+ * and a negative errno on failure; the library never sets errno. Every
+ * function that takes a handle returns -ESHUTDOWN once it is closed, which
+ * includes a forked child's inherited handles (a child opens its own).
  * uhmm_strerror() gives words that say what to do about an error.
  * Drivers include uhmm_driver.h; the built-in software device is uhmm_sim.h.
  */
@@ -134,6 +136,7 @@ struct uhmm_open_opts {
  * -E2BIG   @opts is larger than this library knows and its tail is not zero;
  * -EPERM   userfaultfd is not permitted at all (seccomp, or no user-mode-only support);
  * -ENOSYS  the kernel has no userfaultfd;
+ * -EFAULT, -EINVAL  the kernel refused to register uhmm's staging area;
  * -ENOMEM, -EMFILE, -EAGAIN  out of memory, descriptors or threads.
  */
 UHMM_API int uhmm_open(struct uhmm **hp, const struct uhmm_open_opts *opts);
@@ -208,6 +211,7 @@ UHMM_API int uhmm_can_migrate(const struct uhmm *h);
  *          that is not private anonymous (shared, file-backed, hugetlb);
  * -EFAULT  part of the range is not mapped;
  * -EEXIST  part of the range is already managed;
+ * -EBUSY   part of the range is registered with another userfaultfd;
  * -ENOMEM  out of memory for the metadata.
  */
 UHMM_API int uhmm_manage(struct uhmm *h, void *addr, size_t len);
@@ -243,7 +247,8 @@ UHMM_API int uhmm_alloc(struct uhmm *h, size_t len, void **out);
  * @h: the handle. @addr, @len: as given to and returned by uhmm_alloc().
  *
  * Device pages of the range are freed, not brought home.
- * Return: 0, or -EINVAL (bad arguments), -ENOENT (not managed).
+ * Return: 0, or -EINVAL (bad arguments, or memory that uhmm_alloc did not
+ * make: use uhmm_unmanage and munmap for that), -ENOENT (not managed).
  */
 UHMM_API int uhmm_free(struct uhmm *h, void *addr, size_t len);
 

@@ -212,7 +212,7 @@ int uhmm_devmem_remove(struct uhmm_devmem *dm)
 	 * locked by a concurrent fault or migration are retried until none is
 	 * left; the state words are the truth, the descriptors say where to look.
 	 */
-	while (!atomic_load(&h->closed) && atomic_load(&dm->resident)) {
+	while (!atomic_load(&h->closed) && atomic_load(&dm->in_use)) {
 		for (unsigned long i = 0; i < dm->npages && atomic_load(&dm->resident); i++) {
 			uintptr_t a = uhmm_page_addr(&dm->pages[i]);
 			unsigned long p = 0;
@@ -222,16 +222,16 @@ int uhmm_devmem_remove(struct uhmm_devmem *dm)
 			uhmm__home_range(h, a, a + PAGE_SIZE, dm, &p);
 			poisoned += p;
 		}
-		if (atomic_load(&dm->resident))
+		/*
+		 * Transient references (faults in flight, driver references) drain;
+		 * forked children that still hold pages of the region get them now;
+		 * a migration that allocated before `dying` may still commit a page:
+		 * then the loop evicts it too.
+		 */
+		if (atomic_load(&dm->in_use)) {
+			uhmm__children_flush(h, dm);
 			sched_yield();
-	}
-	/*
-	 * Transient references (faults in flight, driver references) drain;
-	 * forked children that still hold pages of the region get them now.
-	 */
-	while (atomic_load(&dm->in_use) && !atomic_load(&h->closed)) {
-		uhmm__children_flush(h, dm);
-		sched_yield();
+		}
 	}
 
 	pthread_mutex_lock(&h->lock);

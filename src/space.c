@@ -884,6 +884,15 @@ int uhmm_free(struct uhmm *h, void *addr, size_t len)
 		return ret;
 	uhmm__rd_enter(h);
 	ok = covered(h, s, s + len);
+	for (uintptr_t a = s; ok && a < s + len;) {
+		struct range *r = uhmm__lookup(h, a);
+
+		if (!r->alloced) {
+			uhmm__rd_exit(h);
+			return -EINVAL;
+		}
+		a = r->end;
+	}
 	uhmm__rd_exit(h);
 	if (!ok)
 		return -ENOENT;
