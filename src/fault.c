@@ -425,6 +425,7 @@ struct work {
 	uintptr_t at;   /* progress of an event's walk */
 	bool inv;       /* an invalidation was started for it */
 	bool after_events; /* a fault an event under way held up: retry after the events */
+	bool alloced;      /* remap: the old side was made by uhmm_alloc */
 	_Atomic uint64_t *nwords; /* remap: the new range's words */
 	size_t nlen;
 };
@@ -453,8 +454,12 @@ static int remap_try(struct uhmm *h, struct work *wk)
 	if (!wk->nwords) {
 		bool managed;
 
+		struct range *old;
+
 		uhmm__rd_enter(h);
-		managed = uhmm__lookup(h, wk->a) != NULL;
+		old = uhmm__lookup(h, wk->a);
+		managed = old != NULL;
+		wk->alloced = old && old->alloced;
 		uhmm__rd_exit(h);
 		if (!managed)
 			return 0;
@@ -473,7 +478,7 @@ static int remap_try(struct uhmm *h, struct work *wk)
 	uhmm__rd_exit(h);
 	if (ret)
 		return ret;
-	uhmm__add_range(h, wk->b, wk->b + wk->len, false, wk->nwords);
+	uhmm__add_range(h, wk->b, wk->b + wk->len, wk->alloced, wk->nwords);
 	munmap((void *)wk->nwords, wk->nlen);
 	wk->nwords = NULL;
 	/* With MREMAP_DONTUNMAP the old range stays, empty; otherwise it is gone. */
