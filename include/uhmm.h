@@ -105,12 +105,16 @@ enum uhmm_fault_mode {
  * @mask_features: for tests: UHMM_FEAT_* bits to treat as missing from the
  *                 kernel, to exercise the refusal paths on a complete kernel.
  * @fault_mode:    enum uhmm_fault_mode (default AUTO).
+ * @fault_window:  the largest fault-around window in pages, for
+ *                 uhmm_fault_window() (0: the default, 512 pages = 2 MiB;
+ *                 1: fault-around off, one page per fault).
  */
 struct uhmm_open_opts {
 	size_t sz;
 	unsigned int flags;
 	uint64_t mask_features;
 	enum uhmm_fault_mode fault_mode;
+	unsigned int fault_window;
 };
 
 /**
@@ -131,7 +135,8 @@ struct uhmm_open_opts {
  * from it first.
  *
  * Return: 0, or
- * -EINVAL  @hp is NULL or @opts has unknown flags or an unknown fault mode;
+ * -EINVAL  @hp is NULL or @opts has unknown flags, an unknown fault mode or a
+ *          fault window above 512;
  * -EOPNOTSUPP signal mode was asked for and the kernel lacks UFFD_FEATURE_SIGBUS;
  * -E2BIG   @opts is larger than this library knows and its tail is not zero;
  * -EPERM   userfaultfd is not permitted at all (seccomp, or no user-mode-only support);

@@ -206,6 +206,8 @@ int uhmm_devmem_remove(struct uhmm_devmem *dm)
 	if (!dm)
 		return 0;
 	h = dm->h;
+	/* Queued prefetches name the region: they run (or fail) before it goes. */
+	uhmm__prefetch_drain(h);
 	atomic_store(&dm->dying, 1);
 	/*
 	 * Evict: every page holding data comes home, or is poisoned. Pages

@@ -145,7 +145,7 @@ unsigned long uhmm_fault_window(const struct uhmm_fault *vmf)
 	if (!vmf || !vmf->h)
 		return 1;
 	return stream_window(vmf->h->streams, &vmf->h->stream_victim, vmf->address & PAGE_MASK,
-			     CHUNK_PAGES);
+			     vmf->h->fault_window);
 }
 
 /* Ask the holder of a locked page to kick the service threads when it unlocks. */

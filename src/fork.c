@@ -143,6 +143,7 @@ int uhmm__fork_prepare(struct uhmm *h)
 {
 	struct snap_arg sa = { 0 };
 	struct snap **tail;
+	bool inv;
 
 	if (h->fault_mode != UHMM_FAULT_THREAD || !(h->uffd_feats & UFFD_FEATURE_EVENT_FORK) ||
 	    atomic_load(&h->nchildren) >= MAX_CHILDREN)
@@ -156,15 +157,23 @@ int uhmm__fork_prepare(struct uhmm *h)
 		return -ENOMEM;
 	}
 	uhmm__fork_hold(h);
+	/*
+	 * Devices mirroring managed memory hear of the fork first, as from the
+	 * kernel: a device page a child will reference must not be written in
+	 * place by a device that checked its sharing before (copy-on-write).
+	 */
+	inv = uhmm__invalidate_start(h, 0, UINTPTR_MAX, UHMM_NOTIFY_FORK, NULL);
 	uhmm__rd_enter(h);
 	uhmm__for_each_word(h, 0, UINTPTR_MAX, snap_one, &sa);
 	uhmm__rd_exit(h);
+	uhmm__invalidate_end(h, inv);
 	if (sa.err) {
 		snap_free(sa.s);
 		atomic_store(&h->forking, 0);
 		return sa.err;
 	}
-	qsort(sa.s->e, sa.s->n, sizeof(sa.s->e[0]), cmp_entry);
+	if (sa.s->n)
+		qsort(sa.s->e, sa.s->n, sizeof(sa.s->e[0]), cmp_entry);
 	pthread_mutex_lock(&h->fork_lock);
 	for (tail = &h->snaps; *tail; tail = &(*tail)->next)
 		;
@@ -319,7 +328,8 @@ static void remap(struct child *c, uintptr_t from, uintptr_t to, size_t len)
 	for (size_t i = 0; i < c->s->n; i++)
 		if (c->s->e[i].addr >= from && c->s->e[i].addr < from + len)
 			c->s->e[i].addr = to + (c->s->e[i].addr - from);
-	qsort(c->s->e, c->s->n, sizeof(c->s->e[0]), cmp_entry);
+	if (c->s->n)
+		qsort(c->s->e, c->s->n, sizeof(c->s->e[0]), cmp_entry);
 }
 
 /* Copy a snapshot page into the child at its address; -EAGAIN: try later. */

@@ -161,6 +161,7 @@ struct uhmm {
 	int uffd_stg; /* a second userfaultfd, without events, for the staging pool */
 	uint64_t features;   /* UHMM_FEAT_* in force */
 	int fault_mode;      /* UHMM_FAULT_THREAD or UHMM_FAULT_SIGNAL */
+	unsigned long fault_window; /* the largest uhmm_fault_window(), in pages */
 	uint64_t uffd_feats; /* the kernel features negotiated */
 	uint64_t uffd_ioctls;
 
@@ -366,6 +367,7 @@ uint64_t uhmm__thrash_out(uint64_t old);
 bool uhmm__thrash_pinned(struct uhmm *h, uint64_t w);
 void uhmm__evict(struct uhmm_devmem *dm, unsigned long need);
 void uhmm__prefetch_stop(struct uhmm *h);
+void uhmm__prefetch_drain(struct uhmm *h);
 
 /* migrate.c */
 int uhmm__home_range(struct uhmm *h, uintptr_t start, uintptr_t end, struct uhmm_devmem *only,

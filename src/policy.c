@@ -413,3 +413,16 @@ void uhmm__prefetch_stop(struct uhmm *h)
 	pthread_cond_destroy(&pf->cond);
 	free(pf);
 }
+
+/* Device memory goes away: every prefetch queued so far has run first. */
+void uhmm__prefetch_drain(struct uhmm *h)
+{
+	struct prefetcher *pf = h->pf;
+
+	if (!pf)
+		return;
+	pthread_mutex_lock(&pf->lock);
+	while (pf->done < pf->issued && !pf->stop)
+		pthread_cond_wait(&pf->cond, &pf->lock);
+	pthread_mutex_unlock(&pf->lock);
+}

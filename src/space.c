@@ -554,7 +554,8 @@ int uhmm_open(struct uhmm **hp, const struct uhmm_open_opts *opts)
 		if (ret)
 			return ret;
 		memcpy(&o, opts, opts->sz < sizeof(o) ? opts->sz : sizeof(o));
-		if ((o.flags & ~UHMM_OPEN_USER_MODE_ONLY) || (unsigned)o.fault_mode > UHMM_FAULT_SIGNAL)
+		if ((o.flags & ~UHMM_OPEN_USER_MODE_ONLY) || (unsigned)o.fault_mode > UHMM_FAULT_SIGNAL ||
+		    o.fault_window > CHUNK_PAGES)
 			return -EINVAL;
 	}
 	h = calloc(1, sizeof(*h));
@@ -574,6 +575,7 @@ int uhmm_open(struct uhmm **hp, const struct uhmm_open_opts *opts)
 	pthread_cond_init(&h->sync_cond, NULL);
 	atomic_store(&h->refs, 1);
 	h->zero_page = zero_page;
+	h->fault_window = o.fault_window ? o.fault_window : CHUNK_PAGES;
 
 	/* AUTO may be overridden from the environment, e.g. to run a suite in both modes. */
 	if (o.fault_mode == UHMM_FAULT_AUTO) {

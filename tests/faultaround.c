@@ -107,3 +107,32 @@ TEST(window_stops_at_pages_not_on_the_device)
 		CHECK_EQ(uhmm_page_state(f.h, f.buf + i * PAGE), UHMM_PAGE_SYSTEM);
 	fx_teardown(&f);
 }
+
+TEST(fault_window_one_turns_fault_around_off)
+{
+	UHMM_OPTS(uhmm_open_opts, o, .fault_window = 1);
+	UHMM_OPTS(uhmm_open_opts, bad, .fault_window = 513);
+	struct uhmm *h = (struct uhmm *)1;
+	struct uhmm_sim *sim;
+	struct uhmm_stats s0, s;
+	void *p;
+	char *buf;
+
+	CHECK_EQ(uhmm_open(&h, &bad), -EINVAL);
+	uhmm_test_open_opts(&h, &o);
+	uhmm_test_require_migrate(h);
+	sim = uhmm_test_sim(h, 64);
+	CHECK_EQ(uhmm_alloc(h, 64 * PAGE, &p), 0);
+	buf = p;
+	memset(buf, 3, 64 * PAGE);
+	CHECK_EQ(uhmm_migrate_to_device(uhmm_sim_devmem(sim), buf, 64 * PAGE), 64);
+	s0 = hstats(h);
+	for (size_t i = 0; i < 64; i++)
+		CHECK_EQ(buf[i * PAGE], 3);
+	s = hstats(h);
+	/* A sweep, and still one page per fault. */
+	CHECK_EQ(s.faults_device - s0.faults_device, 64);
+	CHECK_EQ(s.pages_home - s0.pages_home, 64);
+	CHECK_EQ(uhmm_sim_destroy(sim), 0);
+	uhmm_close(h);
+}
