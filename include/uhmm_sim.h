@@ -293,8 +293,14 @@ enum uhmm_dmirror_op {
 	UHMM_DMIRROR_MIGRATE_TO_SYS,
 	/* SNAPSHOT: one UHMM_DMIRROR_PROT_* byte per page into @ptr, faulting nothing. */
 	UHMM_DMIRROR_SNAPSHOT,
-	/* EXCLUSIVE, CHECK_EXCLUSIVE: not yet available: -EOPNOTSUPP (needs the
-	 * core's exclusive access, make_device_exclusive, which is to come). */
+	/*
+	 * EXCLUSIVE: the device takes the range for atomics (the kernel's
+	 * make_device_exclusive) and reads it into @ptr; @cpages: pages read.
+	 * uhmm has no device-exclusive entry: the pages move to the device,
+	 * and the CPU fault that brings one home revokes it (the CPU sees the
+	 * device's writes). CHECK_EXCLUSIVE: -EPERM while a page of the range
+	 * is still held exclusively, 0 once every one was revoked.
+	 */
 	UHMM_DMIRROR_EXCLUSIVE,
 	UHMM_DMIRROR_CHECK_EXCLUSIVE,
 	/* RELEASE: device removal with pages resident: every page comes home
@@ -341,8 +347,8 @@ enum {
  * -ENOENT     MIGRATE_TO_DEV: a page did not end up on this device;
  * -ENOMEM     out of memory (or FAIL_ALLOC on MIGRATE_TO_SYS of a base page);
  * -EBUSY      the range kept changing for a second;
- * -EOPNOTSUPP EXCLUSIVE, CHECK_EXCLUSIVE; or migration is refused on this
- *             kernel (uhmm_can_migrate);
+ * -EPERM      CHECK_EXCLUSIVE: a page is still held exclusively;
+ * -EOPNOTSUPP migration is refused on this kernel (uhmm_can_migrate);
  * -ENODEV     the device's memory is gone (a RELEASE that could not register it again).
  */
 UHMM_API int uhmm_sim_dmirror(struct uhmm_sim *sim, unsigned int op, struct uhmm_dmirror_cmd *cmd);

@@ -517,39 +517,87 @@ TEST(compound)
 	     "private anonymous memory with base pages only");
 }
 
-/* 25, 26, 27: what the stub says today, then the reason. */
-static void exclusive_unavailable(void)
+/* 25: the device takes the pages for atomics; CPU touches revoke it and see its data. */
+static void exclusive_setup(struct hmm_fixture *fx, struct hmm_buffer **bp, unsigned long npages)
 {
-	struct hmm_fixture fx;
 	struct hmm_buffer *b;
+	size_t size = npages << PAGE_SHIFT_;
 
-	hmm_setup(&fx, 1);
-	b = hmm_buffer_new(&fx, 4 * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS);
-	CHECK_EQ(hmm_dmirror_cmd(fx.dev[0], UHMM_DMIRROR_EXCLUSIVE, b, 4), -EOPNOTSUPP);
-	CHECK_EQ(hmm_dmirror_cmd(fx.dev[0], UHMM_DMIRROR_CHECK_EXCLUSIVE, b, 4), -EOPNOTSUPP);
-	hmm_buffer_free(b);
-	hmm_teardown(&fx);
+	hmm_setup(fx, 1);
+	b = hmm_buffer_new(fx, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS);
+	for (size_t i = 0, n = size / sizeof(int); i < n; ++i)
+		((int *)b->ptr)[i] = (int)i;
+	CHECK_EQ(hmm_dmirror_cmd(fx->dev[0], UHMM_DMIRROR_EXCLUSIVE, b, npages), 0);
+	CHECK_EQ(b->cpages, npages);
+	for (size_t i = 0, n = size / sizeof(int); i < n; ++i)
+		CHECK_EQ(((int *)b->mirror)[i], (int)i);
+	*bp = b;
+}
+
+/* The CPU increments every int: old values i, new i + 1 (0 on a mismatch). */
+static int cpu_increment(struct hmm_buffer *b, size_t size)
+{
+	int *ptr = b->ptr;
+
+	for (size_t i = 0, n = size / sizeof(int); i < n; ++i)
+		if (ptr[i]++ != (int)i)
+			return 0;
+	for (size_t i = 0, n = size / sizeof(int); i < n; ++i)
+		if (ptr[i] != (int)i + 1)
+			return 0;
+	return 1;
 }
 
 TEST(exclusive)
 {
-	exclusive_unavailable();
-	SKIP("needs exclusive access (make_device_exclusive) in the core: "
-	     "UHMM_DMIRROR_EXCLUSIVE is not yet available");
+	struct hmm_fixture fx;
+	struct hmm_buffer *b;
+	unsigned long npages = HMM_NPAGES;
+
+	exclusive_setup(&fx, &b, npages);
+	/* Still the device's: a check says so. */
+	CHECK_EQ(hmm_dmirror_cmd(fx.dev[0], UHMM_DMIRROR_CHECK_EXCLUSIVE, b, npages), -EPERM);
+	CHECK(cpu_increment(b, npages << PAGE_SHIFT_));
+	/* Every CPU touch revoked it. */
+	CHECK_EQ(hmm_dmirror_cmd(fx.dev[0], UHMM_DMIRROR_CHECK_EXCLUSIVE, b, npages), 0);
+	hmm_buffer_free(b);
+	hmm_teardown(&fx);
 }
 
+/* 26 */
 TEST(exclusive_mprotect)
 {
-	exclusive_unavailable();
-	SKIP("needs exclusive access (make_device_exclusive) in the core: "
-	     "UHMM_DMIRROR_EXCLUSIVE is not yet available");
+	struct hmm_fixture fx;
+	struct hmm_buffer *b;
+	unsigned long npages = HMM_NPAGES;
+
+	exclusive_setup(&fx, &b, npages);
+	CHECK_EQ(mprotect(b->ptr, npages << PAGE_SHIFT_, PROT_READ), 0);
+	/* A device write to a read-only mapping: refused, as the kernel's. */
+	CHECK_EQ(hmm_dmirror_cmd(fx.dev[0], UHMM_DMIRROR_WRITE, b, npages), -EPERM);
+	hmm_buffer_free(b);
+	hmm_teardown(&fx);
 }
 
+/* 27 */
 TEST(exclusive_cow)
 {
-	exclusive_unavailable();
-	SKIP("needs exclusive access (make_device_exclusive) in the core: "
-	     "UHMM_DMIRROR_EXCLUSIVE is not yet available");
+	struct hmm_fixture fx;
+	struct hmm_buffer *b;
+	unsigned long npages = HMM_NPAGES;
+	int st;
+	pid_t pid;
+
+	exclusive_setup(&fx, &b, npages);
+	pid = fork();
+	CHECK_GE(pid, 0);
+	if (!pid)
+		_exit(cpu_increment(b, npages << PAGE_SHIFT_) ? 0 : 1);
+	CHECK(cpu_increment(b, npages << PAGE_SHIFT_));
+	CHECK_EQ(waitpid(pid, &st, 0), pid);
+	CHECK_EXITED(st, 0);
+	hmm_buffer_free(b);
+	hmm_teardown(&fx);
 }
 
 /* 28 */

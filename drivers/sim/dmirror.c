@@ -344,6 +344,59 @@ static int dm_migrate_to_sys(struct uhmm_sim *sim, uintptr_t s, uintptr_t e, str
 	return ret;
 }
 
+/*
+ * The kernel's make_device_exclusive: the device takes the pages for atomics
+ * and reads them back (cpages). Here the pages move to the device, which is
+ * what makes any CPU access fault; the fault that brings a page home is the
+ * revocation, and the CPU then sees everything the device wrote.
+ */
+static int dm_exclusive(struct uhmm_sim *sim, uintptr_t s, uintptr_t e, void *ptr,
+			struct result *res)
+{
+	size_t n = (e - s) >> SIM_PAGE_SHIFT;
+	int ret = dm_migrate_to_dev(sim, s, e, ptr, res);
+
+	if (ret)
+		return ret;
+	pthread_mutex_lock(&sim->excl_lock);
+	if (sim->nexcl + n > sim->capexcl) {
+		size_t cap = (sim->nexcl + n) * 2;
+		uintptr_t *x = realloc(sim->excl, cap * sizeof(*x));
+
+		if (!x) {
+			pthread_mutex_unlock(&sim->excl_lock);
+			return -ENOMEM;
+		}
+		sim->excl = x;
+		sim->capexcl = cap;
+	}
+	for (uintptr_t a = s; a < e; a += SIM_PAGE)
+		sim->excl[sim->nexcl++] = a;
+	pthread_mutex_unlock(&sim->excl_lock);
+	return 0;
+}
+
+/* -EPERM while a page of the range is still the device's exclusively (not revoked). */
+static int dm_check_exclusive(struct uhmm_sim *sim, uintptr_t s, uintptr_t e)
+{
+	int ret = 0;
+
+	pthread_mutex_lock(&sim->excl_lock);
+	for (size_t i = 0; i < sim->nexcl;) {
+		uintptr_t a = sim->excl[i];
+
+		if (uhmm_page_state(sim->h, (void *)a) != UHMM_PAGE_DEVICE) {
+			sim->excl[i] = sim->excl[--sim->nexcl]; /* revoked: forget it */
+			continue;
+		}
+		if (a >= s && a < e)
+			ret = -EPERM;
+		i++;
+	}
+	pthread_mutex_unlock(&sim->excl_lock);
+	return ret;
+}
+
 /* Device removal with pages resident: evict everything, unregister, register afresh. */
 static int dm_release(struct uhmm_sim *sim)
 {
@@ -379,7 +432,8 @@ int uhmm_sim_dmirror(struct uhmm_sim *sim, unsigned int op, struct uhmm_dmirror_
 		return -EINVAL;
 	e = s + (cmd->npages << SIM_PAGE_SHIFT);
 	if (!cmd->ptr && (op == UHMM_DMIRROR_READ || op == UHMM_DMIRROR_WRITE ||
-			  op == UHMM_DMIRROR_MIGRATE_TO_DEV || op == UHMM_DMIRROR_SNAPSHOT))
+			  op == UHMM_DMIRROR_MIGRATE_TO_DEV || op == UHMM_DMIRROR_SNAPSHOT ||
+			  op == UHMM_DMIRROR_EXCLUSIVE))
 		return -EINVAL;
 
 	/* As in the kernel, a command sees every munmap, discard and mremap before it. */
@@ -399,9 +453,10 @@ int uhmm_sim_dmirror(struct uhmm_sim *sim, unsigned int op, struct uhmm_dmirror_
 		ret = dm_snapshot(sim, s, e, cmd->ptr, &res);
 		break;
 	case UHMM_DMIRROR_EXCLUSIVE:
+		ret = dm_exclusive(sim, s, e, cmd->ptr, &res);
+		break;
 	case UHMM_DMIRROR_CHECK_EXCLUSIVE:
-		/* Needs exclusive access in the core (make_device_exclusive): to come. */
-		ret = -EOPNOTSUPP;
+		ret = dm_check_exclusive(sim, s, e);
 		break;
 	case UHMM_DMIRROR_RELEASE:
 		ret = dm_release(sim);

@@ -235,6 +235,7 @@ int sim_pt_init(struct uhmm_sim *sim)
 	int ret;
 
 	pthread_mutex_init(&sim->lock, NULL);
+	pthread_mutex_init(&sim->excl_lock, NULL);
 	atomic_store(&sim->gen, 1);
 	atomic_store(&sim->vepoch, 1);
 	/* The whole address space, as the kernel's test driver does. */
@@ -242,6 +243,7 @@ int sim_pt_init(struct uhmm_sim *sim)
 					    &sim_notifier_ops);
 	if (ret) {
 		pthread_mutex_destroy(&sim->lock);
+		pthread_mutex_destroy(&sim->excl_lock);
 		return ret;
 	}
 	sim->notifier_in = true;
@@ -266,6 +268,9 @@ void sim_pt_fini(struct uhmm_sim *sim)
 		free_walk(sim->root, 0);
 	sim->root = NULL;
 	pthread_mutex_destroy(&sim->lock);
+	pthread_mutex_destroy(&sim->excl_lock);
+	free(sim->excl);
+	sim->excl = NULL;
 }
 
 /* --- contexts and slots --- */

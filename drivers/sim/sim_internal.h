@@ -113,6 +113,14 @@ struct uhmm_sim {
 	atomic_uint fail_next;
 	_Atomic uintptr_t fail_addr[SIM_FAIL_PAGES];
 	_Atomic uint64_t dflags; /* UHMM_DMIRROR_FLAG_* */
+	/*
+	 * Pages the device holds for atomics (UHMM_DMIRROR_EXCLUSIVE), under
+	 * excl_lock. uhmm has no device-exclusive entry: the page moves to the
+	 * device, and any CPU touch brings it home, which revokes it.
+	 */
+	pthread_mutex_t excl_lock;
+	uintptr_t *excl;
+	size_t nexcl, capexcl;
 	atomic_ulong copies_to, copies_from, copy_errors, page_frees, faults;
 	atomic_ulong launches, device_faults, fault_migrated, fault_mapped, fault_retries,
 		invalidations, revalidations, migrated_to, migrated_from, alloc_fallbacks,
