@@ -360,6 +360,7 @@ bool uhmm__invalidate_start(struct uhmm *h, uintptr_t start, uintptr_t end, int 
 			    void *owner);
 void uhmm__invalidate_end(struct uhmm *h, bool started);
 void uhmm__mirror_fini(struct uhmm *h);
+int uhmm__vma_prot(uintptr_t addr, uintptr_t *end);
 
 /* policy.c */
 uint64_t uhmm__thrash_home(struct uhmm *h, struct uhmm_devmem *dm, uint64_t old, uint64_t nw);

@@ -72,6 +72,32 @@ void *uhmm_migrate_sysbuf(const struct uhmm_migrate *a, unsigned long i)
 }
 
 /*
+ * UFFDIO_MOVE moves only between writable mappings. A run of read-only
+ * private memory (mprotect) is made writable for the move and read-only
+ * again at once; the pages are locked and, on the CPU side, holes during
+ * it, so nothing can write them meanwhile except a racing CPU store to a
+ * page still present, which the kernel would have refused. Returns the
+ * bytes moved, or -errno as uhmm__uffd_move.
+ */
+static long move_readonly(int uffd, uintptr_t dst, uintptr_t src, size_t len, bool holes,
+			  uintptr_t managed)
+{
+	uintptr_t vend;
+	long got;
+	int prot = uhmm__vma_prot(managed, &vend);
+
+	if (prot != PROT_READ)
+		return -EINVAL; /* writable (then not the reason), PROT_NONE, or gone */
+	if (len > vend - managed)
+		len = vend - managed;
+	if (mprotect((void *)managed, len, PROT_READ | PROT_WRITE))
+		return -EINVAL;
+	got = uhmm__uffd_move(uffd, dst, src, len, holes);
+	mprotect((void *)managed, len, PROT_READ);
+	return got;
+}
+
+/*
  * Move the CPU pages collected in src[] (HELD|MIGRATE, no address yet) into
  * the staging chunk, run by run.
  */
@@ -100,6 +126,14 @@ static void take_system(struct uhmm_migrate *a)
 			}
 			if (got == -EAGAIN) {
 				sched_yield();
+				continue;
+			}
+			if (got == -EINVAL)
+				got = move_readonly(h->uffd_stg, (uintptr_t)stg + (i << PAGE_SHIFT),
+						    page_addr(a, i), (j - i) << PAGE_SHIFT, true,
+						    page_addr(a, i));
+			if (got > 0) {
+				i += (unsigned long)got >> PAGE_SHIFT;
 				continue;
 			}
 			/*
@@ -403,6 +437,10 @@ void uhmm_migrate_finalize(struct uhmm_migrate *a)
 						   a->priv[P_STAGING] + (i << PAGE_SHIFT),
 						   (j - i) << PAGE_SHIFT, false);
 
+			if (got == -EINVAL) /* back into read-only memory */
+				got = move_readonly(h->uffd, page_addr(a, i),
+						    a->priv[P_STAGING] + (i << PAGE_SHIFT),
+						    (j - i) << PAGE_SHIFT, false, page_addr(a, i));
 			if (got > 0)
 				i += (unsigned long)got >> PAGE_SHIFT;
 			else if (got == -EAGAIN)

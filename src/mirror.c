@@ -653,3 +653,24 @@ int uhmm_range_fault(struct uhmm_range *range)
 	}
 	return uhmm_interval_read_retry(n, range->notifier_seq) ? -EBUSY : 0;
 }
+
+/*
+ * The protection of the mapping at @addr: PROT_* bits, -ENOENT where nothing
+ * is mapped; *@end: where that mapping ends. Cheap with PROCMAP_QUERY.
+ */
+int uhmm__vma_prot(uintptr_t addr, uintptr_t *end)
+{
+	struct vma v;
+	int maps, pagemap, ret;
+
+	ret = proc_fds(&maps, &pagemap);
+	if (ret)
+		return ret;
+	ret = vma_find(maps, addr, &v);
+	if (ret)
+		return ret;
+	if (v.start > addr)
+		return -ENOENT;
+	*end = v.end;
+	return (v.read ? PROT_READ : 0) | (v.write ? PROT_WRITE : 0);
+}
