@@ -582,8 +582,13 @@ static bool work_run(struct uhmm *h, struct work *q, size_t *n, bool faults_only
 	for (size_t i = 0; i < *n; i++) {
 		struct work *wk = &q[i];
 
-		/* Events may allocate: while a fork is under way they wait, and all behind them. */
-		if (faults_only && wk->type != WK_FAULT)
+		/*
+		 * While a fork is under way nothing runs but the reading: events
+		 * allocate, and faults call drivers (notifiers) that may free; a
+		 * thread inside an allocator that fork does not lock (a sanitizer's)
+		 * at the instant of the fork would leave its lock held in the child.
+		 */
+		if (faults_only)
 			blocked = true;
 		/* A fault an event held up waits until that event (read since) is handled. */
 		if (!blocked && wk->after_events && events) {
@@ -695,9 +700,9 @@ static void *svc_main(void *arg)
 		/*
 		 * A fork is under way: glibc holds the malloc locks until the
 		 * kernel has handed over the fork event, which this thread
-		 * reads. Read (the fork event takes preallocated memory) and
-		 * serve faults, but leave events and children, which may
-		 * allocate, until fork returns.
+		 * reads. Read (the fork event takes preallocated memory), and
+		 * leave faults, events and children, which may allocate, until
+		 * fork returns (a moment later).
 		 */
 		if (atomic_load(&h->fork_pending) && !atomic_load(&h->fork_quiet))
 			atomic_store(&h->fork_quiet, 1);
