@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* uhmm - the command line: info, demo, bench. Uses only the public headers. */
+/* uhmm - the command line: info, demo, bench, stat. Uses only the public headers. */
 #include <errno.h>
 #include <getopt.h>
 #include <stdbool.h>
@@ -15,8 +15,9 @@
 
 #define EXIT_SKIP 77
 
-/* tools/bench.c */
+/* tools/bench.c, tools/stat.c */
 int cmd_bench(int argc, char **argv);
+int cmd_stat(int argc, char **argv);
 
 static double now_s(void)
 {
@@ -146,6 +147,110 @@ static void k_stencil(struct uhmm_sim_ctx *ctx, unsigned long b, void *arg)
 	uhmm_sim_store(ctx, &s->out[first], out, n * sizeof(uint64_t));
 }
 
+/*
+ * The demo's workload, shared with `uhmm stat` (tools/stat.c) and `uhmm bench`
+ * (tools/bench.c), which declare these functions again: keep them in step.
+ */
+void demo_fill(uint64_t *in, size_t n);
+int demo_launch(struct uhmm_sim *sim, const uint64_t *in, uint64_t *out, size_t n);
+void demo_stencil_cpu(const uint64_t *in, uint64_t *out, size_t n);
+size_t demo_check(const uint64_t *in, const uint64_t *out, size_t n);
+int demo_workload(struct uhmm *h, struct uhmm_sim *sim, uint64_t *in, uint64_t *out, size_t n,
+		  bool prefetch, void (*phase)(const char *), double secs[3], int *prefetched,
+		  size_t *bad, const char **what);
+
+/* The CPU fills the input (on managed memory: first touches). */
+void demo_fill(uint64_t *in, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		in[i] = mix(i);
+}
+
+/* Device kernels compute the stencil of @in into @out; 0 or the launch's error. */
+int demo_launch(struct uhmm_sim *sim, const uint64_t *in, uint64_t *out, size_t n)
+{
+	struct stencil s = { .in = in, .out = out, .n = n };
+
+	return uhmm_sim_launch(sim, k_stencil, (n + BLOCK - 1) / BLOCK, &s);
+}
+
+/* The same stencil on the CPU, over plain memory (the explicit-copy floor of bench). */
+void demo_stencil_cpu(const uint64_t *in, uint64_t *out, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		out[i] = stencil_at(i ? in[i - 1] : 0, in[i], i + 1 < n ? in[i + 1] : 0);
+}
+
+/*
+ * The CPU reads the output, builds its histogram and checks every value against
+ * a CPU-only computation, then checks the input: the number of wrong values.
+ */
+size_t demo_check(const uint64_t *in, const uint64_t *out, size_t n)
+{
+	uint64_t hist[256] = { 0 }, total = 0;
+	size_t bad = 0;
+
+	for (size_t i = 0; i < n; i++) {
+		uint64_t want = stencil_at(i ? mix(i - 1) : 0, mix(i), i + 1 < n ? mix(i + 1) : 0);
+
+		hist[out[i] & 255]++;
+		if (out[i] != want)
+			bad++;
+	}
+	for (size_t i = 0; i < n; i++)
+		if (in[i] != mix(i))
+			bad++;
+	for (int i = 0; i < 256; i++)
+		total += hist[i];
+	return bad + (total != n);
+}
+
+/*
+ * The workload after the fill: [prefetch the input to the device,] device kernels
+ * compute the stencil, the CPU reads and checks the output (pages come home on
+ * touch). @secs: the seconds of each of those three phases. Return 0 (then *@bad
+ * says whether the result is right), or a negative errno with *@what naming the step.
+ */
+int demo_workload(struct uhmm *h, struct uhmm_sim *sim, uint64_t *in, uint64_t *out, size_t n,
+		  bool prefetch, void (*phase)(const char *), double secs[3], int *prefetched,
+		  size_t *bad, const char **what)
+{
+	size_t len = n * sizeof(uint64_t);
+	double t0;
+	int ret;
+
+	secs[0] = secs[1] = secs[2] = 0;
+	*prefetched = 0;
+	*bad = 0;
+	if (prefetch) {
+		if (phase)
+			phase("prefetching the input to the device");
+		t0 = now_s();
+		ret = uhmm_prefetch(h, in, len, uhmm_sim_devmem(sim));
+		secs[0] = now_s() - t0;
+		if (ret < 0) {
+			*what = "prefetch";
+			return ret;
+		}
+		*prefetched = ret;
+	}
+	if (phase)
+		phase("device kernels compute the stencil");
+	t0 = now_s();
+	ret = demo_launch(sim, in, out, n);
+	secs[1] = now_s() - t0;
+	if (ret) {
+		*what = "device kernel";
+		return ret;
+	}
+	if (phase)
+		phase("the CPU reads the output and checks it");
+	t0 = now_s();
+	*bad = demo_check(in, out, n);
+	secs[2] = now_s() - t0;
+	return 0;
+}
+
 static bool progress;
 
 static void phase(const char *what)
@@ -169,9 +274,10 @@ static int cmd_demo(int argc, char **argv)
 	struct uhmm_stats st = { .sz = sizeof(st) }, st0;
 	struct uhmm_sim_stats ss = { .sz = sizeof(ss) };
 	struct uhmm_devmem_stats ds = { .sz = sizeof(ds) };
-	uint64_t *in = NULL, *out = NULL, hist[256] = { 0 };
-	size_t len, n, i, bad = 0;
-	double t0, t_fill, t_pf = 0, t_dev, t_cpu;
+	uint64_t *in = NULL, *out = NULL;
+	size_t len, n, bad = 0;
+	double t0, t_fill, secs[3];
+	const char *what = "";
 	int c, ret, pf = 0, status = 0;
 
 	optind = 1;
@@ -226,52 +332,17 @@ static int cmd_demo(int argc, char **argv)
 	       threads, uhmm_fault_mode(h) == UHMM_FAULT_SIGNAL ? "signal" : "thread");
 	phase("the CPU fills the input");
 	t0 = now_s();
-	for (i = 0; i < n; i++)
-		in[i] = mix(i);
+	demo_fill(in, n);
 	t_fill = now_s() - t0;
 
 	uhmm_stats(h, &st0);
-	if (prefetch) {
-		phase("prefetching the input to the device");
-		t0 = now_s();
-		pf = uhmm_prefetch(h, in, len, uhmm_sim_devmem(sim));
-		t_pf = now_s() - t0;
-		if (pf < 0) {
-			fprintf(stderr, "\nuhmm demo: prefetch: %s\n", uhmm_strerror(pf));
-			status = 1;
-			goto out;
-		}
-	}
-
-	phase("device kernels compute the stencil");
-	{
-		struct stencil s = { .in = in, .out = out, .n = n };
-
-		t0 = now_s();
-		ret = uhmm_sim_launch(sim, k_stencil, (n + BLOCK - 1) / BLOCK, &s);
-		t_dev = now_s() - t0;
-	}
+	ret = demo_workload(h, sim, in, out, n, prefetch, phase, secs, &pf, &bad, &what);
 	if (ret) {
-		fprintf(stderr, "\nuhmm demo: device kernel: %s\n", uhmm_strerror(ret));
+		fprintf(stderr, "\nuhmm demo: %s: %s\n", what, uhmm_strerror(ret));
 		status = 1;
 		goto out;
 	}
 	uhmm_sim_stats(sim, &ss);
-
-	/* The CPU reads the result: each page comes home on its first touch. */
-	phase("the CPU reads the output and checks it");
-	t0 = now_s();
-	for (i = 0; i < n; i++) {
-		uint64_t want = stencil_at(i ? mix(i - 1) : 0, mix(i), i + 1 < n ? mix(i + 1) : 0);
-
-		hist[out[i] & 255]++;
-		if (out[i] != want)
-			bad++;
-	}
-	t_cpu = now_s() - t0;
-	for (i = 0; i < n; i++)
-		if (in[i] != mix(i))
-			bad++;
 	uhmm_stats(h, &st);
 	uhmm_devmem_stats(uhmm_sim_devmem(sim), &ds);
 	if (progress)
@@ -282,14 +353,14 @@ static int cmd_demo(int argc, char **argv)
 	       len / UHMM_PAGE_SIZE, mib, t_fill, len / t_fill / 1e9);
 	if (prefetch)
 		printf("%-34s %10d %10.1f %9.3f %9.2f\n", "prefetch input to the device", pf,
-		       pf * 4096.0 / (1 << 20), t_pf, pf * 4096.0 / t_pf / 1e9);
+		       pf * 4096.0 / (1 << 20), secs[0], pf * 4096.0 / secs[0] / 1e9);
 	printf("%-34s %10llu %10.1f %9.3f %9.2f\n", "device kernels (migrate on touch)",
 	       (unsigned long long)ss.fault_migrated, ss.fault_migrated * 4096.0 / (1 << 20),
-	       t_dev, 2.0 * len / t_dev / 1e9);
+	       secs[1], 2.0 * len / secs[1] / 1e9);
 	printf("%-34s %10llu %10.1f %9.3f %9.2f\n", "CPU reads the output (fault-back)",
 	       (unsigned long long)(st.pages_home - st0.pages_home),
-	       (st.pages_home - st0.pages_home) * 4096.0 / (1 << 20), t_cpu,
-	       2.0 * len / t_cpu / 1e9);
+	       (st.pages_home - st0.pages_home) * 4096.0 / (1 << 20), secs[2],
+	       2.0 * len / secs[2] / 1e9);
 	printf("\ndevice: %llu device faults, %llu pages migrated by them, %llu mapped in place, "
 	       "%llu evicted\n",
 	       (unsigned long long)ss.device_faults, (unsigned long long)ss.fault_migrated,
@@ -318,7 +389,8 @@ static void usage(FILE *f)
 		   "commands:\n"
 		   "  info   kernel features, privilege mode, and what to fix\n"
 		   "  demo   migrate memory to the sim device, compute on the CPU, verify\n"
-		   "  bench  measure each operation beside its floor, as a ratio\n\n"
+		   "  bench  measure each operation beside its floor, as a ratio\n"
+		   "  stat   run the demo workload and watch the live counters\n\n"
 		   "uhmm <command> --help for its options.\n");
 }
 
@@ -338,6 +410,8 @@ int main(int argc, char **argv)
 		return cmd_demo(argc - 1, argv + 1);
 	if (!strcmp(argv[1], "bench"))
 		return cmd_bench(argc - 1, argv + 1);
+	if (!strcmp(argv[1], "stat"))
+		return cmd_stat(argc - 1, argv + 1);
 	fprintf(stderr, "uhmm: unknown command '%s'\n", argv[1]);
 	usage(stderr);
 	return 2;
