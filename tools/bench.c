@@ -13,6 +13,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -38,14 +39,14 @@
 #define PAGE UHMM_PAGE_SIZE
 #define COPY_CHUNK (2UL << 20) /* UFFDIO_COPY call size of the "least work home" floor */
 #define WARMUP 16
-#define MAX_ROWS 16
+#define MAX_ROWS 32
 
 /* The entry point, called by tools/uhmm.c (which declares it too). */
 int cmd_bench(int argc, char **argv);
 
 struct row {
 	const char *id;
-	const char *figure;
+	char figure[112]; /* with the fault mode it ran in, where one matters */
 	const char *unit;
 	double value;
 	const char *floor;
@@ -55,6 +56,9 @@ struct row {
 	bool has_range;
 	const char *na; /* not measured, and why */
 	char err[128];	/* measuring failed, and why */
+	char note[96];	/* counted beside the figure (evictions, device faults), or empty */
+	double evictions; /* for the JSON rows, when has_evictions */
+	bool has_evictions;
 };
 
 /*
@@ -70,11 +74,33 @@ struct raw {
 	atomic_int err;
 };
 
+/*
+ * The raw signal-mode floor: a userfaultfd of its own with UFFD_FEATURE_SIGBUS on
+ * one private page; the faulting thread's SIGBUS handler resolves the fault with
+ * one UFFDIO_COPY of 4 KiB and returns, the least a signal-mode fault can cost.
+ */
+struct rawsig {
+	int uffd;
+	char *page; /* the registered page */
+	char *src;  /* PAGE bytes of pattern */
+	struct sigaction prev; /* the action before ours: uhmm's handler, or none */
+	volatile sig_atomic_t err;
+};
+
+/* A handle and its own sim device: the run's, or one opened for a row. */
+struct target {
+	struct uhmm *h;
+	struct uhmm_sim *sim;
+	struct uhmm_devmem *dm;
+	const char *mode; /* the fault mode in force: "thread" or "signal" */
+};
+
 struct bench {
 	struct uhmm *h;
 	struct uhmm_sim *sim;
 	struct uhmm_devmem *dm;
 	struct raw raw;
+	struct target run; /* b->h, b->sim, b->dm with their mode */
 	size_t len, npages;
 	unsigned long mib;
 	int reps, samples;
@@ -132,9 +158,19 @@ static struct row *row_add(struct bench *b, const char *id, const char *figure, 
 
 	memset(r, 0, sizeof(*r));
 	r->id = id;
-	r->figure = figure;
+	snprintf(r->figure, sizeof(r->figure), "%s", figure);
 	r->unit = unit;
 	r->floor = floor;
+	return r;
+}
+
+/* A row whose figure ran in fault mode @mode ("thread", "signal"): the figure says which. */
+static struct row *row_addm(struct bench *b, const char *id, const char *figure, const char *mode,
+			    const char *unit, const char *floor)
+{
+	struct row *r = row_add(b, id, figure, unit, floor);
+
+	snprintf(r->figure, sizeof(r->figure), "%s, %s mode", figure, mode);
 	return r;
 }
 
@@ -415,58 +451,257 @@ static int raw_copy(struct raw *r, char *dst, const char *src, size_t len)
 }
 
 /* ---------------------------------------------------------------------------
- * a. Fault-back latency of one 4 KiB page vs the raw userfaultfd round trip.
+ * The raw signal-mode floor and the handles opened for single rows.
  */
-static void bench_latency(struct bench *b)
+static struct rawsig *rawsig_cur; /* whose page the installed handler serves */
+/*
+ * Set when uhmm_sigbus_handler() was seen to take the floor's own fault (it
+ * zero-fills a missing page of a range registered with another userfaultfd):
+ * the handler then checks its own page before asking uhmm.
+ */
+static volatile sig_atomic_t rawsig_own_first;
+
+static void rawsig_handler(int sig, siginfo_t *si, void *uc)
 {
-	struct row *med = row_add(b, "fault_latency_median", "fault-back latency 4 KiB, median",
-				  "us", "raw userfaultfd round trip, median");
-	struct row *p99 = row_add(b, "fault_latency_p99", "fault-back latency 4 KiB, p99", "us",
-				  "raw userfaultfd round trip, p99");
+	struct rawsig *r = rawsig_cur;
+	uintptr_t a = (uintptr_t)si->si_addr;
+	bool ours = r && a - (uintptr_t)r->page < PAGE;
+	int saved = errno;
+
+	/* uhmm's faults first, as a program with its own SIGBUS handler must. */
+	if (!(ours && rawsig_own_first) && uhmm_sigbus_handler(sig, si, uc))
+		return;
+	if (ours) {
+		struct uffdio_copy c = {
+			.dst = (uintptr_t)r->page,
+			.src = (uintptr_t)r->src,
+			.len = PAGE,
+			.mode = UFFDIO_COPY_MODE_DONTWAKE, /* nobody sleeps on it */
+		};
+
+		if (ioctl(r->uffd, UFFDIO_COPY, &c) && errno != EEXIST) {
+			struct uffdio_zeropage z = { .range = { c.dst, PAGE } };
+
+			r->err = errno;
+			/* Never fault forever: zeros, and the check fails. */
+			ioctl(r->uffd, UFFDIO_ZEROPAGE, &z);
+		}
+		errno = saved;
+		return;
+	}
+	/* Not ours: the previous action takes it when the access faults again. */
+	sigaction(SIGBUS, &r->prev, NULL);
+	errno = saved;
+}
+
+/* Return 0, or an errno with @why filled. */
+static int rawsig_open(struct rawsig *r, char *why, size_t whylen)
+{
+	struct uffdio_api api = { .api = UFFD_API, .features = UFFD_FEATURE_SIGBUS };
+	struct uffdio_register reg = { .mode = UFFDIO_REGISTER_MODE_MISSING };
+	int err;
+
+	memset(r, 0, sizeof(*r));
+	r->uffd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+	if (r->uffd < 0 && errno == EPERM)
+		r->uffd =
+			(int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY);
+	if (r->uffd < 0) {
+		err = errno;
+		snprintf(why, whylen, "userfaultfd(2) for the signal floor: %s", strerror(err));
+		return err;
+	}
+	if (ioctl(r->uffd, UFFDIO_API, &api)) {
+		err = errno;
+		snprintf(why, whylen, "UFFDIO_API with UFFD_FEATURE_SIGBUS: %s", strerror(err));
+		return err;
+	}
+	r->page = map_anon(PAGE);
+	r->src = map_anon(PAGE);
+	if (!r->page || !r->src) {
+		snprintf(why, whylen, "out of memory");
+		return ENOMEM;
+	}
+	memset(r->src, 0x5a, PAGE);
+	reg.range.start = (uintptr_t)r->page;
+	reg.range.len = PAGE;
+	if (ioctl(r->uffd, UFFDIO_REGISTER, &reg)) {
+		err = errno;
+		snprintf(why, whylen, "UFFDIO_REGISTER of the signal floor's page: %s",
+			 strerror(err));
+		return err;
+	}
+	return 0;
+}
+
+static void rawsig_close(struct rawsig *r)
+{
+	if (r->page)
+		munmap(r->page, PAGE);
+	if (r->src)
+		munmap(r->src, PAGE);
+	if (r->uffd >= 0)
+		close(r->uffd);
+}
+
+/* Put our handler in place for the floor's block only; rawsig_remove restores the previous. */
+static int rawsig_install(struct rawsig *r)
+{
+	struct sigaction sa = { .sa_sigaction = rawsig_handler, .sa_flags = SA_SIGINFO };
+
+	sigemptyset(&sa.sa_mask);
+	rawsig_cur = r;
+	return sigaction(SIGBUS, &sa, &r->prev) ? -errno : 0;
+}
+
+static void rawsig_remove(struct rawsig *r)
+{
+	sigaction(SIGBUS, &r->prev, NULL);
+	rawsig_cur = NULL;
+}
+
+/*
+ * Open a handle in fault mode @mode (UHMM_FAULT_*, or AUTO: the run's) with fault
+ * window @window (0: the default) and a sim device of @npages. Return 0, or a
+ * negative errno with @why filled.
+ */
+static int target_open(struct bench *b, struct target *t, int mode, unsigned int window,
+		       unsigned long npages, char *why, size_t whylen)
+{
+	UHMM_OPTS(uhmm_open_opts, o, .fault_mode = mode ? mode : uhmm_fault_mode(b->h),
+		  .fault_window = window);
+	int ret;
+
+	memset(t, 0, sizeof(*t));
+	ret = uhmm_open(&t->h, &o);
+	if (ret) {
+		snprintf(why, whylen, "uhmm_open: %s", uhmm_strerror(ret));
+		return ret;
+	}
+	t->mode = uhmm_fault_mode(t->h) == UHMM_FAULT_SIGNAL ? "signal" : "thread";
+	UHMM_OPTS(uhmm_sim_opts, so, .npages = npages, .name = "bench-row");
+	ret = uhmm_sim_create(t->h, &so, &t->sim);
+	if (ret) {
+		snprintf(why, whylen, "uhmm_sim_create: %s", uhmm_strerror(ret));
+		uhmm_close(t->h);
+		t->h = NULL;
+		return ret;
+	}
+	t->dm = uhmm_sim_devmem(t->sim);
+	return 0;
+}
+
+static void target_close(struct target *t)
+{
+	if (t->sim)
+		uhmm_sim_destroy(t->sim);
+	if (t->h)
+		uhmm_close(t->h);
+	memset(t, 0, sizeof(*t));
+}
+
+/* ---------------------------------------------------------------------------
+ * a. Fault-back latency of one 4 KiB page vs the raw round trip of the same
+ * mode: the raw userfaultfd's handler thread, or (@sig) the raw SIGBUS handler.
+ */
+static void bench_latency(struct bench *b, const struct target *t, bool sig, const char *id_med,
+			  const char *id_p99)
+{
+	struct row *med = row_addm(b, id_med, "fault-back latency 4 KiB, median", t->mode, "us",
+				   sig ? "raw SIGBUS handler + UFFDIO_COPY, median" :
+					 "raw userfaultfd round trip, median");
+	struct row *p99 = row_addm(b, id_p99, "fault-back latency 4 KiB, p99", t->mode, "us",
+				   sig ? "raw SIGBUS handler + UFFDIO_COPY, p99" :
+					 "raw userfaultfd round trip, p99");
 	int per = b->samples / b->reps, n = per * b->reps, nf = 0, nr = 0, ret;
 	double *fig = calloc((size_t)n, sizeof(double)), *flo = calloc((size_t)n, sizeof(double));
-	char *mp = NULL, *rp = map_anon(PAGE);
+	char *mp = NULL, *rp = NULL, why[100];
+	struct rawsig rs = { .uffd = -1 };
+	bool registered = false;
 
-	progress(b, "fault-back latency vs raw userfaultfd");
-	if (!fig || !flo || !rp) {
+	progress(b, sig ? "fault-back latency vs raw SIGBUS" :
+			  "fault-back latency vs raw userfaultfd");
+	if (!fig || !flo) {
 		row_fail(med, "out of memory", NULL);
 		goto out;
 	}
-	ret = raw_register(&b->raw, rp, PAGE);
-	if (ret) {
-		row_fail(med, "UFFDIO_REGISTER of the floor's page", strerror(-ret));
-		goto out;
+	if (sig) {
+		ret = rawsig_open(&rs, why, sizeof(why));
+		if (ret) {
+			row_fail(med, why, NULL);
+			goto out;
+		}
+		rp = rs.page;
+	} else {
+		rp = map_anon(PAGE);
+		if (!rp) {
+			row_fail(med, "out of memory", NULL);
+			goto out;
+		}
+		ret = raw_register(&b->raw, rp, PAGE);
+		if (ret) {
+			row_fail(med, "UFFDIO_REGISTER of the floor's page", strerror(-ret));
+			goto out;
+		}
+		registered = true;
 	}
-	ret = uhmm_alloc(b->h, PAGE, (void **)&mp);
+	ret = uhmm_alloc(t->h, PAGE, (void **)&mp);
 	if (ret) {
 		row_fail(med, "uhmm_alloc", uhmm_strerror(ret));
-		goto out_unreg;
+		goto out;
 	}
 	memset(mp, 0x5a, PAGE);
+	if (sig) {
+		/* Does uhmm_sigbus_handler() leave a foreign userfaultfd's fault alone? */
+		rawsig_own_first = 0;
+		if ((ret = rawsig_install(&rs))) {
+			row_fail(med, "sigaction", strerror(-ret));
+			goto out;
+		}
+		madvise(rp, PAGE, MADV_DONTNEED);
+		if (*(volatile char *)rp != 0x5a && !rs.err) {
+			rawsig_own_first = 1;
+			snprintf(med->note, sizeof(med->note),
+				 "uhmm_sigbus_handler zero-filled the floor's page: "
+				 "floor serves its own first");
+			memcpy(p99->note, med->note, sizeof(p99->note));
+		}
+		rawsig_remove(&rs);
+	}
 
 	/* Blocks of floor and figure alternate, so that drift hits both alike. */
 	for (int rep = 0; rep < b->reps; rep++) {
+		/* The raw handler only around its block: uhmm's serves the figure. */
+		if (sig && (ret = rawsig_install(&rs))) {
+			row_fail(med, "sigaction", strerror(-ret));
+			goto out;
+		}
 		for (int i = -WARMUP * !rep; i < per; i++) {
 			madvise(rp, PAGE, MADV_DONTNEED); /* missing again */
 			uint64_t t0 = now_ns();
 			char c = *(volatile char *)rp;
 			uint64_t t1 = now_ns();
+			int err = sig ? rs.err : atomic_load(&b->raw.err);
 
-			if (c != 0x5a || atomic_load(&b->raw.err)) {
-				int err = atomic_load(&b->raw.err);
-
-				row_fail(med, "the raw userfaultfd handler failed",
+			if (c != 0x5a || err) {
+				if (sig)
+					rawsig_remove(&rs);
+				row_fail(med,
+					 sig ? "the raw SIGBUS handler failed" :
+					       "the raw userfaultfd handler failed",
 					 err ? strerror(err) : "wrong data");
-				goto out_free;
+				goto out;
 			}
 			if (i >= 0)
 				flo[nr++] = (double)(t1 - t0) * 1e-3;
 		}
+		if (sig)
+			rawsig_remove(&rs);
 		for (int i = -WARMUP * !rep; i < per; i++) {
-			ret = uhmm_migrate_to_device(b->dm, mp, PAGE);
+			ret = uhmm_migrate_to_device(t->dm, mp, PAGE);
 			if (ret != 1) {
 				row_fail_moved(med, "uhmm_migrate_to_device", ret);
-				goto out_free;
+				goto out;
 			}
 			uint64_t t0 = now_ns();
 			char c = *(volatile char *)mp;
@@ -474,7 +709,7 @@ static void bench_latency(struct bench *b)
 
 			if (c != 0x5a) {
 				row_fail(med, "a page came home with wrong data", NULL);
-				goto out_free;
+				goto out;
 			}
 			if (i >= 0)
 				fig[nf++] = (double)(t1 - t0) * 1e-3;
@@ -486,15 +721,18 @@ static void bench_latency(struct bench *b)
 	p99->value = quantile(fig, (size_t)nf, 0.99);
 	p99->floor_value = quantile(flo, (size_t)nr, 0.99);
 	p99->ratio = p99->value / p99->floor_value;
-out_free:
-	uhmm_free(b->h, mp, PAGE);
-out_unreg:
-	raw_unregister(&b->raw, rp, PAGE);
 out:
+	if (mp)
+		uhmm_free(t->h, mp, PAGE);
 	if (med->err[0])
 		memcpy(p99->err, med->err, sizeof(p99->err));
-	if (rp)
+	if (sig) {
+		rawsig_close(&rs);
+	} else if (rp) {
+		if (registered)
+			raw_unregister(&b->raw, rp, PAGE);
 		munmap(rp, PAGE);
+	}
 	free(fig);
 	free(flo);
 }
@@ -515,12 +753,13 @@ enum {
 
 static void bench_sweeps(struct bench *b)
 {
-	struct row *seq = row_add(b, "sweep_sequential", "sequential sweep, device-resident",
-				  "GB/s", "kernel first-touch fault, sequential");
-	struct row *raw = row_add(b, "sweep_sequential_vs_raw", "sequential sweep, device-resident",
-				  "GB/s", "raw userfaultfd sweep, 4 KiB COPY/fault");
-	struct row *rnd = row_add(b, "sweep_random", "random 4 KiB touches, device-resident",
-				  "GB/s", "kernel first-touch fault, random");
+	struct row *seq = row_addm(b, "sweep_sequential", "sequential sweep, device-resident",
+				   b->mode, "GB/s", "kernel first-touch fault, sequential");
+	struct row *raw = row_addm(b, "sweep_sequential_vs_raw",
+				   "sequential sweep, device-resident", b->mode, "GB/s",
+				   "raw userfaultfd sweep, 4 KiB COPY/fault");
+	struct row *rnd = row_addm(b, "sweep_random", "random 4 KiB touches, device-resident",
+				   b->mode, "GB/s", "kernel first-touch fault, random");
 	double *t = calloc(SW_N * (size_t)b->reps, sizeof(double));
 	uint32_t *perm = permutation(b->npages);
 	char *mp = NULL, *rp = map_anon(b->len);
@@ -777,14 +1016,14 @@ static double sweep_threads(const char *p, size_t npages, int n)
 	return (double)(t1 - t0) * 1e-9;
 }
 
-static void bench_threads(struct bench *b)
+static void bench_threads(struct bench *b, const struct target *tg, const char *id)
 {
-	struct row *r = row_add(b, "fault_back_2_threads",
-				b->pinned ? "fault-back, 2 threads x half, all CPUs" :
-					    "fault-back, 2 threads x half",
-				"pages/s",
-				b->pinned ? "fault-back, 1 thread x all, one CPU" :
-					    "fault-back, 1 thread x all");
+	struct row *r = row_addm(b, id,
+				 b->pinned ? "fault-back, 2 threads x half, all CPUs" :
+					     "fault-back, 2 threads x half",
+				 tg->mode, "pages/s",
+				 b->pinned ? "fault-back, 1 thread x all, one CPU" :
+					     "fault-back, 1 thread x all");
 	double *t = calloc(2 * (size_t)b->reps, sizeof(double));
 	char *mp = NULL;
 	int ret;
@@ -794,7 +1033,7 @@ static void bench_threads(struct bench *b)
 		row_fail(r, "out of memory", NULL);
 		return;
 	}
-	ret = uhmm_alloc(b->h, b->len, (void **)&mp);
+	ret = uhmm_alloc(tg->h, b->len, (void **)&mp);
 	if (ret) {
 		row_fail(r, "uhmm_alloc", uhmm_strerror(ret));
 		goto out;
@@ -804,7 +1043,7 @@ static void bench_threads(struct bench *b)
 		for (int k = 0; k < 2; k++) {
 			int nthr = (k ^ rep) & 1 ? 2 : 1; /* alternate which goes first */
 
-			ret = uhmm_migrate_to_device(b->dm, mp, b->len);
+			ret = uhmm_migrate_to_device(tg->dm, mp, b->len);
 			if (ret != (int)b->npages) {
 				row_fail_moved(r, "uhmm_migrate_to_device", ret);
 				goto out_free;
@@ -819,7 +1058,7 @@ static void bench_threads(struct bench *b)
 	}
 	row_times(r, t + b->reps, t, b->reps, (double)b->npages, true);
 out_free:
-	uhmm_free(b->h, mp, b->len);
+	uhmm_free(tg->h, mp, b->len);
 out:
 	free(t);
 }
@@ -844,8 +1083,8 @@ static void histogram(const uint64_t *w, size_t n, uint64_t hist[256])
 
 static void bench_demo(struct bench *b)
 {
-	struct row *r = row_add(b, "demo_histogram", "demo: migrate out + CPU histogram", "ms",
-				"memcpy out and back + histogram");
+	struct row *r = row_addm(b, "demo_histogram", "demo: migrate out + CPU histogram",
+				 b->mode, "ms", "memcpy out and back + histogram");
 	size_t nw = b->len / sizeof(uint64_t);
 	double *t = calloc(2 * (size_t)b->reps, sizeof(double));
 	uint64_t *mp = NULL, *host = map_anon(b->len), *dev = map_anon(b->len);
@@ -897,6 +1136,375 @@ out:
 		munmap(dev, b->len);
 	if (host)
 		munmap(host, b->len);
+	free(t);
+}
+
+/* ---------------------------------------------------------------------------
+ * Signal mode beside thread mode: the fault-back latency of a signal-mode handle
+ * vs the raw SIGBUS floor, and its 2-toucher figure; in a signal-mode run, also
+ * a thread-mode handle vs the raw userfaultfd round trip and its 2-toucher figure.
+ */
+static void bench_other_mode(struct bench *b)
+{
+	bool run_sig = !strcmp(b->mode, "signal");
+	struct target o = { 0 };
+	const struct target *sig = &b->run;
+	char why[100];
+	int ret = 0;
+
+	/* The other mode's handle: where it cannot open, its rows say why. */
+	ret = target_open(b, &o, run_sig ? UHMM_FAULT_THREAD : UHMM_FAULT_SIGNAL, 0,
+			  b->npages + 64, why, sizeof(why));
+	if (!run_sig)
+		sig = &o;
+	if (ret) {
+		struct row *r[3];
+		const char *m = run_sig ? "thread" : "signal";
+
+		progress(b, "the other fault mode");
+		progress(b, "the other fault mode");
+		if (run_sig) {
+			bench_latency(b, &b->run, true, "fault_latency_signal_median",
+				      "fault_latency_signal_p99");
+			r[0] = row_addm(b, "fault_latency_thread_median",
+					"fault-back latency 4 KiB, median", m, "us",
+					"raw userfaultfd round trip, median");
+			r[1] = row_addm(b, "fault_latency_thread_p99", "fault-back latency 4 KiB, p99",
+					m, "us", "raw userfaultfd round trip, p99");
+			r[2] = row_addm(b, "fault_back_2_threads_thread",
+					"fault-back, 2 threads x half", m, "pages/s",
+					"fault-back, 1 thread x all");
+		} else {
+			progress(b, "the other fault mode");
+			r[0] = row_addm(b, "fault_latency_signal_median",
+					"fault-back latency 4 KiB, median", m, "us",
+					"raw SIGBUS handler + UFFDIO_COPY, median");
+			r[1] = row_addm(b, "fault_latency_signal_p99", "fault-back latency 4 KiB, p99",
+					m, "us", "raw SIGBUS handler + UFFDIO_COPY, p99");
+			r[2] = row_addm(b, "fault_back_2_threads_signal",
+					"fault-back, 2 threads x half", m, "pages/s",
+					"fault-back, 1 thread x all");
+		}
+		/* A kernel without SIGBUS faults is not a failed measurement. */
+		for (int i = 0; i < 3; i++) {
+			if (ret == -EOPNOTSUPP)
+				r[i]->na = "the kernel lacks UFFD_FEATURE_SIGBUS";
+			else
+				row_fail(r[i], why, NULL);
+		}
+		return;
+	}
+	bench_latency(b, sig, true, "fault_latency_signal_median", "fault_latency_signal_p99");
+	bench_threads(b, sig, "fault_back_2_threads_signal");
+	if (run_sig) {
+		bench_latency(b, &o, false, "fault_latency_thread_median",
+			      "fault_latency_thread_p99");
+		bench_threads(b, &o, "fault_back_2_threads_thread");
+	} else {
+		progress(b, "the other fault mode");
+		progress(b, "the other fault mode");
+	}
+	target_close(&o);
+}
+
+/* ---------------------------------------------------------------------------
+ * f. Prefetch must not hurt random access: random 4 KiB touches over
+ * device-resident memory with the default fault window vs the same with the
+ * fault window at 1 page (fault-around off), per touch.
+ */
+static void bench_window(struct bench *b)
+{
+	struct row *r = row_addm(b, "random_touch_fault_window", "random 4 KiB touch, default window",
+				 b->mode, "us", "the same, fault window 1 (fault-around off)");
+	double *t = calloc(2 * (size_t)b->reps, sizeof(double));
+	uint32_t *perm = permutation(b->npages);
+	struct target def = { 0 }, one = { 0 };
+	char *mp = NULL, *op = NULL, why[100];
+	int ret;
+
+	progress(b, "random touches: default fault window vs 1 page");
+	if (!t || !perm) {
+		row_fail(r, "out of memory", NULL);
+		goto out;
+	}
+	/* Two fresh handles in the run's mode, alike but for the window. */
+	ret = target_open(b, &def, UHMM_FAULT_AUTO, 0, b->npages + 64, why, sizeof(why));
+	if (!ret)
+		ret = target_open(b, &one, UHMM_FAULT_AUTO, 1, b->npages + 64, why, sizeof(why));
+	if (ret) {
+		row_fail(r, why, NULL);
+		goto out;
+	}
+	ret = uhmm_alloc(def.h, b->len, (void **)&mp);
+	if (!ret)
+		ret = uhmm_alloc(one.h, b->len, (void **)&op);
+	if (ret) {
+		row_fail(r, "uhmm_alloc", uhmm_strerror(ret));
+		goto out;
+	}
+	fill(mp, b->len, 4);
+	fill(op, b->len, 4);
+	for (int rep = 0; rep < b->reps; rep++) {
+		for (int k = 0; k < 2; k++) {
+			bool win1 = (k ^ rep) & 1; /* alternate which goes first */
+			struct uhmm_devmem *dm = win1 ? one.dm : def.dm;
+			char *p = win1 ? op : mp;
+			uint64_t t0, t1;
+
+			ret = uhmm_migrate_to_device(dm, p, b->len);
+			if (ret != (int)b->npages) {
+				row_fail_moved(r, "uhmm_migrate_to_device", ret);
+				goto out;
+			}
+			t0 = now_ns();
+			sink += read_pages_perm(p, perm, b->npages);
+			t1 = now_ns();
+			t[win1 * b->reps + rep] = (double)(t1 - t0) * 1e-9;
+		}
+	}
+	if (memcmp(mp, op, b->len)) {
+		row_fail(r, "data changed on the way", NULL);
+		goto out;
+	}
+	row_times(r, t, t + b->reps, b->reps, 1e6 / (double)b->npages, false);
+out:
+	if (op)
+		uhmm_free(one.h, op, b->len);
+	if (mp)
+		uhmm_free(def.h, mp, b->len);
+	target_close(&one);
+	target_close(&def);
+	free(perm);
+	free(t);
+}
+
+/* ---------------------------------------------------------------------------
+ * g. A device kernel streaming over device-resident data vs memcpy on the CPU.
+ */
+struct kcopy {
+	char *dst;
+	const char *src;
+};
+
+/* One page per index, from one device-resident buffer to the other. */
+static void k_copy(struct uhmm_sim_ctx *ctx, unsigned long i, void *arg)
+{
+	struct kcopy *k = arg;
+
+	uhmm_sim_memcpy(ctx, k->dst + i * PAGE, k->src + i * PAGE, PAGE);
+}
+
+static void bench_kernel(struct bench *b)
+{
+	struct row *r = row_add(b, "device_kernel_stream", "device kernel copy, device-resident",
+				"GB/s", "memcpy on the CPU");
+	struct uhmm_sim_stats s0 = { .sz = sizeof(s0) }, s1 = { .sz = sizeof(s1) };
+	double *t = calloc(2 * (size_t)b->reps, sizeof(double));
+	char *src = NULL, *dst = NULL, *csrc = map_anon(b->len), *cdst = map_anon(b->len);
+	int ret;
+
+	progress(b, "device kernel streaming vs memcpy");
+	if (!t || !csrc || !cdst) {
+		row_fail(r, "out of memory", NULL);
+		goto out;
+	}
+	ret = uhmm_alloc(b->h, b->len, (void **)&src);
+	if (!ret)
+		ret = uhmm_alloc(b->h, b->len, (void **)&dst);
+	if (ret) {
+		row_fail(r, "uhmm_alloc", uhmm_strerror(ret));
+		goto out;
+	}
+	fill(src, b->len, 5);
+	fill(csrc, b->len, 5);
+	memset(dst, 0, b->len);
+	memset(cdst, 0, b->len); /* the destination of every memcpy exists already */
+	ret = uhmm_migrate_to_device(b->dm, src, b->len);
+	if (ret == (int)b->npages)
+		ret = uhmm_migrate_to_device(b->dm, dst, b->len);
+	if (ret != (int)b->npages) {
+		row_fail_moved(r, "uhmm_migrate_to_device", ret);
+		goto out;
+	}
+	uhmm_sim_stats(b->sim, &s0);
+	for (int rep = 0; rep < b->reps; rep++) {
+		struct kcopy k = { .dst = dst, .src = src };
+		uint64_t t0, t1, t2;
+
+		t0 = now_ns();
+		ret = uhmm_sim_launch(b->sim, k_copy, b->npages, &k);
+		t1 = now_ns();
+		if (ret) {
+			row_fail(r, "uhmm_sim_launch", uhmm_strerror(ret));
+			goto out;
+		}
+		memcpy(cdst, csrc, b->len);
+		t2 = now_ns();
+		t[rep] = (double)(t1 - t0) * 1e-9;
+		t[b->reps + rep] = (double)(t2 - t1) * 1e-9;
+	}
+	uhmm_sim_stats(b->sim, &s1);
+	/* Read back last (every page comes home): the kernel copied the right bytes. */
+	if (memcmp(dst, csrc, b->len)) {
+		row_fail(r, "the kernel's copy differs", NULL);
+		goto out;
+	}
+	row_times(r, t, t + b->reps, b->reps, (double)b->len * 1e-9, true);
+	snprintf(r->note, sizeof(r->note), "%llu device faults in %d launches, 2 device threads",
+		 (unsigned long long)(s1.device_faults - s0.device_faults), b->reps);
+out:
+	if (dst)
+		uhmm_free(b->h, dst, b->len);
+	if (src)
+		uhmm_free(b->h, src, b->len);
+	if (cdst)
+		munmap(cdst, b->len);
+	if (csrc)
+		munmap(csrc, b->len);
+	free(t);
+}
+
+/* ---------------------------------------------------------------------------
+ * h. Oversubscription: the demo's stencil with device memory the size of one
+ * array (the working set, input and output, is twice the device), evicting LRU,
+ * evicting FIFO, and LRU with the input prefetched; each vs the same computation
+ * with explicit copies (memcpy in, the kernel on the CPU, memcpy out).
+ */
+
+/* The demo's workload, defined in tools/uhmm.c: keep these in step with it. */
+void demo_fill(uint64_t *in, size_t n);
+int demo_launch(struct uhmm_sim *sim, const uint64_t *in, uint64_t *out, size_t n);
+void demo_stencil_cpu(const uint64_t *in, uint64_t *out, size_t n);
+size_t demo_check(const uint64_t *in, const uint64_t *out, size_t n);
+
+enum { OV_LRU, OV_FIFO, OV_PREFETCH, OV_N };
+
+static void bench_oversub(struct bench *b)
+{
+	static const char *const id[OV_N] = { "oversub_stencil_lru", "oversub_stencil_fifo",
+					      "oversub_stencil_lru_prefetch" };
+	static const char *const fig[OV_N] = { "stencil, device = 1/2 working set, LRU",
+					       "stencil, device = 1/2 working set, FIFO",
+					       "stencil, device = 1/2 working set, LRU + prefetch" };
+	size_t n = b->len / sizeof(uint64_t);
+	struct row *r[OV_N];
+	double *t = calloc(2 * (size_t)b->reps, sizeof(double));
+	uint64_t *in = NULL, *out = NULL, hist[256], want[256];
+	uint64_t *h_in = map_anon(b->len), *h_out = map_anon(b->len), *d_in = map_anon(b->len),
+		 *d_out = map_anon(b->len);
+	int ret, v;
+
+	for (v = 0; v < OV_N; v++)
+		r[v] = row_addm(b, id[v], fig[v], b->mode, "ms",
+				"explicit copies: memcpy in, CPU stencil, memcpy out");
+	progress(b, "oversubscribed stencil vs explicit copies");
+	if (!t || !h_in || !h_out || !d_in || !d_out) {
+		row_fail(r[0], "out of memory", NULL);
+		goto out;
+	}
+	ret = uhmm_alloc(b->h, b->len, (void **)&in);
+	if (!ret)
+		ret = uhmm_alloc(b->h, b->len, (void **)&out);
+	if (ret) {
+		row_fail(r[0], "uhmm_alloc", uhmm_strerror(ret));
+		goto out;
+	}
+	demo_fill(in, n);
+	memcpy(h_in, in, b->len);
+	memset(h_out, 0, b->len); /* every plain buffer exists before it is timed */
+	memset(d_in, 0, b->len);
+	memset(d_out, 0, b->len);
+	demo_stencil_cpu(h_in, d_out, n);
+	histogram(d_out, n, want);
+
+	for (v = 0; v < OV_N; v++) {
+		UHMM_OPTS(uhmm_sim_opts, so, .npages = b->npages, .name = "bench-oversub");
+		struct uhmm_devmem_stats d0 = { .sz = sizeof(d0) }, d1 = { .sz = sizeof(d1) };
+		struct uhmm_sim_stats s0 = { .sz = sizeof(s0) }, s1 = { .sz = sizeof(s1) };
+		struct uhmm_sim *sim = NULL;
+		struct uhmm_devmem *dm;
+
+		ret = uhmm_sim_create(b->h, &so, &sim);
+		if (ret) {
+			row_fail(r[v], "uhmm_sim_create", uhmm_strerror(ret));
+			continue;
+		}
+		dm = uhmm_sim_devmem(sim);
+		ret = uhmm_devmem_set_evict(dm, v == OV_FIFO ? &uhmm_evict_fifo : &uhmm_evict_lru);
+		if (ret) {
+			row_fail(r[v], "uhmm_devmem_set_evict", uhmm_strerror(ret));
+			uhmm_sim_destroy(sim);
+			continue;
+		}
+		uhmm_devmem_stats(dm, &d0);
+		uhmm_sim_stats(sim, &s0);
+		for (int rep = 0; rep < b->reps; rep++) {
+			uint64_t t0, t1, t2;
+
+			/* Every page home again, untimed: each run starts from the CPU. */
+			uhmm_migrate_to_ram(b->h, in, b->len);
+			uhmm_migrate_to_ram(b->h, out, b->len);
+			t0 = now_ns();
+			if (v == OV_PREFETCH) {
+				ret = uhmm_prefetch(b->h, in, b->len, dm);
+				if (ret < 0) {
+					row_fail(r[v], "uhmm_prefetch", uhmm_strerror(ret));
+					break;
+				}
+			}
+			ret = demo_launch(sim, in, out, n);
+			if (ret) {
+				row_fail(r[v], "uhmm_sim_launch", uhmm_strerror(ret));
+				break;
+			}
+			histogram(out, n, hist); /* the CPU reads the output: it comes home */
+			t1 = now_ns();
+			memcpy(d_in, h_in, b->len);
+			demo_stencil_cpu(d_in, d_out, n);
+			memcpy(h_out, d_out, b->len);
+			histogram(h_out, n, want);
+			t2 = now_ns();
+			if (memcmp(hist, want, sizeof(hist)) ||
+			    ((!rep || rep == b->reps - 1) && demo_check(in, out, n))) {
+				row_fail(r[v], "wrong stencil result", NULL);
+				break;
+			}
+			t[rep] = (double)(t1 - t0) * 1e-9;
+			t[b->reps + rep] = (double)(t2 - t1) * 1e-9;
+		}
+		uhmm_devmem_stats(dm, &d1);
+		uhmm_sim_stats(sim, &s1);
+		uhmm_sim_destroy(sim);
+		if (r[v]->err[0])
+			continue;
+		if (memcmp(h_out, out, b->len)) {
+			row_fail(r[v], "explicit copies and migration disagree", NULL);
+			continue;
+		}
+		row_times(r[v], t, t + b->reps, b->reps, 1e3, false);
+		r[v]->evictions = (double)(d1.evictions - d0.evictions) / b->reps;
+		r[v]->has_evictions = true;
+		snprintf(r[v]->note, sizeof(r[v]->note),
+			 "%.0f evictions, %.0f mapped in place per run",
+			 r[v]->evictions, (double)(s1.fault_mapped - s0.fault_mapped) / b->reps);
+	}
+out:
+	if (r[0]->err[0] && !r[0]->has_range)
+		for (v = 1; v < OV_N; v++)
+			if (!r[v]->err[0] && !r[v]->has_range)
+				memcpy(r[v]->err, r[0]->err, sizeof(r[0]->err));
+	if (out)
+		uhmm_free(b->h, out, b->len);
+	if (in)
+		uhmm_free(b->h, in, b->len);
+	if (d_out)
+		munmap(d_out, b->len);
+	if (d_in)
+		munmap(d_in, b->len);
+	if (h_out)
+		munmap(h_out, b->len);
+	if (h_in)
+		munmap(h_in, b->len);
 	free(t);
 }
 
@@ -1044,10 +1652,10 @@ static void print_header(struct bench *b)
 
 static void print_rows(struct bench *b)
 {
-	static const char *const head[6] = { "figure",	    "value", "floor",
-					     "floor value", "ratio", "value min-max" };
-	char cell[MAX_ROWS][6][160];
-	size_t w[6];
+	static const char *const head[7] = { "figure", "value", "floor", "floor value",
+					     "ratio",  "value min-max", "counted beside" };
+	static char cell[MAX_ROWS][7][160];
+	size_t w[7];
 	int i, k;
 
 	if (b->json) {
@@ -1078,6 +1686,14 @@ static void print_rows(struct bench *b)
 				printf(",\"floor_max\":");
 				json_num(r->fmax, true);
 			}
+			if (ok && r->has_evictions) {
+				printf(",\"evictions_per_run\":");
+				json_num(r->evictions, true);
+			}
+			if (r->note[0]) {
+				printf(",\"note\":");
+				json_str(r->note);
+			}
 			printf(",\"status\":\"%s\"", r->na ? "n/a" : r->err[0] ? "error" : "ok");
 			if (!ok) {
 				printf(",\"reason\":");
@@ -1087,7 +1703,7 @@ static void print_rows(struct bench *b)
 		}
 		return;
 	}
-	for (k = 0; k < 6; k++)
+	for (k = 0; k < 7; k++)
 		w[k] = strlen(head[k]);
 	for (i = 0; i < b->nrows; i++) {
 		struct row *r = &b->rows[i];
@@ -1113,16 +1729,18 @@ static void print_rows(struct bench *b)
 			snprintf(cell[i][5], sizeof(cell[i][5]), r->has_range ? "%s-%s" : "-", lo,
 				 hi);
 		}
-		for (k = 0; k < 6; k++)
+		snprintf(cell[i][6], sizeof(cell[i][6]), "%s", r->note[0] ? r->note : "-");
+		for (k = 0; k < 7; k++)
 			if (strlen(cell[i][k]) > w[k])
 				w[k] = strlen(cell[i][k]);
 	}
-	printf("%-*s  %*s  %-*s  %*s  %*s  %s\n", (int)w[0], head[0], (int)w[1], head[1], (int)w[2],
-	       head[2], (int)w[3], head[3], (int)w[4], head[4], head[5]);
+	printf("%-*s  %*s  %-*s  %*s  %*s  %-*s  %s\n", (int)w[0], head[0], (int)w[1], head[1],
+	       (int)w[2], head[2], (int)w[3], head[3], (int)w[4], head[4], (int)w[5], head[5],
+	       head[6]);
 	for (i = 0; i < b->nrows; i++)
-		printf("%-*s  %*s  %-*s  %*s  %*s  %s\n", (int)w[0], cell[i][0], (int)w[1],
+		printf("%-*s  %*s  %-*s  %*s  %*s  %-*s  %s\n", (int)w[0], cell[i][0], (int)w[1],
 		       cell[i][1], (int)w[2], cell[i][2], (int)w[3], cell[i][3], (int)w[4],
-		       cell[i][4], cell[i][5]);
+		       cell[i][4], (int)w[5], cell[i][5], cell[i][6]);
 }
 
 /* ---------------------------------------------------------------------------
@@ -1134,7 +1752,12 @@ static void bench_usage(FILE *f)
 		   "  Measures each figure beside its floor in the same run and prints the ratio\n"
 		   "  of their times: CPU fault-back vs a raw userfaultfd round trip, sweeps over\n"
 		   "  device-resident memory vs the kernel's first-touch fault, bulk migration vs\n"
-		   "  memcpy, 2 toucher threads vs 1, the demo workload vs explicit copies.\n"
+		   "  memcpy, 2 toucher threads vs 1, the demo workload vs explicit copies, a\n"
+		   "  device kernel copy vs memcpy; signal-mode fault-back vs a raw SIGBUS handler\n"
+		   "  (and thread mode vs the raw round trip in a signal-mode run), random touches\n"
+		   "  with the default fault window vs a window of 1 page, and the demo's stencil\n"
+		   "  with device memory half the working set (LRU, FIFO, LRU + prefetch) vs\n"
+		   "  explicit copies. Rows name the fault mode they ran in.\n"
 		   "  --size MiB  memory per figure (default 256; 32 with --quick)\n"
 		   "  --quick     small sizes, fewer repetitions and samples: a few seconds\n"
 		   "  --json      one JSON object per row, after a header object\n"
@@ -1197,7 +1820,7 @@ int cmd_bench(int argc, char **argv)
 	b.reps = quick ? 3 : 5;
 	b.samples = quick ? 900 : 5000;
 	b.progress = isatty(STDERR_FILENO);
-	b.nsteps = 5;
+	b.nsteps = 12;
 
 	/*
 	 * On a VM, a wake-up that crosses to a halted vCPU costs tens of
@@ -1236,8 +1859,8 @@ int cmd_bench(int argc, char **argv)
 	}
 	b.kernel_faults = uhmm_features(b.h) & UHMM_FEAT_KERNEL_FAULTS;
 	b.mode = uhmm_fault_mode(b.h) == UHMM_FAULT_SIGNAL ? "signal" : "thread";
-	/* Room for every page of a figure, and the one page of the latency figure. */
-	UHMM_OPTS(uhmm_sim_opts, so, .npages = b.npages + 64, .name = "bench");
+	/* Room for the two buffers of the device kernel figure, and the latency figure's page. */
+	UHMM_OPTS(uhmm_sim_opts, so, .npages = 2 * b.npages + 64, .name = "bench");
 	ret = uhmm_sim_create(b.h, &so, &b.sim);
 	if (ret) {
 		fprintf(stderr, "uhmm bench: sim device of %lu MiB: %s\n", b.mib,
@@ -1248,16 +1871,19 @@ int cmd_bench(int argc, char **argv)
 	}
 	b.dm = uhmm_sim_devmem(b.sim);
 
+	b.run = (struct target){ .h = b.h, .sim = b.sim, .dm = b.dm, .mode = b.mode };
+
 	print_header(&b);
 	fflush(stdout);
-	bench_latency(&b);
+	bench_latency(&b, &b.run, false, "fault_latency_median", "fault_latency_p99");
 	bench_sweeps(&b);
 	bench_bulk(&b);
-	bench_threads(&b);
+	bench_threads(&b, &b.run, "fault_back_2_threads");
 	bench_demo(&b);
-	row_add(&b, "device_kernel_stream", "device kernel streaming, device-resident", "GB/s",
-		"memcpy")
-		->na = "needs device kernels";
+	bench_kernel(&b);
+	bench_other_mode(&b);
+	bench_window(&b);
+	bench_oversub(&b);
 	if (b.progress)
 		fprintf(stderr, "\r\033[K");
 	print_rows(&b);
