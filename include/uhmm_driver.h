@@ -288,6 +288,16 @@ UHMM_API extern const struct uhmm_evict_policy uhmm_evict_fifo;
  */
 UHMM_API int uhmm_devmem_set_evict(struct uhmm_devmem *dm, const struct uhmm_evict_policy *policy);
 
+/**
+ * uhmm_devmem_make_room() - with an eviction policy (uhmm_devmem_set_evict),
+ * send the policy's victims home until @npages pages are free, as a
+ * migration to a full region does; for drivers that migrate with
+ * uhmm_migrate_setup() themselves (device faults). Best effort; holding no
+ * page lock and not in a notifier callback.
+ * Return: the pages free afterwards, or -EINVAL (NULL region).
+ */
+UHMM_API long uhmm_devmem_make_room(struct uhmm_devmem *dm, unsigned long npages);
+
 /** uhmm_page_get() - take a reference on an in-use page. */
 UHMM_API void uhmm_page_get(struct uhmm_page *page);
 
@@ -358,8 +368,11 @@ struct uhmm_migrate {
  *
  * Then, for each collected page, the driver sets dst[i]: a device page it
  * allocated and filled (uhmm_migrate_dst_device(page)), or, to bring a device
- * page home, UHMM_MIGRATE_VALID after copying into uhmm_migrate_sysbuf(args, i),
- * or 0 to leave the page where it was.
+ * page home, UHMM_MIGRATE_VALID after copying into uhmm_migrate_sysbuf(args, i)
+ * (or UHMM_MIGRATE_VALID | addr, where addr is page-aligned memory the CPU can
+ * read that holds the page's data, such as device memory mapped into the
+ * process: it is installed from there, one copy fewer), or 0 to leave the
+ * page where it was.
  *
  * Return: 0, or
  * -EINVAL     NULL args/arrays/handle, unaligned or empty range, more than

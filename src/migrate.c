@@ -316,6 +316,17 @@ static bool to_system(const struct uhmm_migrate *a, unsigned long i)
 	       !(s & S_DONE) && (d & UHMM_MIGRATE_VALID) && !(d & UHMM_MIGRATE_DEVICE);
 }
 
+/*
+ * Where page i's data comes home from: the address the driver gave in dst[i]
+ * (device memory the CPU can read), or the system buffer it copied into.
+ */
+static uintptr_t home_src(const struct uhmm_migrate *a, unsigned long i)
+{
+	uintptr_t d = (uintptr_t)(a->dst[i] & ~UHMM_MIGRATE_FLAGS_MASK);
+
+	return d ? d : (uintptr_t)uhmm_migrate_sysbuf(a, i);
+}
+
 /* The device page of page i is dead and its data is home (or gone with its mapping). */
 static void commit_system(struct uhmm_migrate *a, unsigned long i)
 {
@@ -381,12 +392,16 @@ void uhmm_migrate_pages(struct uhmm_migrate *a)
 		 * wake the touchers, so that a woken toucher finds the page's
 		 * state and its device page's release already done.
 		 */
-		for (j = i; j < n && to_system(a, j); j++)
+		uintptr_t from = home_src(a, i);
+
+		for (j = i + 1; j < n && to_system(a, j) &&
+				home_src(a, j) == from + ((j - i) << PAGE_SHIFT);
+		     j++)
 			;
 		uintptr_t s0 = page_addr(a, i);
 		size_t done;
-		int ret = uhmm__uffd_copy_n(a->h->uffd, s0, uhmm_migrate_sysbuf(a, i),
-					    (j - i) << PAGE_SHIFT, false, &done);
+		int ret = uhmm__uffd_copy_n(a->h->uffd, s0, (const void *)from, (j - i) << PAGE_SHIFT,
+					    false, &done);
 
 		/*
 		 * What was installed is home. The rest stays on the device: on

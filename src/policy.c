@@ -426,3 +426,11 @@ void uhmm__prefetch_drain(struct uhmm *h)
 		pthread_cond_wait(&pf->cond, &pf->lock);
 	pthread_mutex_unlock(&pf->lock);
 }
+
+long uhmm_devmem_make_room(struct uhmm_devmem *dm, unsigned long npages)
+{
+	if (!dm)
+		return -EINVAL;
+	uhmm__evict(dm, npages);
+	return (long)(dm->npages - (unsigned long)atomic_load(&dm->in_use));
+}

@@ -88,12 +88,11 @@ static bool event_may_explain(void)
 
 /*
  * A fault at an address no range covers, with no event in hand. The kernel
- * holds fills back (EAGAIN) from before an mremap moves page tables until
- * its event is read: EAGAIN means an event is on its way, so wait for it to
- * be handled and look again. A fill that succeeds filled a registered hole
- * uhmm does not track (the grown tail of an mremap): zeros, as the kernel
- * would. Any other answer: the address is not registered, the SIGBUS is
- * not ours.
+ * holds userfaultfd operations back (EAGAIN) from before an mremap moves
+ * page tables until its event is read: EAGAIN means an event is on its way,
+ * so wait for it to be handled and look again. The probe changes nothing
+ * (un-write-protecting a range not registered for write-protection), so
+ * memory another userfaultfd serves is left alone: its SIGBUS goes on.
  */
 static int unknown_fill(uintptr_t addr, bool write)
 {
@@ -101,12 +100,13 @@ static int unknown_fill(uintptr_t addr, bool write)
 		struct uhmm *h = atomic_load(&handles[i]);
 
 		for (int spins = 0; h && spins < 100000; spins++) {
-			struct uffdio_zeropage z = { .range = { .start = addr, .len = PAGE_SIZE } };
+			struct uffdio_writeprotect p = {
+				.range = { .start = addr, .len = PAGE_SIZE },
+				.mode = 0,
+			};
 			int ret;
 
-			if (!ioctl(h->uffd, UFFDIO_ZEROPAGE, &z) || errno == EEXIST)
-				return 0;
-			if (errno != EAGAIN)
+			if (!ioctl(h->uffd, UFFDIO_WRITEPROTECT, &p) || errno != EAGAIN)
 				break;
 			uhmm__events_settle(h);
 			sched_yield();

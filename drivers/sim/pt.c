@@ -384,8 +384,11 @@ static bool install_locked(struct uhmm_sim_ctx *ctx, uintptr_t s, const uint64_t
 
 		if (!(o & UHMM_PFN_VALID))
 			continue;
-		if (page && page->devmem == sim->dm)
+		if (page && page->devmem == sim->dm) {
+			/* The device uses the page now: recency for LRU eviction. */
+			uhmm_page_mark_accessed(page);
 			nv = PTE_P | PTE_L | ((uint64_t)page->pfn << PTE_PFN_SHIFT);
+		}
 		else if (!page && !local_only)
 			nv = PTE_P;
 		else
@@ -456,11 +459,14 @@ static unsigned long migrate_window(struct uhmm_sim *sim, const struct fill *f, 
 	unsigned long i = 0, j, total = 0, lo = 0, hi = f->n;
 	UHMM_OPTS(uhmm_devmem_stats, st);
 
+	if (f->req_page >= 0)
+		window_run(f, pfns, &lo, &hi);
+	/* With an eviction policy, a full device makes room (oversubscription). */
+	if (sim->dm)
+		uhmm_devmem_make_room(sim->dm, hi - lo);
 	/* A full device: trying would take the pages and put them back, for nothing. */
 	if (!sim->dm || uhmm_devmem_stats(sim->dm, &st) || st.in_use >= st.npages)
 		return 0;
-	if (f->req_page >= 0)
-		window_run(f, pfns, &lo, &hi);
 	i = lo;
 	while (i < hi) {
 		uint64_t o = pfns[i];
