@@ -4,21 +4,6 @@
 
 #define NP 64
 
-static void fill(char *buf, size_t npages, unsigned seed)
-{
-	for (size_t i = 0; i < npages * PAGE; i += 8)
-		*(uint64_t *)(buf + i) = (i * 0x9e3779b97f4a7c15ULL) ^ seed;
-}
-
-/* 0 when [0, npages) of buf holds fill(seed), else the first bad page + 1. */
-static size_t bad_page(const char *buf, size_t npages, unsigned seed)
-{
-	for (size_t i = 0; i < npages * PAGE; i += 8)
-		if (*(const uint64_t *)(buf + i) != ((i * 0x9e3779b97f4a7c15ULL) ^ seed))
-			return i / PAGE + 1;
-	return 0;
-}
-
 struct fx {
 	struct uhmm *h;
 	struct uhmm_sim *sim;
@@ -35,7 +20,7 @@ static void fx_setup(struct fx *f, enum uhmm_fault_mode mode)
 	f->sim = uhmm_test_sim(f->h, 2 * NP);
 	CHECK_EQ(uhmm_alloc(f->h, NP * PAGE, &p), 0);
 	f->buf = p;
-	fill(f->buf, NP, 1);
+	pattern_fill(f->buf, (NP) * PAGE, 1);
 	CHECK_EQ(uhmm_migrate_to_device(uhmm_sim_devmem(f->sim), f->buf, NP * PAGE), NP);
 }
 
@@ -49,7 +34,7 @@ static void fx_teardown(struct fx *f)
 /* Child: check fork-time data, then exit 0, or with the bad page number. */
 static void child_checks(struct fx *f)
 {
-	size_t bad = bad_page(f->buf, NP, 1);
+	size_t bad = pattern_bad_page(f->buf, NP, 1);
 
 	_exit(bad ? (int)(bad > 250 ? 250 : bad) : 0);
 }
@@ -69,7 +54,7 @@ TEST(child_reads_device_pages_the_parent_keeps_on_the_device)
 	CHECK_EXITED(st, 0);
 	/* Served from the device pages: the parent's stay where they were. */
 	CHECK_EQ(count_state(f.h, f.buf, NP, UHMM_PAGE_DEVICE), NP);
-	CHECK_EQ(bad_page(f.buf, NP, 1), 0);
+	CHECK_EQ(pattern_bad_page(f.buf, NP, 1), 0);
 	fx_teardown(&f);
 }
 
@@ -89,22 +74,22 @@ TEST(parent_and_child_do_not_see_each_others_writes)
 		/* Wait until the parent has written its copy, then check ours, then write. */
 		if (read(go[0], &c, 1) != 1)
 			_exit(100);
-		if (bad_page(f.buf, NP, 1))
+		if (pattern_bad_page(f.buf, NP, 1))
 			_exit(101);
-		fill(f.buf, NP, 3);
+		pattern_fill(f.buf, (NP) * PAGE, 3);
 		if (write(done[1], &c, 1) != 1)
 			_exit(102);
 		if (read(go[0], &c, 1) != 1)
 			_exit(103);
-		_exit(bad_page(f.buf, NP, 3) ? 104 : 0);
+		_exit(pattern_bad_page(f.buf, NP, 3) ? 104 : 0);
 	}
 	/* The parent writes (its pages come home), migrates them away again. */
-	fill(f.buf, NP, 2);
+	pattern_fill(f.buf, (NP) * PAGE, 2);
 	CHECK_EQ(uhmm_migrate_to_device(uhmm_sim_devmem(f.sim), f.buf, NP * PAGE), NP);
 	CHECK_EQ(write(go[1], &c, 1), 1);
 	CHECK_EQ(read(done[0], &c, 1), 1);
 	/* The child's writes are its own. */
-	CHECK_EQ(bad_page(f.buf, NP, 2), 0);
+	CHECK_EQ(pattern_bad_page(f.buf, NP, 2), 0);
 	CHECK_EQ(write(go[1], &c, 1), 1);
 	CHECK_EQ(waitpid(pid, &st, 0), pid);
 	CHECK_EXITED(st, 0);
@@ -130,7 +115,7 @@ TEST(a_childs_exit_releases_what_it_held)
 	WAIT_FOR(dmstats(uhmm_sim_devmem(f.sim)).in_use == 0);
 	d = dmstats(uhmm_sim_devmem(f.sim));
 	CHECK_EQ(d.resident, 0);
-	CHECK_EQ(bad_page(f.buf, NP, 1), 0);
+	CHECK_EQ(pattern_bad_page(f.buf, NP, 1), 0);
 	fx_teardown(&f);
 }
 
@@ -148,16 +133,16 @@ TEST(grandchildren_are_served_too)
 		pid_t g;
 
 		/* Half the pages in the child first, the rest only in the grandchild. */
-		if (bad_page(f.buf, NP / 2, 1))
+		if (pattern_bad_page(f.buf, NP / 2, 1))
 			_exit(110);
 		g = fork();
 		if (g < 0)
 			_exit(111);
 		if (!g)
-			_exit(bad_page(f.buf, NP, 1) ? 112 : 0);
+			_exit(pattern_bad_page(f.buf, NP, 1) ? 112 : 0);
 		if (waitpid(g, &gst, 0) != g || !WIFEXITED(gst))
 			_exit(113);
-		_exit(WEXITSTATUS(gst) ? WEXITSTATUS(gst) : bad_page(f.buf, NP, 1) ? 114 : 0);
+		_exit(WEXITSTATUS(gst) ? WEXITSTATUS(gst) : pattern_bad_page(f.buf, NP, 1) ? 114 : 0);
 	}
 	CHECK_EQ(waitpid(pid, &st, 0), pid);
 	CHECK_EXITED(st, 0);
@@ -178,14 +163,14 @@ TEST(removing_the_device_hands_children_their_pages)
 	if (!pid) {
 		if (read(go[0], &c, 1) != 1)
 			_exit(120);
-		_exit(bad_page(f.buf, NP, 1) ? 121 : 0);
+		_exit(pattern_bad_page(f.buf, NP, 1) ? 121 : 0);
 	}
 	/* Hot-remove while the child still holds device pages it never touched. */
 	CHECK_EQ(uhmm_sim_destroy(f.sim), 0);
 	CHECK_EQ(write(go[1], &c, 1), 1);
 	CHECK_EQ(waitpid(pid, &st, 0), pid);
 	CHECK_EXITED(st, 0);
-	CHECK_EQ(bad_page(f.buf, NP, 1), 0);
+	CHECK_EQ(pattern_bad_page(f.buf, NP, 1), 0);
 	uhmm_close(f.h);
 }
 
@@ -228,6 +213,6 @@ TEST(signal_mode_brings_pages_home_before_fork)
 	CHECK_EQ(count_state(f.h, f.buf, NP, UHMM_PAGE_DEVICE), 0);
 	/* And they may leave again: shared pages are made exclusive first. */
 	CHECK_EQ(uhmm_migrate_to_device(uhmm_sim_devmem(f.sim), f.buf, NP * PAGE), NP);
-	CHECK_EQ(bad_page(f.buf, NP, 1), 0);
+	CHECK_EQ(pattern_bad_page(f.buf, NP, 1), 0);
 	fx_teardown(&f);
 }

@@ -581,6 +581,25 @@ static inline void pattern_page(void *out, size_t idx, uint64_t seed)
 				  PAGE);                                              \
 	} while (0)
 
+/* Check pages [0, npages) of base against pattern_fill(base, ..., seed). */
+#define CHECK_PATTERN_PAGES(base, npages, seed)                                       \
+	do {                                                                          \
+		for (size_t harness_p_ = 0; harness_p_ < (size_t)(npages); harness_p_++) \
+			CHECK_PATTERN_PAGE(base, harness_p_, seed);                   \
+	} while (0)
+
+/* For forked children that report by exit status: the first page of [0, npages) not
+ * holding the pattern, plus one; 0 when all do. */
+static inline size_t pattern_bad_page(const void *base, size_t npages, uint64_t seed)
+{
+	const uint64_t *w = base;
+
+	for (size_t i = 0; i < npages * PAGE / 8; i++)
+		if (w[i] != pattern_word(i * 8, seed))
+			return i * 8 / PAGE + 1;
+	return 0;
+}
+
 static inline int page_is_zero(const void *p)
 {
 	const uint64_t *w = p;

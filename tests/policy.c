@@ -3,19 +3,6 @@
 
 #define DEVPAGES 64
 
-static void fill(char *buf, size_t npages, unsigned seed)
-{
-	for (size_t i = 0; i < npages * PAGE; i += 8)
-		*(uint64_t *)(buf + i) = (i * 0x9e3779b97f4a7c15ULL) ^ seed;
-}
-
-static void check_fill(const char *buf, size_t npages, unsigned seed)
-{
-	for (size_t i = 0; i < npages * PAGE; i += 8)
-		if (*(const uint64_t *)(buf + i) != ((i * 0x9e3779b97f4a7c15ULL) ^ seed))
-			CHECK_EQ(*(const uint64_t *)(buf + i), (i * 0x9e3779b97f4a7c15ULL) ^ seed);
-}
-
 static size_t count_device(struct uhmm *h, const char *buf, size_t npages)
 {
 	size_t n = 0;
@@ -34,7 +21,7 @@ TEST(prefetch_to_device_and_back_counts)
 	void *p;
 
 	CHECK_EQ(uhmm_alloc(h, 32 * PAGE, &p), 0);
-	fill(p, 32, 1);
+	pattern_fill(p, (32) * PAGE, 1);
 	CHECK_EQ(uhmm_prefetch(h, p, 32 * PAGE, dm), 32);
 	CHECK_EQ(count_device(h, p, 32), 32);
 	d = dmstats(dm);
@@ -46,7 +33,7 @@ TEST(prefetch_to_device_and_back_counts)
 	d = dmstats(dm);
 	CHECK_EQ(d.pages_from, 32);
 	CHECK_EQ(d.faults, 0);
-	check_fill(p, 32, 1);
+	CHECK_PATTERN_PAGES(p, 32, 1);
 	CHECK_EQ(uhmm_prefetch(NULL, p, 32 * PAGE, dm), -EINVAL);
 	CHECK_EQ(uhmm_sim_destroy(sim), 0);
 	uhmm_close(h);
@@ -63,7 +50,7 @@ TEST(async_prefetches_run_in_order_and_report)
 
 	CHECK_EQ(uhmm_alloc(h, 16 * PAGE, &p), 0);
 	buf = p;
-	fill(buf, 16, 2);
+	pattern_fill(buf, (16) * PAGE, 2);
 	CHECK_EQ(uhmm_prefetch_wait(h, 1), -EINVAL); /* nothing issued yet */
 	CHECK_EQ(uhmm_prefetch_async(h, buf, 16 * PAGE, dm, &t1), 0);
 	CHECK_EQ(uhmm_prefetch_async(h, buf, 8 * PAGE, NULL, &t2), 0);
@@ -73,11 +60,11 @@ TEST(async_prefetches_run_in_order_and_report)
 	CHECK_EQ(uhmm_prefetch_wait(h, t1), 16);
 	CHECK_EQ(uhmm_prefetch_wait(h, t2 + 1), -EINVAL);
 	CHECK_EQ(count_device(h, buf, 16), 8);
-	check_fill(buf, 16, 2);
+	CHECK_PATTERN_PAGES(buf, 16, 2);
 	/* Close with prefetches queued: they run, nothing is lost. */
 	CHECK_EQ(uhmm_prefetch_async(h, buf, 16 * PAGE, dm, &t3), 0);
 	CHECK_EQ(uhmm_sim_destroy(sim), 0);
-	check_fill(buf, 16, 2);
+	CHECK_PATTERN_PAGES(buf, 16, 2);
 	uhmm_close(h);
 }
 
@@ -91,11 +78,11 @@ TEST(full_device_without_policy_stops_with_enomem)
 
 	CHECK_EQ(uhmm_alloc(h, 2 * DEVPAGES * PAGE, &p), 0);
 	buf = p;
-	fill(buf, 2 * DEVPAGES, 3);
+	pattern_fill(buf, (2 * DEVPAGES) * PAGE, 3);
 	CHECK_EQ(uhmm_migrate_to_device(dm, buf, 2 * DEVPAGES * PAGE), DEVPAGES);
 	CHECK_EQ(uhmm_migrate_to_device(dm, buf + DEVPAGES * PAGE, DEVPAGES * PAGE), -ENOMEM);
 	CHECK_EQ(dmstats(dm).evictions, 0);
-	check_fill(buf, 2 * DEVPAGES, 3);
+	CHECK_PATTERN_PAGES(buf, 2 * DEVPAGES, 3);
 	CHECK_EQ(uhmm_sim_destroy(sim), 0);
 	uhmm_close(h);
 }
@@ -113,7 +100,7 @@ static void evict_order(const struct uhmm_evict_policy *pol, bool lru)
 	CHECK_EQ(uhmm_devmem_set_evict(dm, pol), 0);
 	CHECK_EQ(uhmm_alloc(h, (DEVPAGES + half) * PAGE, &p), 0);
 	buf = p;
-	fill(buf, DEVPAGES + half, 4);
+	pattern_fill(buf, (DEVPAGES + half) * PAGE, 4);
 	/* Two batches fill the device: first A = [0, half), then B = [half, DEVPAGES). */
 	CHECK_EQ(uhmm_migrate_to_device(dm, buf, half * PAGE), (long long)half);
 	CHECK_EQ(uhmm_migrate_to_device(dm, buf + half * PAGE, half * PAGE), (long long)half);
@@ -136,7 +123,7 @@ static void evict_order(const struct uhmm_evict_policy *pol, bool lru)
 		CHECK_EQ(count_device(h, buf, half), 0);
 		CHECK_EQ(count_device(h, buf + half * PAGE, half), half);
 	}
-	check_fill(buf, DEVPAGES + half, 4);
+	CHECK_PATTERN_PAGES(buf, DEVPAGES + half, 4);
 	CHECK_EQ(uhmm_sim_destroy(sim), 0);
 	uhmm_close(h);
 }
@@ -166,13 +153,13 @@ TEST(working_set_twice_the_device_runs_with_correct_data)
 		CHECK_EQ(uhmm_devmem_set_evict(dm, pols[k]), 0);
 		CHECK_EQ(uhmm_alloc(h, n * PAGE, &p), 0);
 		buf = p;
-		fill(buf, n, 5);
+		pattern_fill(buf, (n) * PAGE, 5);
 		/* Rounds over the whole set, 16 pages at a time to the device, then a CPU pass. */
 		for (int r = 0; r < 4; r++) {
 			for (size_t i = 0; i < n; i += 16)
 				CHECK_EQ(uhmm_migrate_to_device(dm, buf + i * PAGE, 16 * PAGE), 16);
 			CHECK_EQ(count_device(h, buf, n), DEVPAGES);
-			check_fill(buf, n, 5);
+			CHECK_PATTERN_PAGES(buf, n, 5);
 			for (size_t i = 0; i < n; i++)
 				buf[i * PAGE + 100] ^= 0; /* a write per page, data unchanged */
 		}
@@ -212,11 +199,11 @@ TEST(bouncing_pages_get_pinned_then_released)
 	CHECK_EQ(uhmm_set_thrash(h, &t), 0);
 	CHECK_EQ(uhmm_alloc(h, 4 * PAGE, &p), 0);
 	buf = p;
-	fill(buf, 4, 6);
+	pattern_fill(buf, (4) * PAGE, 6);
 	/* Three quick round trips (to the device, a CPU touch brings it home). */
 	for (int r = 0; r < 3; r++) {
 		CHECK_EQ(uhmm_migrate_to_device(dm, buf, PAGE), 1);
-		CHECK_EQ(buf[0], 6); /* a CPU fault brings it home */
+		CHECK_EQ(*(uint64_t *)buf, pattern_word(0, 6)); /* a CPU fault brings it home */
 	}
 	CHECK_EQ(dmstats(dm).thrash_events, 1);
 	/* Pinned: a migration leaves it on the CPU; its neighbour still moves. */
@@ -226,7 +213,7 @@ TEST(bouncing_pages_get_pinned_then_released)
 	/* After the pin time it may move again. */
 	usleep(400 * 1000);
 	CHECK_EQ(uhmm_migrate_to_device(dm, buf, PAGE), 1);
-	check_fill(buf, 4, 6);
+	CHECK_PATTERN_PAGES(buf, 4, 6);
 	CHECK_EQ(uhmm_sim_destroy(sim), 0);
 	uhmm_close(h);
 }

@@ -23,20 +23,6 @@ static struct uhmm *open_signal(void)
 	return h;
 }
 
-static void fill(char *buf, size_t len, unsigned seed)
-{
-	for (size_t i = 0; i < len; i += 8)
-		*(uint64_t *)(buf + i) = (i * 0x9e3779b97f4a7c15ULL) ^ seed;
-}
-
-/* Check bytes [off, off + len) of a buffer filled by fill(buf, ..., seed). */
-static void check_fill(const char *buf, size_t off, size_t len, unsigned seed)
-{
-	for (size_t i = off; i < off + len; i += 8)
-		if (*(const uint64_t *)(buf + i) != ((i * 0x9e3779b97f4a7c15ULL) ^ seed))
-			CHECK_EQ(*(const uint64_t *)(buf + i), (i * 0x9e3779b97f4a7c15ULL) ^ seed);
-}
-
 TEST(auto_mode_follows_privilege)
 {
 	struct uhmm *h;
@@ -75,12 +61,12 @@ TEST(data_comes_home_in_the_toucher)
 
 	CHECK_EQ(uhmm_alloc(h, NPAGES * PAGE, &p), 0);
 	buf = p;
-	fill(buf, NPAGES * PAGE, 1);
+	pattern_fill(buf, NPAGES * PAGE, 1);
 	CHECK_EQ(uhmm_migrate_to_device(uhmm_sim_devmem(sim), buf, NPAGES * PAGE), NPAGES);
 	s0 = hstats(h);
 	/* Reads in reverse, then writes land on pages that came home. */
 	for (size_t i = NPAGES; i-- > 0;)
-		check_fill(buf, i * PAGE, PAGE, 1);
+		CHECK_PATTERN_PAGE(buf, i, 1);
 	s = hstats(h);
 	CHECK_EQ(s.faults_device - s0.faults_device, NPAGES);
 	CHECK_EQ(s.pages_home - s0.pages_home, NPAGES);
@@ -131,7 +117,7 @@ TEST(poison_reaches_the_handler_installed_before_open)
 	sim = uhmm_test_sim(h, NPAGES);
 	CHECK_EQ(uhmm_alloc(h, NPAGES * PAGE, &p), 0);
 	buf = p;
-	fill(buf, NPAGES * PAGE, 2);
+	pattern_fill(buf, NPAGES * PAGE, 2);
 	CHECK_EQ(uhmm_migrate_to_device(uhmm_sim_devmem(sim), buf, NPAGES * PAGE), NPAGES);
 	CHECK_EQ(uhmm_sim_fail_page(sim, buf + 7 * PAGE), 0);
 	if (!sigsetjmp(app_jmp, 1)) {
@@ -144,7 +130,7 @@ TEST(poison_reaches_the_handler_installed_before_open)
 	/* Every other page still comes home with its data, through uhmm's handler. */
 	for (size_t i = 0; i < NPAGES; i++)
 		if (i != 7)
-			check_fill(buf, i * PAGE, PAGE, 2);
+			CHECK_PATTERN_PAGE(buf, i, 2);
 	CHECK_EQ(app_calls, 1);
 	/* Discarding the poisoned page makes it usable again. */
 	CHECK_EQ(madvise(buf + 7 * PAGE, PAGE, MADV_DONTNEED), 0);
@@ -172,7 +158,7 @@ TEST(handler_installed_after_open_calls_uhmm_first)
 	install_app_handler(chaining_handler);
 	CHECK_EQ(uhmm_alloc(h, NPAGES * PAGE, &p), 0);
 	buf = p;
-	fill(buf, NPAGES * PAGE, 3);
+	pattern_fill(buf, NPAGES * PAGE, 3);
 	CHECK_EQ(uhmm_migrate_to_device(uhmm_sim_devmem(sim), buf, NPAGES * PAGE), NPAGES);
 	CHECK_EQ(uhmm_sim_kill(sim), 0);
 	if (!sigsetjmp(app_jmp, 1)) {
@@ -252,7 +238,7 @@ TEST(system_call_into_device_memory_gets_efault)
 
 	CHECK_EQ(uhmm_alloc(h, NPAGES * PAGE, &p), 0);
 	buf = p;
-	fill(buf, NPAGES * PAGE, 4);
+	pattern_fill(buf, NPAGES * PAGE, 4);
 	CHECK_EQ(uhmm_migrate_to_device(uhmm_sim_devmem(sim), buf, NPAGES * PAGE), NPAGES);
 	CHECK_EQ(pipe(fds), 0);
 	memset(msg, 'x', sizeof(msg));
@@ -261,7 +247,7 @@ TEST(system_call_into_device_memory_gets_efault)
 	CHECK_EQ(read(fds[0], buf + PAGE, sizeof(msg)), -1);
 	CHECK_EQ(errno, EFAULT);
 	/* The data is intact and comes home on a user-mode touch. */
-	check_fill(buf, 0, NPAGES * PAGE, 4);
+	CHECK_PATTERN_PAGES(buf, NPAGES, 4);
 	close(fds[0]);
 	close(fds[1]);
 	CHECK_EQ(uhmm_sim_destroy(sim), 0);
@@ -281,7 +267,7 @@ static void *touch_loop(void *arg)
 
 	for (int r = 0; r < t->rounds; r++)
 		for (size_t i = t->first; i < t->first + t->n; i++)
-			check_fill(t->buf, i * PAGE, PAGE, t->seed);
+			CHECK_PATTERN_PAGE(t->buf, i, t->seed);
 	return NULL;
 }
 
@@ -297,7 +283,7 @@ TEST(two_touchers_serve_themselves_while_migrations_run)
 
 	CHECK_EQ(uhmm_alloc(h, 4 * NPAGES * PAGE, &p), 0);
 	buf = p;
-	fill(buf, 4 * NPAGES * PAGE, 5);
+	pattern_fill(buf, 4 * NPAGES * PAGE, 5);
 	for (int i = 0; i < 2; i++) {
 		t[i] = (struct toucher){ buf, (size_t)i * 2 * NPAGES, 2 * NPAGES, 5, 50 };
 		CHECK_EQ(pthread_create(&tid[i], NULL, touch_loop, &t[i]), 0);
@@ -308,7 +294,7 @@ TEST(two_touchers_serve_themselves_while_migrations_run)
 	}
 	for (int i = 0; i < 2; i++)
 		CHECK_EQ(pthread_join(tid[i], NULL), 0);
-	check_fill(buf, 0, 4 * NPAGES * PAGE, 5);
+	CHECK_PATTERN_PAGES(buf, 4 * NPAGES, 5);
 	CHECK_EQ(uhmm_sim_destroy(sim), 0);
 	uhmm_close(h);
 }
@@ -326,13 +312,13 @@ TEST(mremap_keeps_data_in_signal_mode)
 	dst = buf + NPAGES * PAGE;
 	CHECK(mmap(dst, NPAGES * PAGE, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) ==
 	      dst);
-	fill(buf, NPAGES * PAGE, 6);
+	pattern_fill(buf, NPAGES * PAGE, 6);
 	CHECK_EQ(uhmm_manage(h, buf, NPAGES * PAGE), 0);
 	CHECK_EQ(uhmm_migrate_to_device(uhmm_sim_devmem(sim), buf, NPAGES * PAGE), NPAGES);
 	moved = mremap(buf, NPAGES * PAGE, NPAGES * PAGE, MREMAP_MAYMOVE | MREMAP_FIXED, dst);
 	CHECK(moved == dst);
 	/* Touched at once: the remap event may still be in the service thread's hands. */
-	check_fill(moved, 0, NPAGES * PAGE, 6);
+	CHECK_PATTERN_PAGES(moved, NPAGES, 6);
 	CHECK_EQ(uhmm_unmanage(h, moved, NPAGES * PAGE), 0);
 	munmap(moved, NPAGES * PAGE);
 	CHECK_EQ(uhmm_sim_destroy(sim), 0);
