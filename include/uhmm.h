@@ -316,6 +316,64 @@ UHMM_API int uhmm_prefetch_async(struct uhmm *h, void *addr, size_t len,
  */
 UHMM_API int uhmm_prefetch_wait(struct uhmm *h, uint64_t ticket);
 
+/* Advice, CUDA's cudaMemAdvise vocabulary (uhmm_advise). */
+enum uhmm_advice {
+	UHMM_ADVISE_SET_PREFERRED_LOCATION = 1, /* @device, or NULL for system memory */
+	UHMM_ADVISE_UNSET_PREFERRED_LOCATION,
+	UHMM_ADVISE_SET_ACCESSED_BY,            /* @device keeps a mapping, no migration */
+	UHMM_ADVISE_UNSET_ACCESSED_BY,
+	UHMM_ADVISE_SET_READ_MOSTLY,            /* reads do not move pages */
+	UHMM_ADVISE_UNSET_READ_MOSTLY,
+};
+
+/**
+ * uhmm_advise() - tell uhmm and the devices how a range will be used.
+ * @h: the handle. @addr, @len: a page-aligned range (need not be managed yet).
+ * @advice: an enum uhmm_advice. @device: the device memory the advice names
+ * (PREFERRED_LOCATION: NULL means system memory; ACCESSED_BY: required).
+ *
+ * The semantics CUDA documents, as far as a device that cannot be addressed
+ * by the CPU allows:
+ * PREFERRED_LOCATION: faults migrate pages toward it; other processors map
+ *   rather than move where they can (a device maps system pages in place).
+ *   The CPU cannot map device memory: its touch of a device page always
+ *   brings it home.
+ * ACCESSED_BY: the device's faults on the range map system pages in place
+ *   instead of migrating them (its mapping stays established across CPU use).
+ * READ_MOSTLY: a device read maps the CPU's page in place (the CPU keeps it;
+ *   no copy moves); a write migrates as usual. (Separate device copies kept
+ *   coherent by write-protection are not implemented: the sim device reads
+ *   system memory directly, which gives the same effect without copies.)
+ * Later advice for the same kind and range replaces earlier; UNSET removes it.
+ * Drivers read it with uhmm_advice_get().
+ * Return: 0, or -EINVAL (bad range, unknown advice, ACCESSED_BY without a
+ * device, a device of another handle), -ENOMEM, -ESHUTDOWN.
+ */
+UHMM_API int uhmm_advise(struct uhmm *h, void *addr, size_t len, enum uhmm_advice advice,
+			 struct uhmm_devmem *device);
+
+/*
+ * struct uhmm_advice_info - the advice in force at one address.
+ * @preferred:    UHMM_PREFER_NONE, UHMM_PREFER_CPU or UHMM_PREFER_DEVICE.
+ * @preferred_device: with UHMM_PREFER_DEVICE, which.
+ * @accessed_by:  whether the device asked about (uhmm_advice_get's @device) has ACCESSED_BY.
+ * @read_mostly:  READ_MOSTLY is set.
+ */
+enum { UHMM_PREFER_NONE = 0, UHMM_PREFER_CPU = 1, UHMM_PREFER_DEVICE = 2 };
+struct uhmm_advice_info {
+	int preferred;
+	struct uhmm_devmem *preferred_device;
+	int accessed_by;
+	int read_mostly;
+};
+
+/**
+ * uhmm_advice_get() - the advice at @addr, as @device sees it.
+ * Return: 0, or -EINVAL (NULL argument).
+ */
+UHMM_API int uhmm_advice_get(struct uhmm *h, const void *addr, struct uhmm_devmem *device,
+			     struct uhmm_advice_info *out);
+
 /*
  * struct uhmm_thrash_opts - thrashing control (CUDA's throttle-then-pin);
  * declare with UHMM_OPTS. A page that comes home by a CPU fault less than

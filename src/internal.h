@@ -218,6 +218,9 @@ struct uhmm {
 		atomic_uint window16, threshold, pin16; /* 16 ms units; threshold 0: off */
 	} thrash;
 	struct prefetcher *pf; /* the async prefetch worker, started on first use */
+	pthread_mutex_t advice_lock;
+	struct advice *advice; /* records, latest last; under advice_lock */
+	size_t nadvice, capadvice;
 
 	/* Fault streams (fault.c): device faults (uhmm_fault_window), zero fills. */
 	struct stream streams[NSTREAMS], zstreams[NSTREAMS];
@@ -369,6 +372,7 @@ bool uhmm__thrash_pinned(struct uhmm *h, uint64_t w);
 void uhmm__evict(struct uhmm_devmem *dm, unsigned long need);
 void uhmm__prefetch_stop(struct uhmm *h);
 void uhmm__prefetch_drain(struct uhmm *h);
+void uhmm__advice_fini(struct uhmm *h);
 
 /* migrate.c */
 int uhmm__home_range(struct uhmm *h, uintptr_t start, uintptr_t end, struct uhmm_devmem *only,

@@ -434,3 +434,111 @@ long uhmm_devmem_make_room(struct uhmm_devmem *dm, unsigned long npages)
 	uhmm__evict(dm, npages);
 	return (long)(dm->npages - (unsigned long)atomic_load(&dm->in_use));
 }
+
+/* --- advice --- */
+
+enum { ADV_PREFERRED = 1, ADV_ACCESSED_BY, ADV_READ_MOSTLY };
+
+/*
+ * One piece of advice over [s, e). Records are kept in the order given; a
+ * query takes the latest one of each kind covering the address (an UNSET
+ * is a record that clears). Advice is set rarely and read at device faults.
+ */
+struct advice {
+	uintptr_t s, e;
+	int kind;
+	bool set;
+	struct uhmm_devmem *dm; /* PREFERRED: NULL for the CPU; ACCESSED_BY: the device */
+};
+
+int uhmm_advise(struct uhmm *h, void *addr, size_t len, enum uhmm_advice advice,
+		struct uhmm_devmem *device)
+{
+	struct advice a = { .s = (uintptr_t)addr, .e = (uintptr_t)addr + len, .dm = device };
+	int ret = uhmm__usable(h);
+
+	if (ret)
+		return ret;
+	ret = uhmm__check_range(addr, len);
+	if (ret)
+		return ret;
+	if (device && device->h != h)
+		return -EINVAL;
+	switch (advice) {
+	case UHMM_ADVISE_SET_PREFERRED_LOCATION:
+	case UHMM_ADVISE_UNSET_PREFERRED_LOCATION:
+		a.kind = ADV_PREFERRED;
+		a.set = advice == UHMM_ADVISE_SET_PREFERRED_LOCATION;
+		break;
+	case UHMM_ADVISE_SET_ACCESSED_BY:
+	case UHMM_ADVISE_UNSET_ACCESSED_BY:
+		if (!device)
+			return -EINVAL;
+		a.kind = ADV_ACCESSED_BY;
+		a.set = advice == UHMM_ADVISE_SET_ACCESSED_BY;
+		break;
+	case UHMM_ADVISE_SET_READ_MOSTLY:
+	case UHMM_ADVISE_UNSET_READ_MOSTLY:
+		a.kind = ADV_READ_MOSTLY;
+		a.set = advice == UHMM_ADVISE_SET_READ_MOSTLY;
+		break;
+	default:
+		return -EINVAL;
+	}
+	pthread_mutex_lock(&h->advice_lock);
+	if (h->nadvice == h->capadvice) {
+		size_t cap = h->capadvice ? 2 * h->capadvice : 16;
+		struct advice *n = realloc(h->advice, cap * sizeof(*n));
+
+		if (!n) {
+			pthread_mutex_unlock(&h->advice_lock);
+			return -ENOMEM;
+		}
+		h->advice = n;
+		h->capadvice = cap;
+	}
+	h->advice[h->nadvice++] = a;
+	pthread_mutex_unlock(&h->advice_lock);
+	return 0;
+}
+
+int uhmm_advice_get(struct uhmm *h, const void *addr, struct uhmm_devmem *device,
+		    struct uhmm_advice_info *out)
+{
+	uintptr_t x = (uintptr_t)addr;
+	bool pref_seen = false, acc_seen = false, rm_seen = false;
+
+	if (!h || !out)
+		return -EINVAL;
+	memset(out, 0, sizeof(*out));
+	pthread_mutex_lock(&h->advice_lock);
+	/* Newest first: the first record of each kind that covers x decides it. */
+	for (size_t i = h->nadvice; i-- > 0;) {
+		const struct advice *a = &h->advice[i];
+
+		if (x < a->s || x >= a->e)
+			continue;
+		if (a->kind == ADV_PREFERRED && !pref_seen) {
+			pref_seen = true;
+			if (a->set) {
+				out->preferred = a->dm ? UHMM_PREFER_DEVICE : UHMM_PREFER_CPU;
+				out->preferred_device = a->dm;
+			}
+		} else if (a->kind == ADV_ACCESSED_BY && a->dm == device && device && !acc_seen) {
+			acc_seen = true;
+			out->accessed_by = a->set;
+		} else if (a->kind == ADV_READ_MOSTLY && !rm_seen) {
+			rm_seen = true;
+			out->read_mostly = a->set;
+		}
+	}
+	pthread_mutex_unlock(&h->advice_lock);
+	return 0;
+}
+
+void uhmm__advice_fini(struct uhmm *h)
+{
+	free(h->advice);
+	h->advice = NULL;
+	h->nadvice = h->capadvice = 0;
+}

@@ -571,6 +571,7 @@ int uhmm_open(struct uhmm **hp, const struct uhmm_open_opts *opts)
 	}
 	pthread_mutex_init(&h->lock, NULL);
 	pthread_mutex_init(&h->fork_lock, NULL);
+	pthread_mutex_init(&h->advice_lock, NULL);
 	pthread_mutex_init(&h->sync_lock, NULL);
 	pthread_cond_init(&h->sync_cond, NULL);
 	atomic_store(&h->refs, 1);
@@ -664,6 +665,8 @@ void uhmm__put(struct uhmm *h)
 	munmap(h->svc_bounce, CHUNK_SIZE);
 	pthread_mutex_destroy(&h->lock);
 	pthread_mutex_destroy(&h->fork_lock);
+	uhmm__advice_fini(h);
+	pthread_mutex_destroy(&h->advice_lock);
 	pthread_mutex_destroy(&h->sync_lock);
 	pthread_cond_destroy(&h->sync_cond);
 	free(h);

@@ -627,7 +627,19 @@ static int device_fault(struct uhmm_sim_ctx *ctx, uintptr_t va, bool write)
 		.migrate = sim->policy == UHMM_SIM_POLICY_MIGRATE,
 		.install = true,
 	};
-	int ret = fill_round(ctx, &f);
+	struct uhmm_advice_info adv;
+	int ret;
+
+	/*
+	 * Advice (uhmm_advise): preferred elsewhere, accessed-by this device,
+	 * or a read of read-mostly memory: map the system page where it is.
+	 */
+	if (f.migrate && !uhmm_advice_get(sim->h, (void *)page, sim->dm, &adv) &&
+	    ((adv.preferred == UHMM_PREFER_CPU) ||
+	     (adv.preferred == UHMM_PREFER_DEVICE && adv.preferred_device != sim->dm) ||
+	     adv.accessed_by || (adv.read_mostly && !write)))
+		f.migrate = false;
+	ret = fill_round(ctx, &f);
 
 	if (ret)
 		return ret;
