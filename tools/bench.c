@@ -1377,15 +1377,19 @@ int demo_launch(struct uhmm_sim *sim, const uint64_t *in, uint64_t *out, size_t 
 void demo_stencil_cpu(const uint64_t *in, uint64_t *out, size_t n);
 size_t demo_check(const uint64_t *in, const uint64_t *out, size_t n);
 
-enum { OV_LRU, OV_FIFO, OV_PREFETCH, OV_N };
+enum { OV_LRU, OV_FIFO, OV_PREFETCH, OV_ADVICE, OV_N };
 
 static void bench_oversub(struct bench *b)
 {
 	static const char *const id[OV_N] = { "oversub_stencil_lru", "oversub_stencil_fifo",
-					      "oversub_stencil_lru_prefetch" };
-	static const char *const fig[OV_N] = { "stencil, device = 1/2 working set, LRU",
-					       "stencil, device = 1/2 working set, FIFO",
-					       "stencil, device = 1/2 working set, LRU + prefetch" };
+					      "oversub_stencil_lru_prefetch",
+					      "oversub_stencil_lru_read_mostly" };
+	static const char *const fig[OV_N] = {
+		"stencil, device = 1/2 working set, LRU",
+		"stencil, device = 1/2 working set, FIFO",
+		"stencil, device = 1/2 working set, LRU + prefetch",
+		"stencil, device = 1/2 working set, LRU + input READ_MOSTLY",
+	};
 	size_t n = b->len / sizeof(uint64_t);
 	struct row *r[OV_N];
 	double *t = calloc(2 * (size_t)b->reps, sizeof(double));
@@ -1436,6 +1440,9 @@ static void bench_oversub(struct bench *b)
 			uhmm_sim_destroy(sim);
 			continue;
 		}
+		/* Advice: the device reads the input where it is; only the output moves. */
+		if (v == OV_ADVICE)
+			uhmm_advise(b->h, in, b->len, UHMM_ADVISE_SET_READ_MOSTLY, NULL);
 		uhmm_devmem_stats(dm, &d0);
 		uhmm_sim_stats(sim, &s0);
 		for (int rep = 0; rep < b->reps; rep++) {
@@ -1474,6 +1481,8 @@ static void bench_oversub(struct bench *b)
 		}
 		uhmm_devmem_stats(dm, &d1);
 		uhmm_sim_stats(sim, &s1);
+		if (v == OV_ADVICE)
+			uhmm_advise(b->h, in, b->len, UHMM_ADVISE_UNSET_READ_MOSTLY, NULL);
 		uhmm_sim_destroy(sim);
 		if (r[v]->err[0])
 			continue;
@@ -1756,7 +1765,8 @@ static void bench_usage(FILE *f)
 		   "  device kernel copy vs memcpy; signal-mode fault-back vs a raw SIGBUS handler\n"
 		   "  (and thread mode vs the raw round trip in a signal-mode run), random touches\n"
 		   "  with the default fault window vs a window of 1 page, and the demo's stencil\n"
-		   "  with device memory half the working set (LRU, FIFO, LRU + prefetch) vs\n"
+		   "  with device memory half the working set (LRU, FIFO, LRU + prefetch,\n"
+		   "  LRU + input READ_MOSTLY) vs\n"
 		   "  explicit copies. Rows name the fault mode they ran in.\n"
 		   "  --size MiB  memory per figure (default 256; 32 with --quick)\n"
 		   "  --quick     small sizes, fewer repetitions and samples: a few seconds\n"
