@@ -500,3 +500,21 @@ void uhmm__children_flush(struct uhmm *h, struct uhmm_devmem *dm)
 	while (atomic_load(&h->child_flush) == dm)
 		sched_yield();
 }
+
+/* In a forked child (pthread_atfork): close what refers to the parent's memory. */
+void uhmm__fork_child_fds(struct uhmm *h)
+{
+	int *fds[] = { &h->uffd, &h->uffd_stg, &h->wake_fd };
+
+	for (size_t i = 0; i < sizeof(fds) / sizeof(fds[0]); i++) {
+		if (*fds[i] >= 0)
+			close(*fds[i]);
+		*fds[i] = -1;
+	}
+	for (struct child *c = h->children; c; c = c->next) {
+		if (c->uffd >= 0)
+			close(c->uffd);
+		c->uffd = -1;
+	}
+	h->svc_started = 0;
+}

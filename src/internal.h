@@ -328,6 +328,7 @@ static inline void uhmm__page_set_addr(struct uhmm_page *page, uintptr_t addr)
 struct pollfd;
 int uhmm__fork_prepare(struct uhmm *h);
 void uhmm__fork_hold(struct uhmm *h);
+void uhmm__fork_child_fds(struct uhmm *h);
 void uhmm__fork_parent(struct uhmm *h);
 void uhmm__out_begin(struct uhmm *h);
 void uhmm__out_end(struct uhmm *h);

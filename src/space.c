@@ -503,12 +503,24 @@ static void fork_parent(void)
 
 static void fork_child(void)
 {
-	/* The child has none of the parent's threads: forget them, never join them. */
+	/*
+	 * The child has none of the parent's threads: forget them, never join
+	 * them. And none of its userfaultfds: a userfaultfd acts on the memory
+	 * of the process that created it, so through an inherited one a child
+	 * could fill or take the parent's pages, or read its faults. Closing
+	 * them here drops only the child's references.
+	 */
 	for (struct uhmm *h = open_list; h; h = h->next_open) {
 		atomic_store(&h->closed, 1);
 		h->pf = NULL;
+		uhmm__fork_child_fds(h);
 	}
 	open_list = NULL;
+	/* Kicks are per process: the parent's eventfd would carry them across. */
+	if (uhmm__kick_fd >= 0) {
+		close(uhmm__kick_fd);
+		uhmm__kick_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	}
 	pthread_mutex_unlock(&open_lock);
 }
 
