@@ -172,25 +172,42 @@ static bool set_waiters(_Atomic uint64_t *w)
  * locked (not @block), -EAGAIN when an event under way blocks the fill: it
  * may change what the fault should do, so retry once events are handled.
  */
+static bool pev_overlaps(struct uhmm *h, uintptr_t start, uintptr_t end)
+{
+	if (atomic_load(&h->pev_overflow))
+		return true;
+	for (int i = 0; i < MAX_PEV; i++) {
+		if (!atomic_load_explicit(&h->pev[i].used, memory_order_acquire))
+			continue;
+		for (int j = 0; j < h->pev[i].n; j++)
+			if (h->pev[i].r[j][0] < end && start < h->pev[i].r[j][1])
+				return true;
+	}
+	return false;
+}
+
 /*
- * Wait until every unmap/remove/remap event the kernel has delivered is
- * handled. The thread that caused one is released when the service thread
- * reads it, before the page states are updated; a fault, migration or query
- * by that thread right after must not see the states from before (a
- * discarded page's device data, a poison the discard cleared). Never in the
- * service thread (it handles them in order) and never while holding a page
- * lock (an event may wait for it). Async-signal-safe.
+ * Wait until every unmap/remove/remap event the kernel has delivered that
+ * changes [start, end) is handled. The thread that caused one is released
+ * when the service thread reads it, before the page states are updated; a
+ * fault, migration or query by that thread right after must not see the
+ * states from before (a discarded page's device data, a poison the discard
+ * cleared). Events elsewhere (one that waits for pages a stuck migration
+ * holds, say) hold up nobody here. Never in the service thread (it handles
+ * them in order) and never while holding a page lock (an event may wait for
+ * it). Async-signal-safe.
  */
-void uhmm__events_settle(struct uhmm *h)
+void uhmm__events_settle(struct uhmm *h, uintptr_t start, uintptr_t end)
 {
 	if (uhmm__in_svc)
 		return;
-	while (atomic_load(&h->reading) || atomic_load(&h->events_pending))
+	while (atomic_load(&h->reading) || pev_overlaps(h, start, end))
 		sched_yield();
 }
 
-int uhmm__serve(struct uhmm *h, uintptr_t addr, bool write, bool block)
+int uhmm__serve(struct uhmm *h, uintptr_t addr, bool write, int how)
 {
+	bool block = how & SERVE_BLOCK;
 	_Atomic uint64_t *w;
 	struct range *r;
 	uint64_t v, nv;
@@ -198,7 +215,7 @@ int uhmm__serve(struct uhmm *h, uintptr_t addr, bool write, bool block)
 
 	/* A toucher serving itself sees the events already read handled first. */
 	if (block)
-		uhmm__events_settle(h);
+		uhmm__events_settle(h, addr, addr + PAGE_SIZE);
 	uhmm__rd_enter(h);
 	r = uhmm__lookup(h, addr);
 	if (!r) {
@@ -299,7 +316,7 @@ again:
 	 * mode: the toucher is this thread, and any other thread that faulted
 	 * on the page serves itself; nobody sleeps, nothing to wake.
 	 */
-	if (!ret && !block)
+	if (!ret && (how & SERVE_WAKE))
 		uhmm__uffd_wake(h->uffd, addr, PAGE_SIZE);
 	uhmm__nowait = nowait;
 	uhmm__rd_exit(h);
@@ -426,6 +443,7 @@ struct work {
 	bool inv;       /* an invalidation was started for it */
 	bool after_events; /* a fault an event under way held up: retry after the events */
 	bool alloced;      /* remap: the old side was made by uhmm_alloc */
+	int pev;           /* an event's slot in h->pev, or -1 */
 	_Atomic uint64_t *nwords; /* remap: the new range's words */
 	size_t nlen;
 };
@@ -487,6 +505,104 @@ static int remap_try(struct uhmm *h, struct work *wk)
 	return 0;
 }
 
+/* --- fault workers --- */
+
+/*
+ * Hand a fault on a device page to the workers; false: serve it here (not
+ * on a device, no workers, or the queue is full).
+ */
+static bool fault_to_worker(struct uhmm *h, uintptr_t addr, bool write)
+{
+	struct range *r;
+	bool dev;
+
+	if (!h->nworkers)
+		return false;
+	uhmm__rd_enter(h);
+	r = uhmm__lookup(h, addr);
+	dev = r && w_kind(atomic_load(uhmm__word(r, addr))) == W_DEVICE;
+	uhmm__rd_exit(h);
+	if (!dev)
+		return false;
+	pthread_mutex_lock(&h->wq_lock);
+	if (h->wq_tail - h->wq_head == WQ_SIZE) {
+		pthread_mutex_unlock(&h->wq_lock);
+		return false;
+	}
+	h->wq[h->wq_tail % WQ_SIZE].addr = addr;
+	h->wq[h->wq_tail % WQ_SIZE].write = write;
+	h->wq_tail++;
+	pthread_cond_signal(&h->wq_cond);
+	pthread_mutex_unlock(&h->wq_lock);
+	return true;
+}
+
+/*
+ * A worker serves like a signal-mode toucher (it may wait for the page lock
+ * and for events to be handled; it holds no lock meanwhile) and then wakes
+ * the thread that faulted.
+ */
+static void *worker_main(void *arg)
+{
+	struct uhmm *h = arg;
+	sigset_t all;
+
+	sigfillset(&all);
+	pthread_sigmask(SIG_BLOCK, &all, NULL);
+	pthread_mutex_lock(&h->wq_lock);
+	for (;;) {
+		uintptr_t addr;
+		bool write;
+		int ret;
+
+		while (h->wq_head == h->wq_tail && !h->wq_stop)
+			pthread_cond_wait(&h->wq_cond, &h->wq_lock);
+		if (h->wq_head == h->wq_tail)
+			break;
+		addr = h->wq[h->wq_head % WQ_SIZE].addr;
+		write = h->wq[h->wq_head % WQ_SIZE].write;
+		h->wq_head++;
+		pthread_mutex_unlock(&h->wq_lock);
+		/* Nothing that may allocate while a fork is under way (see svc_main). */
+		while (atomic_load(&h->fork_pending))
+			sched_yield();
+		while ((ret = uhmm__serve(h, addr, write, SERVE_BLOCK | SERVE_WAKE)) == -EAGAIN ||
+		       ret == -EBUSY)
+			sched_yield();
+		/* Unmanaged by now, or poisoned: the toucher tries again and learns which. */
+		if (ret)
+			uhmm__uffd_wake(h->uffd, addr, PAGE_SIZE);
+		pthread_mutex_lock(&h->wq_lock);
+	}
+	pthread_mutex_unlock(&h->wq_lock);
+	return NULL;
+}
+
+static void workers_start(struct uhmm *h)
+{
+	pthread_mutex_init(&h->wq_lock, NULL);
+	pthread_cond_init(&h->wq_cond, NULL);
+	if (h->fault_mode != UHMM_FAULT_THREAD)
+		return;
+	for (int i = 0; i < NWORKERS; i++)
+		if (!pthread_create(&h->workers[h->nworkers], NULL, worker_main, h))
+			h->nworkers++;
+}
+
+/* Before the service thread stops: workers finish what they have (events still run). */
+static void workers_stop(struct uhmm *h)
+{
+	pthread_mutex_lock(&h->wq_lock);
+	h->wq_stop = true;
+	pthread_cond_broadcast(&h->wq_cond);
+	pthread_mutex_unlock(&h->wq_lock);
+	for (int i = 0; i < h->nworkers; i++)
+		pthread_join(h->workers[i], NULL);
+	h->nworkers = 0;
+	pthread_cond_destroy(&h->wq_cond);
+	pthread_mutex_destroy(&h->wq_lock);
+}
+
 static const int notify_event[] = {
 	[WK_REMOVE] = UHMM_NOTIFY_DISCARD,
 	[WK_UNMAP] = UHMM_NOTIFY_UNMAP,
@@ -532,7 +648,14 @@ static int work_try(struct uhmm *h, struct work *wk, bool remap_pending)
 	}
 	switch (wk->type) {
 	case WK_FAULT:
-		ret = uhmm__serve(h, wk->a, wk->write, false);
+		/*
+		 * A page on a device goes to a fault worker: a slow or stuck
+		 * driver then holds up that fault only, never the reading of
+		 * the userfaultfd nor faults on other devices' pages.
+		 */
+		if (fault_to_worker(h, wk->a, wk->write))
+			return 0;
+		ret = uhmm__serve(h, wk->a, wk->write, SERVE_WAKE);
 		if (ret == -EHWPOISON)
 			return 0; /* the marker answers the toucher */
 		if (ret == -EBUSY)
@@ -570,10 +693,30 @@ static int work_try(struct uhmm *h, struct work *wk, bool remap_pending)
  * the faults behind them; a fault waiting for a page lock holds up nobody.
  * Returns whether events remain.
  */
+/* The ranges an event changes (a remap: the old side and the new). */
+static int event_ranges(const struct work *wk, uintptr_t r[2][2])
+{
+	if (wk->type == WK_REMAP) {
+		r[0][0] = wk->a;
+		r[0][1] = wk->a + wk->len;
+		r[1][0] = wk->b;
+		r[1][1] = wk->b + wk->len;
+		return 2;
+	}
+	r[0][0] = wk->a;
+	r[0][1] = wk->b;
+	return 1;
+}
+
+#define MAX_HELD 8
+
 static bool work_run(struct uhmm *h, struct work *q, size_t *n, bool faults_only)
 {
 	size_t k = 0, remaps = 0, events = 0;
 	bool blocked = false;
+	/* Ranges of events that could not run: faults there wait behind them. */
+	uintptr_t held[MAX_HELD][2];
+	int nheld = 0;
 
 	for (size_t i = 0; i < *n; i++) {
 		remaps += q[i].type == WK_REMAP;
@@ -596,6 +739,22 @@ static bool work_run(struct uhmm *h, struct work *q, size_t *n, bool faults_only
 			continue;
 		}
 		wk->after_events = false;
+		/*
+		 * Behind an event that must wait (a page it needs is locked, by
+		 * a stuck migration say), events wait in order; a fault waits
+		 * only if that event changes its page, so that others are served.
+		 */
+		if (blocked && !faults_only && wk->type == WK_FAULT && nheld <= MAX_HELD) {
+			bool hit = false;
+
+			for (int j = 0; j < nheld; j++)
+				hit |= wk->a >= held[j][0] && wk->a < held[j][1];
+			if (!hit) {
+				if (work_try(h, wk, remaps > 0))
+					q[k++] = *wk;
+				continue;
+			}
+		}
 		if (!blocked) {
 			int ret = work_try(h, wk, remaps > 0);
 
@@ -606,12 +765,29 @@ static bool work_run(struct uhmm *h, struct work *q, size_t *n, bool faults_only
 					remaps--;
 					atomic_fetch_sub(&h->remaps_pending, 1);
 				}
-				if (wk->type != WK_FAULT)
+				if (wk->type != WK_FAULT) {
 					atomic_fetch_sub(&h->events_pending, 1);
+					if (wk->pev >= 0)
+						atomic_store(&h->pev[wk->pev].used, 0);
+					else
+						atomic_fetch_sub(&h->pev_overflow, 1);
+				}
 				continue;
 			}
 			if (wk->type != WK_FAULT)
 				blocked = true;
+		}
+		if (blocked && wk->type != WK_FAULT) {
+			uintptr_t r[2][2];
+			int m = event_ranges(wk, r);
+
+			for (int j = 0; j < m; j++) {
+				if (nheld < MAX_HELD) {
+					held[nheld][0] = r[j][0];
+					held[nheld][1] = r[j][1];
+				}
+				nheld++; /* past MAX_HELD: every fault waits */
+			}
 		}
 		q[k++] = *wk;
 	}
@@ -652,8 +828,26 @@ static void work_add(struct uhmm *h, struct work *q, size_t *n, const struct uff
 	default:
 		return;
 	}
-	if (wk.type != WK_FAULT)
+	if (wk.type != WK_FAULT) {
+		uintptr_t r[2][2];
+		int nr = event_ranges(&wk, r);
+
 		atomic_fetch_add(&h->events_pending, 1);
+		wk.pev = -1;
+		for (int i = 0; i < MAX_PEV && wk.pev < 0; i++) {
+			int free_slot = 0;
+
+			if (atomic_load(&h->pev[i].used) ||
+			    !atomic_compare_exchange_strong(&h->pev[i].used, &free_slot, 2))
+				continue;
+			memcpy(h->pev[i].r, r, sizeof(r));
+			h->pev[i].n = nr;
+			atomic_store_explicit(&h->pev[i].used, 1, memory_order_release);
+			wk.pev = i;
+		}
+		if (wk.pev < 0)
+			atomic_fetch_add(&h->pev_overflow, 1);
+	}
 	q[(*n)++] = wk;
 }
 
@@ -753,8 +947,11 @@ int uhmm__svc_start(struct uhmm *h)
 	h->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (h->wake_fd < 0)
 		return -errno;
+	/* Workers first: the service thread reads h->nworkers. */
+	workers_start(h);
 	ret = pthread_create(&h->svc, NULL, svc_main, h);
 	if (ret) {
+		workers_stop(h);
 		close(h->wake_fd);
 		h->wake_fd = -1;
 		return -ret;
@@ -774,6 +971,7 @@ void uhmm__svc_stop(struct uhmm *h)
 {
 	if (!h->svc_started)
 		return;
+	workers_stop(h);
 	atomic_store(&h->stop, 1);
 	uhmm__svc_kick(h);
 	pthread_join(h->svc, NULL);

@@ -201,7 +201,7 @@ void uhmm__fork_parent(struct uhmm *h)
 {
 	struct snap *s;
 
-	uhmm__events_settle(h);
+	uhmm__events_settle(h, 0, UINTPTR_MAX);
 	pthread_mutex_lock(&h->fork_lock);
 	s = h->snaps;
 	h->snaps = NULL;

@@ -150,6 +150,9 @@ struct uhmm_devmem {
 };
 
 #define NSTREAMS 16
+#define NWORKERS 2
+#define MAX_PEV 64
+#define WQ_SIZE 256
 
 struct stream {
 	_Atomic uintptr_t next; /* where the stream's next fault would land */
@@ -187,6 +190,15 @@ struct uhmm {
 	char *svc_bounce;    /* the service thread's own bounce chunk */
 	char *zero_page;
 
+	/* Fault workers (thread mode): faults on device pages, served off the service thread. */
+	pthread_t workers[NWORKERS];
+	int nworkers;
+	pthread_mutex_t wq_lock;
+	pthread_cond_t wq_cond;
+	struct { uintptr_t addr; bool write; } wq[WQ_SIZE];
+	unsigned wq_head, wq_tail;
+	bool wq_stop;
+
 	/* The fault service thread. */
 	pthread_t svc;
 	int svc_started;
@@ -210,6 +222,13 @@ struct uhmm {
 
 	atomic_int remaps_pending; /* remap events read and not yet handled */
 	atomic_int events_pending; /* unmap/remove/remap events read and not yet handled */
+	/* Their ranges, for uhmm__events_settle() of one range (fault.c). */
+	struct {
+		atomic_int used;
+		uintptr_t r[2][2];
+		int n;
+	} pev[MAX_PEV];
+	atomic_int pev_overflow; /* events in hand without a slot: they hold up everyone */
 	atomic_int reading;        /* the service thread is inside read(2) of the uffd */
 
 	/* Recency for eviction, and the thrashing control (policy.c). */
@@ -309,11 +328,14 @@ char *uhmm__pool_get(struct pool *p);
 void uhmm__pool_put(struct pool *p, char *chunk);
 
 /* fault.c */
-int uhmm__serve(struct uhmm *h, uintptr_t addr, bool write, bool block);
+/* How uhmm__serve serves: waiting for the page lock; waking the toucher after. */
+#define SERVE_BLOCK 1
+#define SERVE_WAKE 2
+int uhmm__serve(struct uhmm *h, uintptr_t addr, bool write, int how);
 int uhmm__for_each_word(struct uhmm *h, uintptr_t at, uintptr_t end,
 			int (*fn)(struct uhmm *, struct range *, uintptr_t, void *), void *arg);
 void uhmm__svc_kick(struct uhmm *h);
-void uhmm__events_settle(struct uhmm *h);
+void uhmm__events_settle(struct uhmm *h, uintptr_t start, uintptr_t end);
 int uhmm__svc_start(struct uhmm *h);
 void uhmm__svc_stop(struct uhmm *h);
 int uhmm__sync(struct uhmm *h);

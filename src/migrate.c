@@ -195,7 +195,7 @@ int uhmm_migrate_setup(struct uhmm_migrate *a)
 		return -EOPNOTSUPP;
 	/* See the events that already happened (a discard) before choosing pages. */
 	if (!a->fault_page)
-		uhmm__events_settle(h);
+		uhmm__events_settle(h, a->start, a->end);
 	/* Taking pages from the CPU waits out a fork in progress (fork.c). */
 	if (sys)
 		uhmm__out_begin(h);

@@ -53,7 +53,7 @@ static int serve_any(uintptr_t addr, bool write)
 		if (!h)
 			continue;
 		/* Retried here, in the toucher: an event under way, or no memory for now. */
-		while ((ret = uhmm__serve(h, addr, write, true)) == -EAGAIN || ret == -EBUSY)
+		while ((ret = uhmm__serve(h, addr, write, SERVE_BLOCK)) == -EAGAIN || ret == -EBUSY)
 			sched_yield();
 		if (ret != -ENOENT)
 			return ret;
@@ -108,7 +108,7 @@ static int unknown_fill(uintptr_t addr, bool write)
 
 			if (!ioctl(h->uffd, UFFDIO_WRITEPROTECT, &p) || errno != EAGAIN)
 				break;
-			uhmm__events_settle(h);
+			uhmm__events_settle(h, addr, addr + PAGE_SIZE);
 			sched_yield();
 			ret = serve_any(addr, write);
 			if (ret != -ENOENT)

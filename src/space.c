@@ -814,7 +814,7 @@ int uhmm_manage(struct uhmm *h, void *addr, size_t len)
 	if (ret)
 		return ret;
 	/* An unmap of this address may have been read and not yet handled. */
-	uhmm__events_settle(h);
+	uhmm__events_settle(h, s, s + len);
 	ret = uhmm__add_range(h, s, s + len, false, NULL);
 	if (ret)
 		return ret;
@@ -870,7 +870,7 @@ int uhmm_alloc(struct uhmm *h, size_t len, void **out)
 	if (p == MAP_FAILED)
 		return -ENOMEM;
 	/* The kernel may reuse an address whose unmap event is still in hand. */
-	uhmm__events_settle(h);
+	uhmm__events_settle(h, (uintptr_t)p, (uintptr_t)p + len);
 	ret = uhmm__add_range(h, (uintptr_t)p, (uintptr_t)p + len, true, NULL);
 	if (ret) {
 		munmap(p, len);
@@ -930,7 +930,7 @@ int uhmm_page_state(struct uhmm *h, const void *addr)
 
 	if (ret)
 		return ret;
-	uhmm__events_settle(h);
+	uhmm__events_settle(h, a, a + PAGE_SIZE);
 	uhmm__rd_enter(h);
 	r = uhmm__lookup(h, a);
 	if (!r) {
