@@ -246,6 +246,7 @@ struct uhmm {
 	atomic_uint stream_victim, zstream_victim;
 	atomic_int refs; /* the user's + one per device memory region */
 	atomic_int closed;
+	atomic_int in_child; /* an inherited handle in a forked child: inert */
 
 	struct {
 		atomic_ulong faults, faults_device, pages_home, pages_out, zero_fills, poisoned,

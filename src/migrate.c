@@ -178,7 +178,11 @@ int uhmm_migrate_setup(struct uhmm_migrate *a)
 	if (!a || !a->h || !a->src || !a->dst)
 		return -EINVAL;
 	h = a->h;
-	if (atomic_load(&h->closed))
+	/*
+	 * Not `closed`: uhmm_close itself, and a fault it waits for, still
+	 * migrate pages home. A forked child's inherited handle may not.
+	 */
+	if (atomic_load(&h->in_child))
 		return -ESHUTDOWN;
 	sys = a->flags & UHMM_MIGRATE_SELECT_SYSTEM;
 	dev = a->flags & UHMM_MIGRATE_SELECT_DEVICE_PRIVATE;

@@ -512,6 +512,7 @@ static void fork_child(void)
 	 */
 	for (struct uhmm *h = open_list; h; h = h->next_open) {
 		atomic_store(&h->closed, 1);
+		atomic_store(&h->in_child, 1);
 		h->pf = NULL;
 		uhmm__fork_child_fds(h);
 	}

@@ -290,3 +290,22 @@ TEST(migrate_to_ram_brings_pages_home)
 	CHECK_EQ(uhmm_sim_destroy(sim), 0);
 	uhmm_close(h);
 }
+
+/* Regression: uhmm_close once refused its own migrations home (closed too early): zeros. */
+TEST(close_brings_device_pages_home)
+{
+	struct uhmm *h = uhmm_test_open_migrating();
+	struct uhmm_sim *sim = uhmm_test_sim(h, 64);
+	char *p = mmap(NULL, 64 * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1,
+		       0);
+
+	CHECK(p != MAP_FAILED);
+	pattern_fill(p, 64 * PAGE, 0xc105e);
+	CHECK_EQ(uhmm_manage(h, p, 64 * PAGE), 0);
+	CHECK_EQ(uhmm_migrate_to_device(uhmm_sim_devmem(sim), p, 64 * PAGE), 64);
+	uhmm_close(h);
+	/* Plain memory now, every byte home. */
+	CHECK_PATTERN_PAGES(p, 64, 0xc105e);
+	CHECK_EQ(uhmm_sim_destroy(sim), 0);
+	munmap(p, 64 * PAGE);
+}
