@@ -152,7 +152,8 @@ struct uhmm_page *uhmm_devmem_alloc_page(struct uhmm_devmem *dm)
 			return NULL;
 		page = &dm->pages[idx - 1];
 		/* The tag in the high half defeats ABA. */
-		next = ((head >> 32) + 1) << 32 | page->next_free;
+		next = ((head >> 32) + 1) << 32 |
+		       __atomic_load_n(&page->next_free, __ATOMIC_RELAXED);
 	} while (!atomic_compare_exchange_weak(&dm->free_head, &head, next));
 
 	__atomic_store_n(&page->refcount, 1, __ATOMIC_RELEASE);
@@ -183,7 +184,8 @@ void uhmm_page_put(struct uhmm_page *page)
 	atomic_fetch_sub(&dm->acct->pages, 1);
 	head = atomic_load(&dm->free_head);
 	do {
-		page->next_free = (uint32_t)head;
+		/* Relaxed: a racing pop may read it; the CAS orders the rest. */
+		__atomic_store_n(&page->next_free, (uint32_t)head, __ATOMIC_RELAXED);
 		nh = ((head >> 32) + 1) << 32 | (page->pfn + 1);
 	} while (!atomic_compare_exchange_weak(&dm->free_head, &head, nh));
 	atomic_fetch_sub(&dm->in_use, 1);

@@ -179,8 +179,15 @@ static bool pev_overlaps(struct uhmm *h, uintptr_t start, uintptr_t end)
 	for (int i = 0; i < MAX_PEV; i++) {
 		if (!atomic_load_explicit(&h->pev[i].used, memory_order_acquire))
 			continue;
-		for (int j = 0; j < h->pev[i].n; j++)
-			if (h->pev[i].r[j][0] < end && start < h->pev[i].r[j][1])
+		int n = atomic_load_explicit(&h->pev[i].n, memory_order_relaxed);
+
+		/*
+		 * A slot reused under us may read torn: it then names an event
+		 * read after we started, never the one this thread caused.
+		 */
+		for (int j = 0; j < n && j < 2; j++)
+			if (atomic_load_explicit(&h->pev[i].r[j][0], memory_order_relaxed) < end &&
+			    start < atomic_load_explicit(&h->pev[i].r[j][1], memory_order_relaxed))
 				return true;
 	}
 	return false;
@@ -840,8 +847,11 @@ static void work_add(struct uhmm *h, struct work *q, size_t *n, const struct uff
 			if (atomic_load(&h->pev[i].used) ||
 			    !atomic_compare_exchange_strong(&h->pev[i].used, &free_slot, 2))
 				continue;
-			memcpy(h->pev[i].r, r, sizeof(r));
-			h->pev[i].n = nr;
+			for (int j = 0; j < 2; j++)
+				for (int k = 0; k < 2; k++)
+					atomic_store_explicit(&h->pev[i].r[j][k], r[j][k],
+							      memory_order_relaxed);
+			atomic_store_explicit(&h->pev[i].n, nr, memory_order_relaxed);
 			atomic_store_explicit(&h->pev[i].used, 1, memory_order_release);
 			wk.pev = i;
 		}

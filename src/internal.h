@@ -222,11 +222,15 @@ struct uhmm {
 
 	atomic_int remaps_pending; /* remap events read and not yet handled */
 	atomic_int events_pending; /* unmap/remove/remap events read and not yet handled */
-	/* Their ranges, for uhmm__events_settle() of one range (fault.c). */
+	/*
+	 * Their ranges, for uhmm__events_settle() of one range (fault.c). A slot
+	 * may be freed and reused while a settling thread reads it, so its
+	 * fields are atomics too (relaxed; @used orders them).
+	 */
 	struct {
 		atomic_int used;
-		uintptr_t r[2][2];
-		int n;
+		_Atomic uintptr_t r[2][2];
+		atomic_int n;
 	} pev[MAX_PEV];
 	atomic_int pev_overflow; /* events in hand without a slot: they hold up everyone */
 	atomic_int reading;        /* the service thread is inside read(2) of the uffd */
