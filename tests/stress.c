@@ -1,0 +1,721 @@
+/* stress: randomized, model-checked: threads run random CPU reads and writes, migrations to two devices, back and device to device, discards, free and re-alloc, mremap and fork over several ranges; every word is checked against a reference model. */
+/* uhmm-test-label: concurrent */
+/*
+ * The model: each range has a shadow copy of every word. Word w of every page
+ * belongs to thread w % NTHREADS, which alone writes it (in memory and in the
+ * shadow), so the model stays exact while threads run concurrently. Operations
+ * that change every word of a range (discard, free and re-alloc, mremap, fork)
+ * take that range's lock exclusively and then check and update the whole
+ * shadow; everything else takes it shared. Migrations never change data, so
+ * they run under the shared lock beside the CPU accesses they race with.
+ *
+ * Bounds: UHMM_STRESS_SECONDS (default 12 per fault mode) and UHMM_STRESS_OPS
+ * (default 400000 per fault mode), whichever comes first; setting only one of
+ * them lifts the other. HARNESS_SEED replays a run.
+ */
+#include "harness.h"
+
+#include <stdatomic.h>
+#include <sys/syscall.h>
+
+#define NTHREADS 4
+#define NRANGES 4
+#define RPAGES 64 /* pages per range: 256 KiB */
+#define WPP (PAGE / 8)
+#define RWORDS (RPAGES * WPP)
+#define MAXRUN 8 /* pages one CPU access or migration covers, at most */
+#define LOGN 16  /* recent operations kept per thread, printed on a mismatch */
+#define WATCHDOG_S 30 /* seconds without progress that make a thread stuck */
+
+enum op {
+	OP_WRITE,
+	OP_READ,
+	OP_TO_DEV,
+	OP_TO_RAM,
+	OP_DEV_TO_DEV,
+	OP_TOUCH_TO_DEV,
+	OP_DISCARD,
+	OP_REALLOC,
+	OP_MREMAP,
+	OP_FORK,
+	OP_STATES,
+	NOPS
+};
+
+static const char *const op_name[NOPS] = {
+	"cpu-write", "cpu-read", "to-device", "to-ram", "device-to-device", "touch-then-device",
+	"discard", "free+alloc", "mremap", "fork", "states",
+};
+
+/* Out of 10000. */
+static const unsigned op_weight[NOPS] = {
+	[OP_WRITE] = 3300,     [OP_READ] = 3300,       [OP_TO_DEV] = 1300,
+	[OP_TO_RAM] = 800,     [OP_DEV_TO_DEV] = 500,  [OP_TOUCH_TO_DEV] = 400,
+	[OP_DISCARD] = 200,    [OP_REALLOC] = 60,      [OP_MREMAP] = 60,
+	[OP_FORK] = 5,         [OP_STATES] = 75,
+};
+
+struct srange {
+	pthread_rwlock_t lock;
+	uint64_t *volatile base; /* changes under the exclusive lock */
+	uint64_t shadow[RWORDS];
+	unsigned gen; /* how often it was re-allocated or moved */
+};
+
+struct logent {
+	enum op op;
+	int range;
+	size_t p0, n;
+	int dev;
+	long ret;
+};
+
+struct stress {
+	struct uhmm *h;
+	struct uhmm_sim *sim[2];
+	struct uhmm_devmem *dm[2];
+	struct srange r[NRANGES];
+	pthread_mutex_t structural; /* mmap/munmap/mremap of ranges: one at a time */
+	atomic_ulong ops;
+	unsigned long max_ops;
+	double deadline;
+	atomic_int stop;
+	atomic_ulong mismatches, words_checked, forks;
+	atomic_ulong count[NOPS];
+	pthread_barrier_t go;
+};
+
+struct worker {
+	struct stress *s;
+	int t;
+	struct prng rng;
+	pthread_t tid;
+	atomic_int lwp;          /* its kernel thread id, for the watchdog */
+	atomic_ulong progress;   /* operations it finished */
+	atomic_int done;
+	struct logent log[LOGN];
+	unsigned nlog;
+};
+
+static void log_op(struct worker *wk, enum op op, int range, size_t p0, size_t n, int dev,
+		   long ret)
+{
+	wk->log[wk->nlog++ % LOGN] = (struct logent){ op, range, p0, n, dev, ret };
+}
+
+static void dump_log(struct worker *wk)
+{
+	flockfile(stdout);
+	printf("    thread %d, its last operations (oldest first):\n", wk->t);
+	for (unsigned i = wk->nlog > LOGN ? wk->nlog - LOGN : 0; i < wk->nlog; i++) {
+		const struct logent *e = &wk->log[i % LOGN];
+
+		printf("      %-18s range %d pages [%zu, %zu) dev %d -> %ld\n", op_name[e->op],
+		       e->range, e->p0, e->p0 + e->n, e->dev, e->ret);
+	}
+	funlockfile(stdout);
+}
+
+/* A word differs from the model: count it, tell the first few, and adopt it. */
+static void mismatch(struct worker *wk, int ri, size_t word, uint64_t got, uint64_t *exp)
+{
+	struct stress *s = wk->s;
+	unsigned long n = atomic_fetch_add(&s->mismatches, 1);
+
+	if (n < 8) {
+		NOTE("MISMATCH: thread %d, range %d (gen %u) page %zu word %zu (owner %zu): read "
+		     "0x%016llx, model 0x%016llx; page state %s",
+		     wk->t, ri, s->r[ri].gen, word / WPP, word % WPP, (word % WPP) % NTHREADS,
+		     (unsigned long long)got, (unsigned long long)*exp,
+		     page_state_name(uhmm_page_state(s->h, s->r[ri].base + word / WPP * WPP)));
+		dump_log(wk);
+	}
+	*exp = got; /* one corruption is counted once */
+}
+
+/* Check the words of pages [p0, p0+n) of range @ri that @owner owns (-1: all). */
+static void check_pages(struct worker *wk, int ri, size_t p0, size_t n, int owner)
+{
+	struct srange *rg = &wk->s->r[ri];
+	const volatile uint64_t *m = rg->base;
+	unsigned long k = 0;
+	size_t first = owner < 0 ? 0 : (size_t)owner, step = owner < 0 ? 1 : NTHREADS;
+
+	for (size_t p = p0; p < p0 + n; p++) {
+		for (size_t w = first; w < WPP; w += step, k++) {
+			size_t i = p * WPP + w;
+			uint64_t v = m[i];
+
+			if (v != rg->shadow[i])
+				mismatch(wk, ri, i, v, &rg->shadow[i]);
+		}
+	}
+	atomic_fetch_add_explicit(&wk->s->words_checked, k, memory_order_relaxed);
+}
+
+static void write_pages(struct worker *wk, int ri, size_t p0, size_t n, int owner)
+{
+	struct srange *rg = &wk->s->r[ri];
+	volatile uint64_t *m = rg->base;
+	size_t first = owner < 0 ? 0 : (size_t)owner, step = owner < 0 ? 1 : NTHREADS;
+
+	for (size_t p = p0; p < p0 + n; p++) {
+		for (size_t w = first; w < WPP; w += step) {
+			uint64_t v = prng_next(&wk->rng);
+
+			m[p * WPP + w] = v;
+			rg->shadow[p * WPP + w] = v;
+		}
+	}
+}
+
+static void pick_run(struct worker *wk, size_t *p0, size_t *n)
+{
+	*p0 = (size_t)prng_below(&wk->rng, RPAGES);
+	*n = 1 + (size_t)prng_below(&wk->rng, MAXRUN);
+	if (*p0 + *n > RPAGES)
+		*n = RPAGES - *p0;
+}
+
+static enum op pick_op(struct worker *wk)
+{
+	unsigned x = (unsigned)prng_below(&wk->rng, 10000);
+
+	for (int i = 0; i < NOPS; i++) {
+		if (x < op_weight[i])
+			return (enum op)i;
+		x -= op_weight[i];
+	}
+	return OP_READ;
+}
+
+static void *addr_of(struct srange *rg, size_t p)
+{
+	return (char *)rg->base + p * PAGE;
+}
+
+/* ---- operations under the shared lock ---- */
+
+static void op_shared(struct worker *wk, enum op op, int ri)
+{
+	struct stress *s = wk->s;
+	struct srange *rg = &s->r[ri];
+	size_t p0, n;
+	int dev = (int)prng_below(&wk->rng, 2);
+	long ret = 0;
+
+	pick_run(wk, &p0, &n);
+	pthread_rwlock_rdlock(&rg->lock);
+	switch (op) {
+	case OP_WRITE:
+		write_pages(wk, ri, p0, n, wk->t);
+		break;
+	case OP_READ:
+		check_pages(wk, ri, p0, n, wk->t);
+		break;
+	case OP_TO_DEV:
+		ret = uhmm_migrate_to_device(s->dm[dev], addr_of(rg, p0), n * PAGE);
+		CHECK_GE(ret, 0);
+		break;
+	case OP_TO_RAM:
+		ret = uhmm_migrate_to_ram(s->h, addr_of(rg, p0), n * PAGE);
+		CHECK_GE(ret, 0);
+		break;
+	case OP_DEV_TO_DEV:
+		/* Device to device is home first, then out (migration moves CPU pages only). */
+		CHECK_GE(uhmm_migrate_to_device(s->dm[dev], addr_of(rg, p0), n * PAGE), 0);
+		CHECK_GE(uhmm_migrate_to_ram(s->h, addr_of(rg, p0), n * PAGE), 0);
+		ret = uhmm_migrate_to_device(s->dm[!dev], addr_of(rg, p0), n * PAGE);
+		CHECK_GE(ret, 0);
+		break;
+	case OP_TOUCH_TO_DEV:
+		/* A page on one device, touched (it comes home), then sent to the other. */
+		CHECK_GE(uhmm_migrate_to_device(s->dm[dev], addr_of(rg, p0), n * PAGE), 0);
+		check_pages(wk, ri, p0, 1, wk->t);
+		ret = uhmm_migrate_to_device(s->dm[!dev], addr_of(rg, p0), n * PAGE);
+		CHECK_GE(ret, 0);
+		break;
+	case OP_STATES:
+		/* Every page is somewhere legal; none is poisoned (no device fails here). */
+		for (size_t p = 0; p < RPAGES; p++) {
+			int st = uhmm_page_state(s->h, addr_of(rg, p));
+
+			CHECK_MSG(st >= UHMM_PAGE_EMPTY && st <= UHMM_PAGE_DEVICE,
+				  "range %d page %zu: state %d %s", ri, p, st, page_state_name(st));
+		}
+		p0 = 0;
+		n = RPAGES;
+		break;
+	default:
+		CHECK(!"not a shared operation");
+	}
+	pthread_rwlock_unlock(&rg->lock);
+	log_op(wk, op, ri, p0, n, dev, ret);
+}
+
+/* ---- operations that change every word: under the exclusive lock ---- */
+
+static void zero_shadow(struct srange *rg, size_t p0, size_t n)
+{
+	memset(&rg->shadow[p0 * WPP], 0, n * PAGE);
+}
+
+static void op_discard(struct worker *wk, int ri)
+{
+	struct srange *rg = &wk->s->r[ri];
+	size_t p0, n;
+
+	pick_run(wk, &p0, &n);
+	pthread_rwlock_wrlock(&rg->lock);
+	check_pages(wk, ri, 0, RPAGES, -1);
+	CHECK_EQ(madvise(addr_of(rg, p0), n * PAGE, MADV_DONTNEED), 0);
+	zero_shadow(rg, p0, n);
+	/* Read at once: the event may still be in the service thread's hands. */
+	check_pages(wk, ri, p0, n, -1);
+	pthread_rwlock_unlock(&rg->lock);
+	log_op(wk, OP_DISCARD, ri, p0, n, -1, 0);
+}
+
+static void op_realloc(struct worker *wk, int ri)
+{
+	struct stress *s = wk->s;
+	struct srange *rg = &s->r[ri];
+	void *p = NULL;
+
+	pthread_rwlock_wrlock(&rg->lock);
+	pthread_mutex_lock(&s->structural);
+	check_pages(wk, ri, 0, RPAGES, -1);
+	CHECK_EQ(uhmm_free(s->h, rg->base, RPAGES * PAGE), 0);
+	CHECK_EQ(uhmm_alloc(s->h, RPAGES * PAGE, &p), 0);
+	pthread_mutex_unlock(&s->structural);
+	rg->base = p;
+	rg->gen++;
+	zero_shadow(rg, 0, RPAGES);
+	/* Fresh memory reads zeros; then give it data again (holes stay holes). */
+	check_pages(wk, ri, 0, RPAGES, -1);
+	write_pages(wk, ri, 0, RPAGES / 2 + (size_t)prng_below(&wk->rng, RPAGES / 2), -1);
+	pthread_rwlock_unlock(&rg->lock);
+	log_op(wk, OP_REALLOC, ri, 0, RPAGES, -1, 0);
+}
+
+static void op_mremap(struct worker *wk, int ri)
+{
+	struct stress *s = wk->s;
+	struct srange *rg = &s->r[ri];
+	void *dst, *moved;
+
+	pthread_rwlock_wrlock(&rg->lock);
+	pthread_mutex_lock(&s->structural);
+	check_pages(wk, ri, 0, RPAGES, -1);
+	/* A reserved destination, so that nobody else can take it meanwhile. */
+	dst = mmap(NULL, RPAGES * PAGE, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	CHECK(dst != MAP_FAILED);
+	moved = mremap(rg->base, RPAGES * PAGE, RPAGES * PAGE, MREMAP_MAYMOVE | MREMAP_FIXED, dst);
+	CHECK_MSG(moved == dst, "mremap: %s", strerror(errno));
+	rg->base = moved;
+	rg->gen++;
+	/* Touched at once: the remap event may still be in the service thread's hands. */
+	check_pages(wk, ri, 0, RPAGES, -1);
+	/*
+	 * The old address is a hole now. Nobody may map it before the remap event
+	 * is handled: uhmm takes a mapping found there for MREMAP_DONTUNMAP and
+	 * keeps the old range managed (see tests/slowdriver.c).
+	 */
+	CHECK_EQ(uhmm_sync(s->h), 0);
+	pthread_mutex_unlock(&s->structural);
+	pthread_rwlock_unlock(&rg->lock);
+	log_op(wk, OP_MREMAP, ri, 0, RPAGES, -1, 0);
+}
+
+/*
+ * Fork with every range held exclusively: the child must see the whole model
+ * (pages on devices included), then writes its own copy, which must not show
+ * in the parent.
+ */
+static void op_fork(struct worker *wk)
+{
+	struct stress *s = wk->s;
+	pid_t pid, r;
+	int st;
+
+	for (int i = 0; i < NRANGES; i++)
+		pthread_rwlock_wrlock(&s->r[i].lock);
+	harness_flush();
+	pid = fork();
+	CHECK_GE(pid, 0);
+	if (pid == 0) {
+		unsigned long bad = 0;
+
+		for (int i = 0; i < NRANGES; i++) {
+			volatile uint64_t *m = s->r[i].base;
+
+			for (size_t k = 0; k < RWORDS; k++) {
+				if (m[k] != s->r[i].shadow[k] && bad++ < 4)
+					printf("  child: range %d page %zu word %zu: 0x%016llx, model "
+					       "0x%016llx\n",
+					       i, k / WPP, k % WPP, (unsigned long long)m[k],
+					       (unsigned long long)s->r[i].shadow[k]);
+				m[k] = ~s->r[i].shadow[k];
+			}
+			for (size_t k = 0; k < RWORDS; k++)
+				bad += m[k] != ~s->r[i].shadow[k];
+		}
+		fflush(stdout);
+		_exit(bad ? 1 : 0);
+	}
+	do
+		r = waitpid(pid, &st, 0);
+	while (r < 0 && errno == EINTR);
+	CHECK_EQ(r, pid);
+	if (!(WIFEXITED(st) && WEXITSTATUS(st) == 0)) {
+		atomic_fetch_add(&s->mismatches, 1);
+		NOTE("MISMATCH: the forked child did not see the model: %s", harness_status_str(st));
+		dump_log(wk);
+	}
+	for (int i = 0; i < NRANGES; i++)
+		check_pages(wk, i, 0, RPAGES, -1);
+	for (int i = NRANGES; i-- > 0;)
+		pthread_rwlock_unlock(&s->r[i].lock);
+	atomic_fetch_add(&s->forks, 1);
+	log_op(wk, OP_FORK, -1, 0, 0, -1, st);
+}
+
+static bool out_of_budget(struct stress *s, unsigned long done)
+{
+	if (atomic_load(&s->stop))
+		return true;
+	if (done >= s->max_ops || harness_now() >= s->deadline) {
+		atomic_store(&s->stop, 1);
+		return true;
+	}
+	return false;
+}
+
+static void *stress_thread(void *arg)
+{
+	struct worker *wk = arg;
+	struct stress *s = wk->s;
+
+	atomic_store(&wk->lwp, (int)syscall(SYS_gettid));
+	pthread_barrier_wait(&s->go);
+	while (!out_of_budget(s, atomic_fetch_add(&s->ops, 1))) {
+		enum op op = pick_op(wk);
+		int ri = (int)prng_below(&wk->rng, NRANGES);
+
+		atomic_fetch_add_explicit(&s->count[op], 1, memory_order_relaxed);
+		switch (op) {
+		case OP_DISCARD:
+			op_discard(wk, ri);
+			break;
+		case OP_REALLOC:
+			op_realloc(wk, ri);
+			break;
+		case OP_MREMAP:
+			op_mremap(wk, ri);
+			break;
+		case OP_FORK:
+			op_fork(wk);
+			break;
+		default:
+			op_shared(wk, op, ri);
+		}
+		atomic_fetch_add_explicit(&wk->progress, 1, memory_order_relaxed);
+	}
+	atomic_store(&wk->done, 1);
+	return NULL;
+}
+
+/*
+ * A thread that makes no progress for a long time is stuck, and the harness's
+ * alarm would only say "deadlock?". Say where: a thread asleep in a futex wait
+ * on a page state word that is no longer locked lost its wake-up.
+ */
+static void watchdog_report(struct worker *wk)
+{
+	char path[64], line[256] = "";
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/self/task/%d/syscall", atomic_load(&wk->lwp));
+	f = fopen(path, "r");
+	if (f) {
+		if (!fgets(line, sizeof(line), f))
+			line[0] = 0;
+		fclose(f);
+	}
+	NOTE("STUCK: thread %d made no progress for %d s; /proc/.../syscall: %s", wk->t,
+	     WATCHDOG_S, line);
+	if (!strncmp(line, "202 ", 4)) {
+		unsigned long long addr = 0, op = 0, val = 0;
+
+		if (sscanf(line + 4, "%llx %llx %llx", &addr, &op, &val) == 3)
+			NOTE("futex wait at %#llx expecting %#llx; the word holds %#llx now%s", addr, val,
+			     (unsigned long long)*(volatile uint32_t *)(uintptr_t)addr,
+			     (val & 0x4) && !(*(volatile uint32_t *)(uintptr_t)addr & 0x4) ?
+				     ": a page lock released without waking its waiter (lost "
+				     "wake-up: a state change under the lock dropped W_WAITERS)" :
+				     "");
+	}
+	dump_log(wk);
+}
+
+static void join_with_watchdog(struct worker *wk, int n)
+{
+	unsigned long last[NTHREADS] = { 0 };
+	double since[NTHREADS];
+
+	for (int t = 0; t < n; t++)
+		since[t] = harness_now();
+	for (;;) {
+		int running = 0;
+
+		for (int t = 0; t < n; t++) {
+			unsigned long p = atomic_load(&wk[t].progress);
+
+			if (atomic_load(&wk[t].done))
+				continue;
+			running++;
+			if (p != last[t]) {
+				last[t] = p;
+				since[t] = harness_now();
+			} else if (harness_now() - since[t] > WATCHDOG_S) {
+				watchdog_report(&wk[t]);
+				CHECK_MSG(0, "thread %d is stuck", t);
+			}
+		}
+		if (!running)
+			break;
+		usleep(20000);
+	}
+	for (int t = 0; t < n; t++)
+		CHECK_EQ(pthread_join(wk[t].tid, NULL), 0);
+}
+
+static double env_num(const char *name, double dflt, bool *set)
+{
+	const char *v = getenv(name);
+
+	*set = v && *v;
+	return *set ? strtod(v, NULL) : dflt;
+}
+
+static void run_stress(enum uhmm_fault_mode mode, uint64_t seed)
+{
+	UHMM_OPTS(uhmm_open_opts, o, .fault_mode = mode);
+	static struct stress s; /* 2 MiB of shadow: not on the stack */
+	static struct worker wk[NTHREADS];
+	struct uhmm_devmem_stats d0, d1;
+	struct uhmm_stats st;
+	struct prng rng;
+	bool ops_set, secs_set;
+	double secs, t0;
+	size_t ndev = 0;
+	int r;
+
+	memset(&s, 0, sizeof(s));
+	r = uhmm_open(&s.h, &o);
+	if (r == -EPERM || r == -ENOSYS)
+		SKIP("userfaultfd unavailable: %s", uhmm_strerror(r));
+	if (r == -EOPNOTSUPP)
+		SKIP("this fault mode is not available here: %s", uhmm_strerror(r));
+	CHECK_EQ(r, 0);
+	uhmm_test_require_migrate(s.h);
+	CHECK_EQ(uhmm_fault_mode(s.h), mode);
+
+	s.max_ops = (unsigned long)env_num("UHMM_STRESS_OPS", 400000, &ops_set);
+	secs = env_num("UHMM_STRESS_SECONDS", 12, &secs_set);
+	if (ops_set && !secs_set)
+		secs = 1e9;
+	if (secs_set && !ops_set)
+		s.max_ops = ~0UL;
+	/* The harness's per-test alarm would end a long run: re-arm it. */
+	alarm(secs < 1e8 ? (unsigned)secs + 120 : 0);
+
+	prng_init(&rng, seed, mode == UHMM_FAULT_THREAD ? "stress, thread mode" :
+							  "stress, signal mode");
+	NOTE("%d threads, %d ranges of %d pages, 2 devices; at most %lu operations or %.0f s",
+	     NTHREADS, NRANGES, RPAGES, s.max_ops, secs);
+	for (int i = 0; i < 2; i++) {
+		s.sim[i] = uhmm_test_sim(s.h, NRANGES * RPAGES);
+		s.dm[i] = uhmm_sim_devmem(s.sim[i]);
+	}
+	pthread_mutex_init(&s.structural, NULL);
+	for (int i = 0; i < NRANGES; i++) {
+		void *p = NULL;
+
+		pthread_rwlockattr_t ra;
+
+		/* Writers first: exclusive operations must not starve behind shared ones. */
+		pthread_rwlockattr_init(&ra);
+		pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+		pthread_rwlock_init(&s.r[i].lock, &ra);
+		pthread_rwlockattr_destroy(&ra);
+		CHECK_EQ(uhmm_alloc(s.h, RPAGES * PAGE, &p), 0);
+		s.r[i].base = p;
+	}
+	CHECK_EQ(pthread_barrier_init(&s.go, NULL, NTHREADS + 1), 0);
+	for (int t = 0; t < NTHREADS; t++) {
+		memset(&wk[t], 0, sizeof(wk[t]));
+		wk[t].s = &s;
+		wk[t].t = t;
+		wk[t].rng.s = prng_next(&rng) | 1;
+		/* Start with data everywhere except a few holes. */
+		for (int i = 0; i < NRANGES; i++)
+			write_pages(&wk[t], i, 0, RPAGES - 4, t);
+	}
+	t0 = harness_now();
+	s.deadline = t0 + secs;
+	for (int t = 0; t < NTHREADS; t++)
+		CHECK_EQ(pthread_create(&wk[t].tid, NULL, stress_thread, &wk[t]), 0);
+	pthread_barrier_wait(&s.go);
+	join_with_watchdog(wk, NTHREADS);
+	pthread_barrier_destroy(&s.go);
+
+	/* Accounting agrees with the page states: every device page is one page of data. */
+	CHECK_EQ(uhmm_sync(s.h), 0);
+	for (int i = 0; i < NRANGES; i++)
+		ndev += count_state(s.h, s.r[i].base, RPAGES, UHMM_PAGE_DEVICE);
+	d0 = dmstats(s.dm[0]);
+	d1 = dmstats(s.dm[1]);
+	CHECK_EQ(d0.resident + d1.resident, ndev);
+	CHECK_EQ(d0.in_use, d0.resident);
+	CHECK_EQ(d1.in_use, d1.resident);
+	st = hstats(s.h);
+	CHECK_EQ(st.poisoned, 0);
+
+	/* The whole model, a last time, by CPU touches (pages come home as they are read). */
+	for (int i = 0; i < NRANGES; i++)
+		check_pages(&wk[0], i, 0, RPAGES, -1);
+	CHECK_EQ(dmstats(s.dm[0]).in_use + dmstats(s.dm[1]).in_use, 0);
+
+	NOTE("%lu operations in %.1f s (%.0f/s), %lu words checked, %lu forks, %lu mismatches",
+	     atomic_load(&s.ops) - NTHREADS, harness_now() - t0,
+	     (double)(atomic_load(&s.ops) - NTHREADS) / (harness_now() - t0),
+	     atomic_load(&s.words_checked), atomic_load(&s.forks), atomic_load(&s.mismatches));
+	for (int i = 0; i < NOPS; i++)
+		NOTE("  %-18s %lu", op_name[i], atomic_load(&s.count[i]));
+	NOTE("faults %llu (on device pages %llu), pages out %llu, home %llu, events %llu; "
+	     "%llu device pages at the end",
+	     (unsigned long long)st.faults, (unsigned long long)st.faults_device,
+	     (unsigned long long)st.pages_out, (unsigned long long)st.pages_home,
+	     (unsigned long long)st.events, (unsigned long long)ndev);
+	CHECK_EQ(atomic_load(&s.mismatches), 0);
+
+	for (int i = 0; i < NRANGES; i++) {
+		CHECK_EQ(uhmm_free(s.h, s.r[i].base, RPAGES * PAGE), 0);
+		pthread_rwlock_destroy(&s.r[i].lock);
+	}
+	for (int i = 0; i < 2; i++)
+		CHECK_EQ(uhmm_sim_destroy(s.sim[i]), 0);
+	pthread_mutex_destroy(&s.structural);
+	uhmm_close(s.h);
+}
+
+TEST(stress_thread_mode)
+{
+	run_stress(UHMM_FAULT_THREAD, 0x57e55001);
+}
+
+TEST(stress_signal_mode)
+{
+	run_stress(UHMM_FAULT_SIGNAL, 0x57e55002);
+}
+
+/*
+ * Fails today (a library bug): fork while another thread migrates. The atfork
+ * handler brings every device page home, but a migration running in another
+ * thread takes pages away again before the fork itself, so the child reads
+ * zeros where its data was (DESIGN.md: "the child never sees zeros where its
+ * data was"). The stress above forks with every range held, so it does not
+ * meet this.
+ */
+#define FR_PAGES 256
+
+struct fork_race {
+	struct uhmm *h;
+	struct uhmm_devmem *dm;
+	char *buf;
+	atomic_int stop;
+};
+
+static void *fork_race_migrator(void *arg)
+{
+	struct fork_race *fr = arg;
+
+	while (!atomic_load(&fr->stop)) {
+		CHECK_GE(uhmm_migrate_to_device(fr->dm, fr->buf, FR_PAGES * PAGE), 0);
+		CHECK_GE(uhmm_migrate_to_ram(fr->h, fr->buf, FR_PAGES * PAGE), 0);
+	}
+	return NULL;
+}
+
+static void fork_while_migrating(enum uhmm_fault_mode mode)
+{
+	UHMM_OPTS(uhmm_open_opts, o, .fault_mode = mode);
+	struct fork_race fr = { 0 };
+	struct uhmm_sim *sim;
+	pthread_t tid;
+	int nforks = 0, nbad = 0, r;
+	double t0 = harness_now();
+	void *p = NULL;
+
+	r = uhmm_open(&fr.h, &o);
+	if (r == -EPERM || r == -ENOSYS || r == -EOPNOTSUPP)
+		SKIP("cannot open in this mode here: %s", uhmm_strerror(r));
+	CHECK_EQ(r, 0);
+	uhmm_test_require_migrate(fr.h);
+	sim = uhmm_test_sim(fr.h, FR_PAGES);
+	fr.dm = uhmm_sim_devmem(sim);
+	CHECK_EQ(uhmm_alloc(fr.h, FR_PAGES * PAGE, &p), 0);
+	fr.buf = p;
+	pattern_fill(fr.buf, FR_PAGES * PAGE, 0xf0f0);
+	CHECK_EQ(pthread_create(&tid, NULL, fork_race_migrator, &fr), 0);
+	while (nforks < 200 && harness_now() - t0 < 5) {
+		pid_t pid;
+		int st;
+
+		harness_flush();
+		pid = fork();
+		CHECK_GE(pid, 0);
+		if (pid == 0) {
+			uint64_t exp[PAGE / 8];
+
+			for (size_t i = 0; i < FR_PAGES; i++) {
+				pattern_page(exp, i, 0xf0f0);
+				if (!memcmp(fr.buf + i * PAGE, exp, PAGE))
+					continue;
+				if (!nbad)
+					printf("  child: page %zu differs: first word 0x%llx, expected "
+					       "0x%llx\n", i,
+					       (unsigned long long)*(uint64_t *)(fr.buf + i * PAGE),
+					       (unsigned long long)exp[0]);
+				fflush(stdout);
+				_exit(1);
+			}
+			_exit(0);
+		}
+		CHECK_EQ(waitpid(pid, &st, 0), pid);
+		nforks++;
+		if (!(WIFEXITED(st) && WEXITSTATUS(st) == 0) && nbad++ == 0)
+			NOTE("fork %d: the child did not see its data: %s", nforks,
+			     harness_status_str(st));
+	}
+	atomic_store(&fr.stop, 1);
+	CHECK_EQ(pthread_join(tid, NULL), 0);
+	NOTE("%d forks while another thread migrated, %d children saw wrong data", nforks, nbad);
+	for (size_t i = 0; i < FR_PAGES; i++)
+		CHECK_PATTERN_PAGE(fr.buf, i, 0xf0f0);
+	CHECK_EQ(nbad, 0);
+	CHECK_EQ(uhmm_free(fr.h, fr.buf, FR_PAGES * PAGE), 0);
+	CHECK_EQ(uhmm_sim_destroy(sim), 0);
+	uhmm_close(fr.h);
+}
+
+TEST(fork_while_another_thread_migrates_thread_mode)
+{
+	fork_while_migrating(UHMM_FAULT_THREAD);
+}
+
+TEST(fork_while_another_thread_migrates_signal_mode)
+{
+	fork_while_migrating(UHMM_FAULT_SIGNAL);
+}
