@@ -103,23 +103,23 @@ static const struct {
 	const char *group, *name;
 	bool mib;
 } counters[C_N] = {
-	[C_FAULTS] = { "handle", "faults" },
-	[C_FAULTS_DEV] = { "handle", "faults on device pages" },
-	[C_ZERO] = { "handle", "zero fills" },
-	[C_OUT] = { "handle", "pages out (to devices)" },
-	[C_HOME] = { "handle", "pages home" },
-	[C_EVENTS] = { "handle", "events" },
-	[C_DM_FAULTS] = { "device", "CPU faults on its pages" },
-	[C_DM_TO] = { "device", "pages to it" },
-	[C_DM_FROM] = { "device", "pages from it" },
+	[C_FAULTS] = { "handle", "faults", false },
+	[C_FAULTS_DEV] = { "handle", "faults on device pages", false },
+	[C_ZERO] = { "handle", "zero fills", false },
+	[C_OUT] = { "handle", "pages out (to devices)", false },
+	[C_HOME] = { "handle", "pages home", false },
+	[C_EVENTS] = { "handle", "events", false },
+	[C_DM_FAULTS] = { "device", "CPU faults on its pages", false },
+	[C_DM_TO] = { "device", "pages to it", false },
+	[C_DM_FROM] = { "device", "pages from it", false },
 	[C_DM_MIB_TO] = { "device", "MiB to it", true },
 	[C_DM_MIB_FROM] = { "device", "MiB from it", true },
-	[C_DM_PREFETCHED] = { "device", "pages prefetched" },
-	[C_DM_EVICTIONS] = { "device", "evictions" },
-	[C_DM_THRASH] = { "device", "thrash events" },
-	[C_SIM_FAULTS] = { "sim", "device faults" },
-	[C_SIM_MIGRATED] = { "sim", "pages migrated by them" },
-	[C_SIM_MAPPED] = { "sim", "pages mapped in place" },
+	[C_DM_PREFETCHED] = { "device", "pages prefetched", false },
+	[C_DM_EVICTIONS] = { "device", "evictions", false },
+	[C_DM_THRASH] = { "device", "thrash events", false },
+	[C_SIM_FAULTS] = { "sim", "device faults", false },
+	[C_SIM_MIGRATED] = { "sim", "pages migrated by them", false },
+	[C_SIM_MAPPED] = { "sim", "pages mapped in place", false },
 };
 
 static void sample(struct job *j, double v[C_N])
