@@ -20,6 +20,7 @@
 
 #include <dirent.h>
 #include <stdatomic.h>
+#include <stddef.h>
 
 #define DEV_PAGES 48
 #define NP 32
@@ -391,7 +392,7 @@ static struct outcome run_once(enum uhmm_fault_mode mode, int target, long pass,
 	ret = uhmm_migrate_to_device(r.d->dm, r.buf, NP * PAGE);
 	CHECK_GE(ret, 0);
 	CHECK_EQ(count_state(r.h, r.buf, NP, UHMM_PAGE_DEVICE), ret);
-	/* Faults: reads in reverse (a fault each), then writes (a write fault brings the page home first). */
+	/* Faults: reads in reverse (a fault each), then writes (home first, then written). */
 	for (size_t i = 8; i-- > 0;)
 		cpu_read(&r, i);
 	for (size_t i = 8; i < 12; i++)
@@ -514,4 +515,54 @@ TEST(every_callback_fails_at_every_call_thread_mode)
 TEST(every_callback_fails_at_every_call_signal_mode)
 {
 	inject_all(UHMM_FAULT_SIGNAL);
+}
+
+/*
+ * Fails today (a library bug, found by fuzz/api_fuzz.c). Option structs may be
+ * smaller than the library's (older callers); uhmm_devmem_add copies the first
+ * desc->sz bytes and takes the rest as defaults. A size that ends inside a
+ * field copies part of it: part of the ops pointer, then dereferenced by
+ * check_ops (SEGV). A size that is not a whole number of fields should be
+ * refused (-EINVAL), or the cut field taken as its default.
+ */
+static void add_cut_desc(void *arg)
+{
+	struct inj d = { 0 };
+	struct uhmm *h;
+	struct uhmm_devmem *dm = NULL;
+	size_t cut = (size_t)(uintptr_t)arg;
+	int r;
+
+	uhmm_test_open(&h);
+	UHMM_OPTS(uhmm_devmem_desc, desc, .type = UHMM_MEMORY_DEVICE_PRIVATE, .npages = 4,
+		  .owner = &d, .ops = &inj_ops, .driver_data = &d, .name = "cut");
+	desc.sz = cut;
+	r = uhmm_devmem_add(h, &desc, &dm);
+	CHECK_MSG(r == -EINVAL || r == 0, "sz %zu: %d", cut, r);
+	if (!r)
+		CHECK_EQ(uhmm_devmem_remove(dm), 0);
+	uhmm_close(h);
+}
+
+TEST(devmem_add_with_sz_ending_inside_a_pointer)
+{
+	static const size_t cuts[] = {
+		offsetof(struct uhmm_devmem_desc, ops) + 1,
+		offsetof(struct uhmm_devmem_desc, ops) + 4,
+		offsetof(struct uhmm_devmem_desc, name) + 3,
+	};
+	int bad = 0;
+
+	for (size_t i = 0; i < ARRAY_SIZE(cuts); i++) {
+		int st = harness_run_child(add_cut_desc, (void *)(uintptr_t)cuts[i]);
+
+		if (WIFEXITED(st) && WEXITSTATUS(st) == 77)
+			SKIP("%s", harness_skip_buf[0] ? harness_skip_buf : "the child skipped");
+		if (!WIFEXITED(st) || WEXITSTATUS(st)) {
+			NOTE("uhmm_devmem_add with sz = %zu (inside a pointer field): %s", cuts[i],
+			     harness_status_str(st));
+			bad++;
+		}
+	}
+	CHECK_EQ(bad, 0);
 }
