@@ -510,9 +510,16 @@ static uintptr_t chunk_end(struct uhmm *h, uintptr_t s, uintptr_t e, bool *manag
 	return ce < e ? ce : e;
 }
 
+/*
+ * Whether [s, e) is managed, once the events that change it are handled: an
+ * mremap the caller just made moves management to the new address only when
+ * its event is handled (-ENOENT until then would be a lie).
+ */
 static bool range_managed(struct uhmm *h, uintptr_t s, uintptr_t e)
 {
 	bool ok = true;
+
+	uhmm__events_settle(h, s, e);
 
 	while (ok && s < e)
 		s = chunk_end(h, s, e, &ok);
