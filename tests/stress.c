@@ -804,7 +804,7 @@ TEST(migration_right_after_mremap_sees_the_moved_range_signal_mode)
  * Regression test (UBSan): in thread mode, a fork with no page on any device
  * built an empty snapshot and sorted it with qsort(NULL, 0, ...) (src/fork.c),
  * undefined behaviour that UBSan reports ("null pointer passed as argument 1,
- * which is declared to never be null"); fixed in 080d37f.
+ * which is declared to never be null"); fixed in 23386b2.
  */
 TEST(fork_with_no_page_on_a_device_thread_mode)
 {
