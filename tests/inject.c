@@ -552,6 +552,7 @@ TEST(devmem_add_with_sz_ending_inside_a_pointer)
 		offsetof(struct uhmm_devmem_desc, name) + 3,
 	};
 	int bad = 0;
+	KNOWN_BUG("uhmm_devmem_add reads a pointer that desc->sz cuts in half (SEGV in check_ops)");
 
 	for (size_t i = 0; i < ARRAY_SIZE(cuts); i++) {
 		int st = harness_run_child(add_cut_desc, (void *)(uintptr_t)cuts[i]);

@@ -515,11 +515,13 @@ TEST(discard_flood_does_not_starve_faults_signal_mode)
 
 TEST(mremap_flood_does_not_starve_faults_thread_mode)
 {
+	KNOWN_BUG("a thread calling mremap in a loop starves faults on other memory");
 	event_flood_does_not_starve(UHMM_FAULT_THREAD, true);
 }
 
 TEST(mremap_flood_does_not_starve_faults_signal_mode)
 {
+	KNOWN_BUG("a thread calling mremap in a loop starves faults on other memory");
 	event_flood_does_not_starve(UHMM_FAULT_SIGNAL, true);
 }
 
