@@ -9,8 +9,8 @@
  * shadow; everything else takes it shared. Migrations never change data, so
  * they run under the shared lock beside the CPU accesses they race with.
  *
- * Bounds: UHMM_STRESS_SECONDS (default 12 per fault mode) and UHMM_STRESS_OPS
- * (default 400000 per fault mode), whichever comes first; setting only one of
+ * Bounds: UHMM_STRESS_SECONDS (default 4 per fault mode) and UHMM_STRESS_OPS
+ * (default 100000 per fault mode), whichever comes first; setting only one of
  * them lifts the other. HARNESS_SEED replays a run.
  */
 #include "harness.h"
@@ -531,8 +531,8 @@ static void run_stress(enum uhmm_fault_mode mode, uint64_t seed)
 	uhmm_test_require_migrate(s.h);
 	CHECK_EQ(uhmm_fault_mode(s.h), mode);
 
-	s.max_ops = (unsigned long)env_num("UHMM_STRESS_OPS", 400000, &ops_set);
-	secs = env_num("UHMM_STRESS_SECONDS", 12, &secs_set);
+	s.max_ops = (unsigned long)env_num("UHMM_STRESS_OPS", 100000, &ops_set);
+	secs = env_num("UHMM_STRESS_SECONDS", 4, &secs_set);
 	if (ops_set && !secs_set)
 		secs = 1e9;
 	if (secs_set && !ops_set)
