@@ -438,11 +438,16 @@ int sim_cow(struct uhmm_sim *sim, uintptr_t va)
 	return 0;
 }
 
-/* Migrate the managed pages of [s, e) to the device, in 2 MiB chunks. */
-int sim_migrate_to_dev(struct uhmm_sim *sim, uintptr_t s, uintptr_t e, bool cmd,
-		       unsigned long *moved)
+typedef int (*sim_chunk_fn)(struct uhmm_sim *sim, uintptr_t s, uintptr_t e, bool cmd,
+			   unsigned long *moved);
+
+/*
+ * Run @fn over [s, e) in 2 MiB chunks; a chunk that is not one managed range
+ * goes page by page, skipping what is not managed. Returns what @fn last did.
+ */
+static int sim_chunks(struct uhmm_sim *sim, uintptr_t s, uintptr_t e, bool cmd,
+		      unsigned long *moved, sim_chunk_fn fn)
 {
-	unsigned long before = *moved;
 	int ret = 0;
 
 	while (s < e && !ret) {
@@ -450,18 +455,27 @@ int sim_migrate_to_dev(struct uhmm_sim *sim, uintptr_t s, uintptr_t e, bool cmd,
 
 		if (ce > e)
 			ce = e;
-		ret = chunk_to_dev_retry(sim, s, ce, cmd, moved);
+		ret = fn(sim, s, ce, cmd, moved);
 		if (ret == -ENOENT) {
-			/* Not one managed range: page by page, skipping what is not managed. */
 			ret = 0;
 			for (uintptr_t a = s; a < ce && !ret; a += SIM_PAGE) {
-				ret = chunk_to_dev_retry(sim, a, a + SIM_PAGE, cmd, moved);
+				ret = fn(sim, a, a + SIM_PAGE, cmd, moved);
 				if (ret == -ENOENT)
 					ret = 0;
 			}
 		}
 		s = ce;
 	}
+	return ret;
+}
+
+/* Migrate the managed pages of [s, e) to the device, in 2 MiB chunks. */
+int sim_migrate_to_dev(struct uhmm_sim *sim, uintptr_t s, uintptr_t e, bool cmd,
+		       unsigned long *moved)
+{
+	unsigned long before = *moved;
+	int ret = sim_chunks(sim, s, e, cmd, moved, chunk_to_dev_retry);
+
 	atomic_fetch_add(&sim->migrated_to, *moved - before);
 	return ret;
 }
@@ -509,24 +523,8 @@ int sim_migrate_to_sys(struct uhmm_sim *sim, uintptr_t s, uintptr_t e, bool cmd,
 		       unsigned long *moved)
 {
 	unsigned long before = *moved;
-	int ret = 0;
+	int ret = sim_chunks(sim, s, e, cmd, moved, chunk_to_sys);
 
-	while (s < e && !ret) {
-		uintptr_t ce = (s | (SIM_HUGE - 1)) + 1;
-
-		if (ce > e)
-			ce = e;
-		ret = chunk_to_sys(sim, s, ce, cmd, moved);
-		if (ret == -ENOENT) {
-			ret = 0;
-			for (uintptr_t a = s; a < ce && !ret; a += SIM_PAGE) {
-				ret = chunk_to_sys(sim, a, a + SIM_PAGE, cmd, moved);
-				if (ret == -ENOENT)
-					ret = 0;
-			}
-		}
-		s = ce;
-	}
 	atomic_fetch_add(&sim->migrated_from, *moved - before);
 	return ret;
 }
