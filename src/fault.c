@@ -87,7 +87,11 @@ static void zero_around(struct uhmm *h, struct range *r, uintptr_t addr)
 		for (j = i; j < n && held[j]; j++)
 			;
 		if (j > i) {
-			uhmm__uffd_zeropage(h->uffd, s + (i << PAGE_SHIFT), (j - i) << PAGE_SHIFT, true);
+			int zr = uhmm__uffd_zeropage(h->uffd, s + (i << PAGE_SHIFT),
+						     (j - i) << PAGE_SHIFT, true);
+
+			uhmm__trace("*zero-around", s + (i << PAGE_SHIFT), (j - i) << PAGE_SHIFT,
+				    (uint64_t)zr);
 			UHMM_STAT_ADD(h, zero_fills, j - i);
 			for (unsigned long k = i; k < j; k++)
 				uhmm__unlock(uhmm__word(r, s + (k << PAGE_SHIFT)), W_CPU);
@@ -256,6 +260,7 @@ again:
 			ret = uhmm__uffd_copy(h->uffd, addr, h->zero_page, PAGE_SIZE, false);
 		else
 			ret = uhmm__uffd_zeropage(h->uffd, addr, PAGE_SIZE, false);
+		uhmm__trace("zero-fill", addr, write, (uint64_t)ret);
 		if (ret == -EAGAIN)
 			break;
 		UHMM_STAT_ADD(h, zero_fills, 1);
@@ -279,6 +284,7 @@ again:
 		uhmm__fill_err = 0;
 		ret = page ? page->devmem->ops->migrate_to_ram(&vmf) : -ENODEV;
 		nv = atomic_load(w);
+		uhmm__trace("serve-dev", addr, nv, (uint64_t)ret);
 		if (w_kind(nv) == W_CPU) {
 			atomic_fetch_add(&page->devmem->st_faults, 1);
 			nv = uhmm__thrash_home(h, page->devmem, v, nv);

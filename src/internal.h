@@ -30,6 +30,7 @@
 #include "uhmm.h"
 #include "uhmm_driver.h"
 #include "uffd.h"
+#include "trace.h"
 
 #define PAGE_SHIFT 12
 #define PAGE_SIZE 4096UL

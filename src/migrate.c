@@ -98,6 +98,23 @@ static long move_readonly(int uffd, uintptr_t dst, uintptr_t src, size_t len, bo
 }
 
 /*
+ * Whether the locked page at @src went to its (empty) staging slot although
+ * UFFDIO_MOVE answered EEXIST. Linux 6.18 does this now and then to a page
+ * that was just made exclusive again after fork (MADV_POPULATE_WRITE): it
+ * moves the page, retries its own finished move and reports the slot as
+ * taken. Nobody else moves a page we hold locked, so a hole where the page
+ * was means it moved, and its data (if any) is in the slot. Taking the
+ * answer at its word would unlock the page as present while its data sits
+ * in staging, to be discarded: the stress test read such pages as zeros.
+ */
+static bool moved_anyway(uintptr_t src)
+{
+	unsigned char v;
+
+	return !uhmm__pages_with_data(src, 1, &v) && !v;
+}
+
+/*
  * Move the CPU pages collected in src[] (HELD|MIGRATE, no address yet) into
  * the staging chunk, run by run.
  */
@@ -120,6 +137,10 @@ static void take_system(struct uhmm_migrate *a)
 			long got = uhmm__uffd_move(h->uffd_stg, (uintptr_t)stg + (i << PAGE_SHIFT),
 						   page_addr(a, i), (j - i) << PAGE_SHIFT, true);
 
+			uhmm__trace("*take", page_addr(a, i), got > 0 ? (uint64_t)got : PAGE_SIZE,
+				    (uint64_t)got);
+			if (got == -EEXIST && moved_anyway(page_addr(a, i)))
+				got = PAGE_SIZE;
 			if (got > 0) {
 				i += (unsigned long)got >> PAGE_SHIFT;
 				continue;
@@ -142,6 +163,7 @@ static void take_system(struct uhmm_migrate *a)
 			 * Anything else (the mapping vanished or changed):
 			 * leave the page where it is.
 			 */
+			uhmm__trace("take-fail", page_addr(a, i), atomic_load(mig_word(a, i)), (uint64_t)got);
 			uhmm__unlock(mig_word(a, i), atomic_load(mig_word(a, i)));
 			a->src[i] = got == -EBUSY ? UHMM_MIGRATE_BUSY | S_SHARED : 0;
 			i++;
@@ -153,6 +175,7 @@ static void take_system(struct uhmm_migrate *a)
 	for (i = 0; i < n; i++) {
 		if (a->src[i] != (S_HELD | UHMM_MIGRATE_MIGRATE))
 			continue;
+		uhmm__trace("staged", page_addr(a, i), vec[i], (uintptr_t)stg + (i << PAGE_SHIFT));
 		if (vec[i] & 1)
 			a->src[i] |= UHMM_MIGRATE_VALID | ((uintptr_t)stg + (i << PAGE_SHIFT));
 		a->cpages++;
@@ -257,6 +280,7 @@ int uhmm_migrate_setup(struct uhmm_migrate *a)
 				continue;
 			}
 			a->src[i] = S_HELD | UHMM_MIGRATE_MIGRATE;
+			uhmm__trace("lock-cpu", page_addr(a, i), v, 0);
 			any_sys = true;
 			continue;
 		}
@@ -310,6 +334,7 @@ static void commit_device(struct uhmm_migrate *a, unsigned long i)
 	else
 		UHMM_STAT_ADD(h, pages_out, 1);
 	a->src[i] |= S_DONE;
+	uhmm__trace("commit-dev", page_addr(a, i), old, a->src[i]);
 }
 
 static bool to_system(const struct uhmm_migrate *a, unsigned long i)
@@ -345,6 +370,7 @@ static void commit_system(struct uhmm_migrate *a, unsigned long i)
 	uhmm__release_word(a->h, old);
 	UHMM_STAT_ADD(a->h, pages_home, 1);
 	a->src[i] |= S_DONE;
+	uhmm__trace("commit-sys", page_addr(a, i), old, 0);
 }
 
 /* Wake touchers of [s, e); the fault path wakes its own toucher once its page is unlocked. */
@@ -406,6 +432,7 @@ void uhmm_migrate_pages(struct uhmm_migrate *a)
 		size_t done;
 		int ret = uhmm__uffd_copy_n(a->h->uffd, s0, (const void *)from, (j - i) << PAGE_SHIFT,
 					    false, &done);
+		uhmm__trace("*copy-home", s0, done, (uint64_t)(int64_t)ret);
 
 		/*
 		 * What was installed is home. The rest stays on the device: on
@@ -460,6 +487,8 @@ void uhmm_migrate_finalize(struct uhmm_migrate *a)
 				got = move_readonly(h->uffd, page_addr(a, i),
 						    a->priv[P_STAGING] + (i << PAGE_SHIFT),
 						    (j - i) << PAGE_SHIFT, false, page_addr(a, i));
+			uhmm__trace("*restore", page_addr(a, i), got > 0 ? (uint64_t)got : PAGE_SIZE,
+				    (uint64_t)got);
 			if (got > 0)
 				i += (unsigned long)got >> PAGE_SHIFT;
 			else if (got == -EAGAIN)
@@ -477,10 +506,12 @@ void uhmm_migrate_finalize(struct uhmm_migrate *a)
 		if ((a->src[i] & S_HELD) && !is_fault_page(a, i)) {
 			_Atomic uint64_t *w = mig_word(a, i);
 
+			uhmm__trace("unlock", page_addr(a, i), atomic_load(w), a->src[i]);
 			uhmm__unlock(w, atomic_load(w));
 		}
 	}
 	if (a->priv[P_STAGING]) {
+		uhmm__trace("*stg-discard", a->priv[P_STAGING], n << PAGE_SHIFT, a->start);
 		madvise((void *)a->priv[P_STAGING], n << PAGE_SHIFT, MADV_DONTNEED);
 		uhmm__pool_put(&h->staging, (char *)a->priv[P_STAGING]);
 	}
@@ -591,9 +622,13 @@ static int with_retries(void *ctx, uintptr_t s, uintptr_t e, int passes, pass_fn
 			total += ret;
 		}
 		for (i = 0; i < n; i++) {
-			if (rt[i] == R_SHARED)
+			if (rt[i] == R_SHARED) {
 				/* Break copy-on-write sharing with a forked child; no lock is held. */
-				madvise((void *)(s + (i << PAGE_SHIFT)), PAGE_SIZE, MADV_POPULATE_WRITE);
+				int pr = madvise((void *)(s + (i << PAGE_SHIFT)), PAGE_SIZE,
+						 MADV_POPULATE_WRITE);
+
+				uhmm__trace("populate", s + (i << PAGE_SHIFT), (uint64_t)pr, 0);
+			}
 			if (rt[i] == R_SHARED || rt[i] == R_BUSY) {
 				rt[i] = R_TRY;
 				again = true;

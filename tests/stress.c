@@ -11,12 +11,17 @@
  *
  * Bounds: UHMM_STRESS_SECONDS (default 4 per fault mode) and UHMM_STRESS_OPS
  * (default 100000 per fault mode), whichever comes first; setting only one of
- * them lifts the other. HARNESS_SEED replays a run.
+ * them lifts the other. HARNESS_SEED replays a run. UHMM_STRESS_WITHOUT=fork,mremap
+ * (operation names as printed) narrows a failure down. Built with -DUHMM_TRACE
+ * (src/trace.h), the first mismatch prints the library's recent events on its page.
  */
 #include "harness.h"
 
 #include <stdatomic.h>
 #include <sys/syscall.h>
+#ifdef UHMM_TRACE
+void uhmm__trace_dump(uintptr_t addr);
+#endif
 
 #define NTHREADS 4
 #define NRANGES 4
@@ -47,8 +52,8 @@ static const char *const op_name[NOPS] = {
 	"discard", "free+alloc", "mremap", "fork", "states",
 };
 
-/* Out of 10000. */
-static const unsigned op_weight[NOPS] = {
+/* Out of 10000; UHMM_STRESS_WITHOUT (names, comma-separated) turns some off. */
+static unsigned op_weight[NOPS] = {
 	[OP_WRITE] = 3300,     [OP_READ] = 3300,       [OP_TO_DEV] = 1300,
 	[OP_TO_RAM] = 800,     [OP_DEV_TO_DEV] = 500,  [OP_TOUCH_TO_DEV] = 400,
 	[OP_DISCARD] = 200,    [OP_REALLOC] = 60,      [OP_MREMAP] = 60,
@@ -100,6 +105,7 @@ struct worker {
 	atomic_int done;
 	struct logent log[LOGN];
 	unsigned nlog;
+	enum op cur; /* the operation under way */
 };
 
 static void log_op(struct worker *wk, enum op op, int range, size_t p0, size_t n, int dev,
@@ -128,12 +134,16 @@ static void mismatch(struct worker *wk, int ri, size_t word, uint64_t got, uint6
 	unsigned long n = atomic_fetch_add(&s->mismatches, 1);
 
 	if (n < 8) {
-		NOTE("MISMATCH: thread %d, range %d (gen %u) page %zu word %zu (owner %zu): read "
-		     "0x%016llx, model 0x%016llx; page state %s",
-		     wk->t, ri, s->r[ri].gen, word / WPP, word % WPP, (word % WPP) % NTHREADS,
+		NOTE("MISMATCH: thread %d in %s, range %d (gen %u) page %zu word %zu (owner %zu): "
+		     "read 0x%016llx, model 0x%016llx; page state %s",
+		     wk->t, op_name[wk->cur], ri, s->r[ri].gen, word / WPP, word % WPP, (word % WPP) % NTHREADS,
 		     (unsigned long long)got, (unsigned long long)*exp,
 		     page_state_name(uhmm_page_state(s->h, s->r[ri].base + word / WPP * WPP)));
 		dump_log(wk);
+#ifdef UHMM_TRACE
+		if (n == 0)
+			uhmm__trace_dump((uintptr_t)(s->r[ri].base + word / WPP * WPP));
+#endif
 	}
 	*exp = got; /* one corruption is counted once */
 }
@@ -180,6 +190,31 @@ static void pick_run(struct worker *wk, size_t *p0, size_t *n)
 	*n = 1 + (size_t)prng_below(&wk->rng, MAXRUN);
 	if (*p0 + *n > RPAGES)
 		*n = RPAGES - *p0;
+}
+
+/* Whether the comma-separated list @list names @name. */
+static bool listed(const char *list, const char *name)
+{
+	size_t len = strlen(name);
+
+	for (const char *at = list; (at = strstr(at, name)); at++)
+		if ((at == list || at[-1] == ',') && (!at[len] || at[len] == ','))
+			return true;
+	return false;
+}
+
+/* UHMM_STRESS_WITHOUT: a bisecting aid; what is turned off becomes CPU reads. */
+static void drop_ops(void)
+{
+	const char *v = getenv("UHMM_STRESS_WITHOUT");
+
+	for (int i = 0; v && i < NOPS; i++) {
+		if (i == OP_READ || !op_weight[i] || !listed(v, op_name[i]))
+			continue;
+		NOTE("without %s", op_name[i]);
+		op_weight[OP_READ] += op_weight[i];
+		op_weight[i] = 0;
+	}
 }
 
 static enum op pick_op(struct worker *wk)
@@ -413,6 +448,7 @@ static void *stress_thread(void *arg)
 		int ri = (int)prng_below(&wk->rng, NRANGES);
 
 		atomic_fetch_add_explicit(&s->count[op], 1, memory_order_relaxed);
+		wk->cur = op;
 		switch (op) {
 		case OP_DISCARD:
 			op_discard(wk, ri);
@@ -541,6 +577,7 @@ static void run_stress(enum uhmm_fault_mode mode, uint64_t seed)
 	alarm(secs < 1e8 ? (unsigned)secs + 120 : 0);
 
 	pthread_mutex_init(&s.structural, NULL);
+	drop_ops();
 	prng_init(&rng, seed, mode == UHMM_FAULT_THREAD ? "stress, thread mode" :
 							  "stress, signal mode");
 	NOTE("%d threads, %d ranges of %d pages, 2 devices; at most %lu operations or %.0f s",
@@ -826,6 +863,108 @@ TEST(fork_with_no_page_on_a_device_thread_mode)
 	CHECK_EXITED(st, 0);
 	CHECK_EQ(uhmm_free(h, p, PAGE), 0);
 	uhmm_close(h);
+}
+
+/*
+ * After fork, pages the parent shared with its child must be made exclusive
+ * again before UFFDIO_MOVE takes them (it answers EBUSY); two threads then
+ * race to migrate them. Linux 6.18 sometimes moves such a page and still
+ * answers EEXIST: believed, the page was unlocked as present while its data
+ * sat in a staging slot that was then discarded, and the CPU read zeros (the
+ * stress run found it, about one run in three in signal mode).
+ */
+#define AF_PAGES 16
+
+struct after_fork {
+	struct uhmm *h;
+	struct uhmm_devmem *dm[2];
+	char *buf;
+	pthread_barrier_t go, done;
+	atomic_int stop;
+};
+
+static void *after_fork_migrator(void *arg)
+{
+	struct after_fork *af = arg;
+	static atomic_int next;
+	int me = atomic_fetch_add(&next, 1) & 1;
+
+	for (;;) {
+		pthread_barrier_wait(&af->go);
+		if (atomic_load(&af->stop))
+			return NULL;
+		for (int k = 0; k < 4; k++) {
+			int r = uhmm_migrate_to_device(af->dm[me], af->buf, AF_PAGES * PAGE);
+
+			CHECK_MSG(r >= 0, "uhmm_migrate_to_device: %d%s", r, harness_errname(r));
+			CHECK_GE(uhmm_migrate_to_ram(af->h, af->buf, AF_PAGES * PAGE), 0);
+		}
+		pthread_barrier_wait(&af->done);
+	}
+}
+
+static void migrations_racing_after_fork(enum uhmm_fault_mode mode)
+{
+	UHMM_OPTS(uhmm_open_opts, o, .fault_mode = mode);
+	struct after_fork af = { 0 };
+	struct uhmm_sim *sim[2];
+	pthread_t tid[2];
+	double t0 = harness_now();
+	void *p = NULL;
+	int rounds = 0, r;
+
+	r = uhmm_open(&af.h, &o);
+	if (r == -EPERM || r == -ENOSYS || r == -EOPNOTSUPP)
+		SKIP("cannot open in this mode here: %s", uhmm_strerror(r));
+	CHECK_EQ(r, 0);
+	uhmm_test_require_migrate(af.h);
+	for (int i = 0; i < 2; i++) {
+		sim[i] = uhmm_test_sim(af.h, 2 * AF_PAGES);
+		af.dm[i] = uhmm_sim_devmem(sim[i]);
+	}
+	CHECK_EQ(uhmm_alloc(af.h, AF_PAGES * PAGE, &p), 0);
+	af.buf = p;
+	CHECK_EQ(pthread_barrier_init(&af.go, NULL, 3), 0);
+	CHECK_EQ(pthread_barrier_init(&af.done, NULL, 3), 0);
+	for (int i = 0; i < 2; i++)
+		CHECK_EQ(pthread_create(&tid[i], NULL, after_fork_migrator, &af), 0);
+	for (; rounds < 400 && harness_now() - t0 < 3; rounds++) {
+		pid_t pid;
+
+		pattern_fill(af.buf, AF_PAGES * PAGE, 0xaf00 + (uint64_t)rounds);
+		harness_flush();
+		pid = fork();
+		CHECK_GE(pid, 0);
+		if (pid == 0)
+			_exit(0);
+		CHECK_EQ(waitpid(pid, NULL, 0), pid);
+		pthread_barrier_wait(&af.go);
+		pthread_barrier_wait(&af.done);
+		for (size_t i = 0; i < AF_PAGES; i++)
+			CHECK_PATTERN_PAGE(af.buf, i, 0xaf00 + (uint64_t)rounds);
+	}
+	atomic_store(&af.stop, 1);
+	pthread_barrier_wait(&af.go);
+	for (int i = 0; i < 2; i++)
+		CHECK_EQ(pthread_join(tid[i], NULL), 0);
+	NOTE("%d rounds of fork, then two threads migrating the same pages: every byte kept",
+	     rounds);
+	pthread_barrier_destroy(&af.go);
+	pthread_barrier_destroy(&af.done);
+	CHECK_EQ(uhmm_free(af.h, af.buf, AF_PAGES * PAGE), 0);
+	for (int i = 0; i < 2; i++)
+		CHECK_EQ(uhmm_sim_destroy(sim[i]), 0);
+	uhmm_close(af.h);
+}
+
+TEST(migrations_racing_after_fork_keep_data_thread_mode)
+{
+	migrations_racing_after_fork(UHMM_FAULT_THREAD);
+}
+
+TEST(migrations_racing_after_fork_keep_data_signal_mode)
+{
+	migrations_racing_after_fork(UHMM_FAULT_SIGNAL);
 }
 
 /*
