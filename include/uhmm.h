@@ -59,7 +59,7 @@ enum {
 	UHMM_FEAT_EVENT_UNMAP = 1ULL << 4, /* munmap events */
 	UHMM_FEAT_EVENT_REMOVE = 1ULL << 5, /* MADV_DONTNEED/REMOVE events */
 	UHMM_FEAT_EVENT_REMAP = 1ULL << 6, /* mremap events */
-	UHMM_FEAT_EVENT_FORK = 1ULL << 7,  /* fork events */
+	UHMM_FEAT_EVENT_FORK = 1ULL << 7,  /* fork events in force (thread mode, CAP_SYS_PTRACE) */
 	UHMM_FEAT_THREAD_ID = 1ULL << 8,   /* the faulting thread's id */
 	UHMM_FEAT_SIGBUS = 1ULL << 9,      /* faults as SIGBUS in the toucher */
 	UHMM_FEAT_KERNEL_FAULTS = 1ULL << 10, /* privileged: faults from system calls served */

@@ -85,7 +85,7 @@ static const struct {
 int uhmm__probe_open(struct uhmm *h, unsigned int flags, uint64_t mask, int mode)
 {
 	bool kf = false;
-	uint64_t avail = 0, ioctls = 0, got = 0;
+	uint64_t avail = 0, ioctls = 0, got = 0, want = 0, want_fork = 0;
 	int fd, ret, i;
 
 	/* UFFDIO_API may be called once per descriptor: probe on a throwaway one. */
@@ -103,16 +103,28 @@ int uhmm__probe_open(struct uhmm *h, unsigned int flags, uint64_t mask, int mode
 		return -EOPNOTSUPP;
 	h->fault_mode = mode;
 
-	fd = open_uffd(flags & UHMM_OPEN_USER_MODE_ONLY, &kf);
-	if (fd < 0)
-		return fd;
 	/* Fork events only where the service thread can serve a child (thread mode). */
-	ret = uffd_api(fd, (avail & WANTED) | (mode == UHMM_FAULT_SIGNAL ? UFFD_FEATURE_SIGBUS :
-					      avail & UFFD_FEATURE_EVENT_FORK),
-		       &got, &ioctls);
-	if (ret) {
+	if (mode == UHMM_FAULT_THREAD && !(mask & UHMM_FEAT_EVENT_FORK))
+		want_fork = avail & UFFD_FEATURE_EVENT_FORK;
+	for (;;) {
+		fd = open_uffd(flags & UHMM_OPEN_USER_MODE_ONLY, &kf);
+		if (fd < 0)
+			return fd;
+		want = (avail & WANTED) | want_fork |
+		       (mode == UHMM_FAULT_SIGNAL ? UFFD_FEATURE_SIGBUS : 0);
+		ret = uffd_api(fd, want, &got, &ioctls);
+		if (!ret) {
+			got &= want; /* the kernel reports all it has, not what is in force */
+			break;
+		}
 		close(fd);
-		return ret;
+		/*
+		 * Fork events need CAP_SYS_PTRACE. Without them device pages
+		 * come home before fork (as in signal mode), so do without.
+		 */
+		if (ret != -EPERM || !want_fork)
+			return ret;
+		want_fork = 0;
 	}
 
 	h->uffd = fd;
@@ -131,6 +143,8 @@ int uhmm__probe_open(struct uhmm *h, unsigned int flags, uint64_t mask, int mode
 	h->uffd_feats = got;
 	h->uffd_ioctls = ioctls;
 	h->features = UHMM_FEAT_MISSING | (kf ? UHMM_FEAT_KERNEL_FAULTS : 0);
+	/* What the kernel has; fork events only where in force. */
+	avail = (avail & ~(uint64_t)UFFD_FEATURE_EVENT_FORK) | (got & UFFD_FEATURE_EVENT_FORK);
 	for (i = 0; i < (int)(sizeof(feat_map) / sizeof(feat_map[0])); i++)
 		if (avail & feat_map[i].uffd)
 			h->features |= feat_map[i].uhmm;

@@ -37,7 +37,9 @@ static const struct {
 	{ UHMM_FEAT_EVENT_UNMAP, "munmap events: device pages of unmapped memory are freed" },
 	{ UHMM_FEAT_EVENT_REMOVE, "MADV_DONTNEED events: discarded pages read zeros" },
 	{ UHMM_FEAT_EVENT_REMAP, "mremap events: device pages follow moved memory" },
-	{ UHMM_FEAT_EVENT_FORK, "fork events: children's faults on device pages" },
+	{ UHMM_FEAT_EVENT_FORK,
+	  "fork events: device pages stay put at fork (else they come home first; thread "
+	  "mode, CAP_SYS_PTRACE)" },
 	{ UHMM_FEAT_WP, "write-protect faults" },
 	{ UHMM_FEAT_THREAD_ID, "the faulting thread's id" },
 	{ UHMM_FEAT_SIGBUS, "faults as SIGBUS in the faulting thread (signal mode)" },
