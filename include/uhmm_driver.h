@@ -172,8 +172,9 @@ struct uhmm_devmem_desc {
  * Creates @desc->npages page descriptors on a free list that all drivers
  * share (uhmm_devmem_alloc_page), charged to @desc->owner while in use.
  * Return: 0, or
- * -EINVAL  NULL argument, unknown type, npages 0 or too large, NULL owner,
- *          ops ABI mismatch, or an ops table without copy_to_device,
+ * -EINVAL  NULL argument, @desc->sz that no version of the struct has (one
+ *          that ends inside a field), unknown type, npages 0 or too large,
+ *          NULL owner, ops ABI mismatch, or an ops table without copy_to_device,
  *          copy_from_device or (for private memory) migrate_to_ram;
  * -E2BIG   @desc larger than known with a non-zero tail;
  * -ENOSPC  too many regions on this handle (1023) or owners (256);

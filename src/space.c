@@ -16,12 +16,16 @@
 
 /* --- option structs --- */
 
-/* A caller's struct may be older (smaller) or newer (larger, zero tail). */
+/*
+ * A caller's struct may be older (smaller) or newer (larger, zero tail). Every
+ * version starts with its size_t size, so its size is a multiple of that
+ * alignment: any other size would cut a field (half a pointer) and is refused.
+ */
 static int opts_check(const void *opts, size_t given, size_t known)
 {
 	const unsigned char *p = opts;
 
-	if (given < sizeof(size_t))
+	if (given < sizeof(size_t) || given % _Alignof(size_t))
 		return -EINVAL;
 	for (size_t i = known; i < given; i++)
 		if (p[i])
