@@ -81,6 +81,7 @@ static void free_ptr(struct uhmm *h, void *p)
 
 static void tbl_put(struct state_tbl *t)
 {
+	uhmm__trace("*tbl-put", (uintptr_t)t->words, t->maplen, (uint64_t)t->refs);
 	if (--t->refs)
 		return;
 	munmap((void *)t->words, t->maplen);
@@ -296,6 +297,7 @@ static int insert_range(struct uhmm *h, uintptr_t start, uintptr_t end, bool all
 		nt->r[j++] = cur->r[i];
 	nt->n = j;
 	*out = r;
+	uhmm__trace("*range-add", start, end - start, (uintptr_t)r->words);
 	publish(h, nt);
 	return 0;
 }
@@ -340,6 +342,7 @@ int uhmm__remove_ranges(struct uhmm *h, uintptr_t start, uintptr_t end)
 			continue;
 		}
 		removed = 1;
+		uhmm__trace("*range-del", r->start, r->end - r->start, (uintptr_t)r->words);
 		for (int k = 0; k < 2; k++) {
 			uintptr_t s = cut[k][0] > r->start ? cut[k][0] : r->start;
 			uintptr_t e = cut[k][1] < r->end ? cut[k][1] : r->end;
@@ -354,6 +357,7 @@ int uhmm__remove_ranges(struct uhmm *h, uintptr_t start, uintptr_t end)
 			piece->end = e;
 			piece->words = uhmm__word(r, s);
 			piece->tbl->refs++;
+			uhmm__trace("*range-piece", s, e - s, (uintptr_t)piece->words);
 			nt->r[nt->n++] = piece;
 		}
 		uhmm__retire(h, range_free, r);
@@ -671,6 +675,9 @@ void uhmm__put(struct uhmm *h)
 	if (atomic_fetch_sub(&h->refs, 1) != 1)
 		return;
 	pthread_mutex_lock(&h->lock);
+	/* Ranges an event added after close's last pass (a racing mremap): freed. */
+	for (struct rtab *t = atomic_load(&h->rtab); t && t->n; t->n--)
+		uhmm__retire(h, range_free, t->r[t->n - 1]);
 	publish(h, NULL);
 	while (atomic_load(&h->readers))
 		sched_yield();
@@ -721,19 +728,31 @@ void uhmm_close(struct uhmm *h)
 	uhmm__prefetch_stop(h); /* queued prefetches run first */
 	if (atomic_exchange(&h->closed, 1))
 		return;
-	n = snapshot(h, &rs);
 	if (h->fault_mode == UHMM_FAULT_SIGNAL)
 		uhmm__signal_unregister(h); /* no thread may touch managed memory now */
-	for (i = 0; i < n; i++) {
-		bool inv = uhmm__invalidate_start(h, rs[i][0], rs[i][1], UHMM_NOTIFY_UNMANAGE, NULL);
+	/*
+	 * Events already queued are handled before each pass: an mremap's new
+	 * side becomes a range only when its event is, and one that appeared
+	 * after the last pass would stay registered and leak.
+	 */
+	for (int pass = 0; pass < 4; pass++) {
+		uhmm__sync(h);
+		n = snapshot(h, &rs);
+		for (i = 0; i < n; i++) {
+			bool inv = uhmm__invalidate_start(h, rs[i][0], rs[i][1],
+							  UHMM_NOTIFY_UNMANAGE, NULL);
+			struct uffdio_range ur = { .start = rs[i][0],
+						   .len = rs[i][1] - rs[i][0] };
 
-		uhmm__home_range(h, rs[i][0], rs[i][1], NULL, &poisoned);
-		uhmm__invalidate_end(h, inv);
-		struct uffdio_range ur = { .start = rs[i][0], .len = rs[i][1] - rs[i][0] };
-		ioctl(h->uffd, UFFDIO_UNREGISTER, &ur);
-		uhmm__remove_ranges(h, rs[i][0], rs[i][1]);
+			uhmm__home_range(h, rs[i][0], rs[i][1], NULL, &poisoned);
+			uhmm__invalidate_end(h, inv);
+			ioctl(h->uffd, UFFDIO_UNREGISTER, &ur);
+			uhmm__remove_ranges(h, rs[i][0], rs[i][1]);
+		}
+		free(rs);
+		if (!n)
+			break;
 	}
-	free(rs);
 	uhmm__svc_stop(h);
 	uhmm__devmem_orphan_all(h);
 	close(h->uffd);

@@ -48,6 +48,14 @@ static void show(const struct tr_ent *t)
 	       (unsigned long)t->addr, (unsigned long long)t->a, (unsigned long long)t->b);
 }
 
+void uhmm__trace_dump_all(unsigned long n)
+{
+	unsigned long end = atomic_load(&next_seq);
+
+	for (unsigned long s = end > n ? end - n : 0; s < end; s++)
+		show(&ring[s % TRACE_N]);
+}
+
 void uhmm__trace_dump(uintptr_t addr)
 {
 	unsigned long end = atomic_load(&next_seq), first = end > TRACE_N ? end - TRACE_N : 0;

@@ -6,7 +6,8 @@
  * last TRACE_N events; uhmm__trace_dump(addr) prints the last events that
  * name the page at @addr, and the events around its last staging slot. A tag
  * starting with '*' names a range of @a bytes from @addr. Off (the default)
- * every call compiles to nothing but its arguments. tests/stress.c dumps the
+ * every call compiles to nothing but its arguments. uhmm__trace_dump_all(n)
+ * prints the last @n events (from a SIGSEGV handler, say). tests/stress.c dumps the
  * page of its first mismatch: build with
  *   cmake -S . -B build-trace -DCMAKE_C_FLAGS=-DUHMM_TRACE
  */
@@ -18,6 +19,7 @@
 #ifdef UHMM_TRACE
 void uhmm__trace(const char *tag, uintptr_t addr, uint64_t a, uint64_t b);
 void uhmm__trace_dump(uintptr_t addr);
+void uhmm__trace_dump_all(unsigned long n); /* the last @n events, whatever they name */
 #else
 static inline void uhmm__trace(const char *tag, uintptr_t addr, uint64_t a, uint64_t b)
 {

@@ -238,3 +238,52 @@ TEST(migrate_right_after_partial_mremap_finds_the_moved_pages)
 	WAIT_FOR(dm_in_use(f.dm) == 0);
 	fix_teardown(&f);
 }
+
+/*
+ * uhmm_close right after an mremap whose event the service thread may not
+ * have handled yet: the new side must still come home with every byte (close
+ * handles queued events before its last pass), and nothing may leak (a range
+ * the late event added used to: LeakSanitizer, and its device pages).
+ */
+static void close_right_after_mremap(enum uhmm_fault_mode mode)
+{
+	UHMM_OPTS(uhmm_open_opts, o, .fault_mode = mode);
+	const size_t n = 8;
+
+	for (int round = 0; round < 40; round++) {
+		struct uhmm *h;
+		struct uhmm_sim *sim;
+		char *buf, *dst, *moved;
+		void *p = NULL;
+		int r = uhmm_open(&h, &o);
+
+		if (r == -EPERM || r == -ENOSYS || r == -EOPNOTSUPP)
+			SKIP("cannot open in this mode here: %s", uhmm_strerror(r));
+		CHECK_EQ(r, 0);
+		uhmm_test_require_migrate(h);
+		sim = uhmm_test_sim(h, n);
+		CHECK_EQ(uhmm_alloc(h, n * PAGE, &p), 0);
+		buf = p;
+		pattern_fill(buf, n * PAGE, 0xc105e + (uint64_t)round);
+		CHECK_EQ(uhmm_migrate_to_device(uhmm_sim_devmem(sim), buf, n * PAGE), (long)n);
+		dst = mmap(NULL, n * PAGE, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		CHECK(dst != MAP_FAILED);
+		moved = mremap(buf, n * PAGE, n * PAGE, MREMAP_MAYMOVE | MREMAP_FIXED, dst);
+		CHECK_PTR(moved, dst);
+		uhmm_close(h);
+		/* Unmanaged now: plain memory that reads its data. */
+		CHECK_PATTERN_PAGES(moved, n, 0xc105e + (uint64_t)round);
+		CHECK_EQ(uhmm_sim_destroy(sim), 0);
+		unmap(moved, n * PAGE);
+	}
+}
+
+TEST(close_right_after_mremap_keeps_the_moved_data_thread_mode)
+{
+	close_right_after_mremap(UHMM_FAULT_THREAD);
+}
+
+TEST(close_right_after_mremap_keeps_the_moved_data_signal_mode)
+{
+	close_right_after_mremap(UHMM_FAULT_SIGNAL);
+}
