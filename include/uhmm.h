@@ -108,6 +108,12 @@ enum uhmm_fault_mode {
  * @fault_window:  the largest fault-around window in pages, for
  *                 uhmm_fault_window() (0: the default, 512 pages = 2 MiB;
  *                 1: fault-around off, one page per fault).
+ * @nomem_wait_ms: how long a CPU fault on a device page waits, retrying with
+ *                 backoff (1 ms doubling to 64 ms), while there is no memory
+ *                 to bring the page home (UFFDIO_COPY, or the driver's
+ *                 migrate_to_ram, fails with ENOMEM); then the page is
+ *                 poisoned, its toucher gets SIGBUS and one line on stderr
+ *                 says why (0: the default, 2000 ms).
  */
 struct uhmm_open_opts {
 	size_t sz;
@@ -115,6 +121,7 @@ struct uhmm_open_opts {
 	uint64_t mask_features;
 	enum uhmm_fault_mode fault_mode;
 	unsigned int fault_window;
+	unsigned int nomem_wait_ms;
 };
 
 /**

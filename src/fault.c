@@ -35,6 +35,39 @@ void uhmm__release_word(struct uhmm *h, uint64_t w)
 	uhmm_page_put(page);
 }
 
+/* Append @v in @base to @s at *n (async-signal-safe). */
+static void put_num(char *s, size_t *n, unsigned long v, unsigned base)
+{
+	char d[24];
+	int k = 0;
+
+	do
+		d[k++] = "0123456789abcdef"[v % base];
+	while ((v /= base));
+	while (k)
+		s[(*n)++] = d[--k];
+}
+
+static void put_str(char *s, size_t *n, const char *t)
+{
+	while (*t)
+		s[(*n)++] = *t++;
+}
+
+/* The one line uhmm writes to stderr: a page lost for want of memory. Async-signal-safe. */
+static void log_nomem(struct uhmm *h, uintptr_t addr)
+{
+	char line[192];
+	size_t n = 0;
+
+	put_str(line, &n, "uhmm: page 0x");
+	put_num(line, &n, addr, 16);
+	put_str(line, &n, " poisoned: no memory to bring it home for ");
+	put_num(line, &n, h->nomem_wait_ms, 10);
+	put_str(line, &n, " ms (its device data is lost); its toucher gets SIGBUS\n");
+	(void)!write(2, line, n);
+}
+
 static void poison_page(struct uhmm *h, uintptr_t addr)
 {
 	uhmm__uffd_poison(h->uffd, addr, PAGE_SIZE, false);
@@ -289,13 +322,19 @@ again:
 			atomic_fetch_add(&page->devmem->st_faults, 1);
 			nv = uhmm__thrash_home(h, page->devmem, v, nv);
 		}
-		if (w_kind(nv) == W_DEVICE &&
-		    (uhmm__svc_eagain || uhmm__fill_err == -EAGAIN || uhmm__fill_err == -ENOMEM)) {
-			/*
-			 * An event is pending, or no page could be allocated:
-			 * the data stays on the device and the fault is retried.
-			 */
+		if (w_kind(nv) == W_DEVICE && (uhmm__svc_eagain || uhmm__fill_err == -EAGAIN)) {
+			/* An event is pending: the data stays on the device; retried. */
 			ret = -EAGAIN;
+			break;
+		}
+		if (w_kind(nv) == W_DEVICE &&
+		    (uhmm__fill_err == -ENOMEM || ret == -ENOMEM) && !(how & SERVE_NOMEM_POISON)) {
+			/*
+			 * No memory for the page (UFFDIO_COPY, or the driver's
+			 * own): it stays on the device; the caller retries with
+			 * backoff (uhmm__serve_wait), then gives up.
+			 */
+			ret = -ENOMEM;
 			break;
 		}
 		if (w_kind(nv) == W_DEVICE && uhmm__fill_err == -ENOENT) {
@@ -309,6 +348,9 @@ again:
 				uhmm__unlock(w, nv);
 				goto again;
 			}
+			if ((how & SERVE_NOMEM_POISON) &&
+			    (uhmm__fill_err == -ENOMEM || ret == -ENOMEM))
+				log_nomem(h, addr);
 			uhmm__release_word(h, nv);
 			nv = W_POISON;
 			uhmm__word_set_locked(w, W_POISON);
@@ -319,7 +361,7 @@ again:
 		break;
 	}
 	}
-	if (ret != -EAGAIN && ret != -EHWPOISON) {
+	if (ret != -EAGAIN && ret != -EHWPOISON && ret != -ENOMEM) {
 		UHMM_STAT_ADD(h, faults, 1);
 		ret = 0;
 	}
@@ -334,6 +376,39 @@ again:
 	uhmm__nowait = nowait;
 	uhmm__rd_exit(h);
 	return ret;
+}
+
+/*
+ * Serve, waiting as long as it takes for locks and events, and with backoff
+ * (1 ms doubling to 64 ms) while there is no memory to bring the page home;
+ * after h->nomem_wait_ms of that, the page is poisoned and its toucher gets
+ * SIGBUS (logged). For threads that may block: fault workers, signal-mode
+ * touchers. Async-signal-safe.
+ */
+int uhmm__serve_wait(struct uhmm *h, uintptr_t addr, bool write, int how)
+{
+	struct timespec t0, now;
+	long backoff_us = 1000;
+	int ret;
+
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	for (;;) {
+		ret = uhmm__serve(h, addr, write, how | SERVE_BLOCK);
+		if (ret == -EAGAIN || ret == -EBUSY) {
+			sched_yield();
+			continue;
+		}
+		if (ret != -ENOMEM)
+			return ret;
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		if ((now.tv_sec - t0.tv_sec) * 1000 + (now.tv_nsec - t0.tv_nsec) / 1000000 >=
+		    (long)h->nomem_wait_ms)
+			how |= SERVE_NOMEM_POISON;
+		else
+			nanosleep(&(struct timespec){ 0, backoff_us * 1000 }, NULL);
+		if (backoff_us < 64000)
+			backoff_us *= 2;
+	}
 }
 
 /*
@@ -579,9 +654,7 @@ static void *worker_main(void *arg)
 		/* Nothing that may allocate while a fork is under way (see svc_main). */
 		while (atomic_load(&h->fork_pending))
 			sched_yield();
-		while ((ret = uhmm__serve(h, addr, write, SERVE_BLOCK | SERVE_WAKE)) == -EAGAIN ||
-		       ret == -EBUSY)
-			sched_yield();
+		ret = uhmm__serve_wait(h, addr, write, SERVE_WAKE);
 		/* Unmanaged by now, or poisoned: the toucher tries again and learns which. */
 		if (ret)
 			uhmm__uffd_wake(h->uffd, addr, PAGE_SIZE);
@@ -671,8 +744,8 @@ static int work_try(struct uhmm *h, struct work *wk, bool remap_pending)
 		ret = uhmm__serve(h, wk->a, wk->write, SERVE_WAKE);
 		if (ret == -EHWPOISON)
 			return 0; /* the marker answers the toucher */
-		if (ret == -EBUSY)
-			return -EAGAIN;
+		if (ret == -EBUSY || ret == -ENOMEM)
+			return -EAGAIN; /* no worker to wait for memory: tried again later */
 		if (ret == -EAGAIN) {
 			wk->after_events = true;
 			return -EAGAIN;

@@ -166,6 +166,7 @@ struct uhmm {
 	uint64_t features;   /* UHMM_FEAT_* in force */
 	int fault_mode;      /* UHMM_FAULT_THREAD or UHMM_FAULT_SIGNAL */
 	unsigned long fault_window; /* the largest uhmm_fault_window(), in pages */
+	unsigned nomem_wait_ms; /* how long a fault waits for memory to bring a page home */
 	uint64_t uffd_feats; /* the kernel features negotiated */
 	uint64_t uffd_ioctls;
 
@@ -337,7 +338,9 @@ void uhmm__pool_put(struct pool *p, char *chunk);
 /* How uhmm__serve serves: waiting for the page lock; waking the toucher after. */
 #define SERVE_BLOCK 1
 #define SERVE_WAKE 2
+#define SERVE_NOMEM_POISON 4 /* no memory to bring the page home: poison it, log, SIGBUS */
 int uhmm__serve(struct uhmm *h, uintptr_t addr, bool write, int how);
+int uhmm__serve_wait(struct uhmm *h, uintptr_t addr, bool write, int how);
 int uhmm__for_each_word(struct uhmm *h, uintptr_t at, uintptr_t end,
 			int (*fn)(struct uhmm *, struct range *, uintptr_t, void *), void *arg);
 void uhmm__svc_kick(struct uhmm *h);

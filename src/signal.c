@@ -53,8 +53,7 @@ static int serve_any(uintptr_t addr, bool write)
 		if (!h)
 			continue;
 		/* Retried here, in the toucher: an event under way, or no memory for now. */
-		while ((ret = uhmm__serve(h, addr, write, SERVE_BLOCK)) == -EAGAIN || ret == -EBUSY)
-			sched_yield();
+		ret = uhmm__serve_wait(h, addr, write, 0);
 		if (ret != -ENOENT)
 			return ret;
 	}

@@ -598,6 +598,7 @@ int uhmm_open(struct uhmm **hp, const struct uhmm_open_opts *opts)
 	atomic_store(&h->refs, 1);
 	h->zero_page = zero_page;
 	h->fault_window = o.fault_window ? o.fault_window : CHUNK_PAGES;
+	h->nomem_wait_ms = o.nomem_wait_ms ? o.nomem_wait_ms : 2000;
 
 	/* AUTO may be overridden from the environment, e.g. to run a suite in both modes. */
 	if (o.fault_mode == UHMM_FAULT_AUTO) {

@@ -42,6 +42,8 @@ struct inj {
 	int target; /* enum cb, or -1 */
 	long pass;  /* calls of target that succeed before the failure */
 	bool persistent;
+	long nfail; /* with !persistent: how many calls in a row fail (0 means 1) */
+	int err;    /* what a failed migrate_to_ram returns (0 means -EIO) */
 	enum m2r_style style;
 	long calls[NCB];
 	long injected;
@@ -59,7 +61,7 @@ static bool inject_now(struct inj *d, enum cb cb)
 
 	if (d->target != (int)cb)
 		return false;
-	if (n == d->pass || (d->persistent && n > d->pass)) {
+	if (n == d->pass || (n > d->pass && (d->persistent || n < d->pass + d->nfail))) {
 		d->injected++;
 		return true;
 	}
@@ -139,7 +141,7 @@ static int inj_migrate_to_ram(struct uhmm_fault *vmf)
 	if (fail) {
 		affect(d, vmf->address);
 		if (d->style == M2R_EARLY)
-			return -EIO;
+			return d->err ? d->err : -EIO;
 	}
 	if (uhmm_migrate_setup(&a)) {
 		a.end = vmf->address + PAGE;
@@ -525,6 +527,130 @@ TEST(every_callback_fails_at_every_call_signal_mode)
  * check_ops (SEGV). A size that is not a whole number of fields should be
  * refused (-EINVAL), or the cut field taken as its default.
  */
+/*
+ * A driver with no memory for the page's way home (migrate_to_ram returns
+ * -ENOMEM, as UFFDIO_COPY may): the fault is retried with backoff; memory
+ * that comes back in time brings the page home with its data.
+ */
+static void nomem_then_memory(enum uhmm_fault_mode mode)
+{
+	UHMM_OPTS(uhmm_open_opts, o, .fault_mode = mode, .nomem_wait_ms = 5000);
+	struct inj *d;
+	struct uhmm *h;
+	char *buf;
+
+	uhmm_test_open_opts(&h, &o);
+	uhmm_test_require_migrate(h);
+	d = inj_add(h);
+	buf = map_anon(4 * PAGE);
+	CHECK_EQ(uhmm_manage(h, buf, 4 * PAGE), 0);
+	pattern_fill(buf, 4 * PAGE, 0x0e0e);
+	CHECK_EQ(uhmm_migrate_to_device(d->dm, buf, 4 * PAGE), 4);
+	d->target = CB_M2R;
+	d->pass = 0;
+	d->nfail = 5;
+	d->err = -ENOMEM;
+	d->style = M2R_EARLY;
+	CHECK_PATTERN_PAGES(buf, 4, 0x0e0e);
+	CHECK_EQ(d->injected, 5);
+	CHECK_GE(d->calls[CB_M2R], 6);
+	CHECK_EQ(hstats(h).poisoned, 0);
+	CHECK_EQ(uhmm_unmanage(h, buf, 4 * PAGE), 0);
+	unmap(buf, 4 * PAGE);
+	CHECK_EQ(inj_remove(d), 0);
+	free(d);
+	uhmm_close(h);
+}
+
+TEST(no_memory_on_the_way_home_is_retried_thread_mode)
+{
+	nomem_then_memory(UHMM_FAULT_THREAD);
+}
+
+TEST(no_memory_on_the_way_home_is_retried_signal_mode)
+{
+	nomem_then_memory(UHMM_FAULT_SIGNAL);
+}
+
+/*
+ * No memory for longer than nomem_wait_ms: that page is poisoned (its
+ * toucher, and only it, gets SIGBUS), one line on stderr says why, and the
+ * other pages keep their data.
+ */
+static void nomem_forever(void *arg)
+{
+	UHMM_OPTS(uhmm_open_opts, o, .fault_mode = (enum uhmm_fault_mode)(uintptr_t)arg,
+		  .nomem_wait_ms = 50);
+	char line[256] = "";
+	struct inj *d;
+	struct uhmm *h;
+	int pfd[2], saved;
+	double t0, waited;
+	ssize_t got;
+	char *buf;
+
+	uhmm_test_open_opts(&h, &o);
+	uhmm_test_require_migrate(h);
+	d = inj_add(h);
+	buf = map_anon(4 * PAGE);
+	CHECK_EQ(uhmm_manage(h, buf, 4 * PAGE), 0);
+	pattern_fill(buf, 4 * PAGE, 0x0f0f);
+	CHECK_EQ(uhmm_migrate_to_device(d->dm, buf, 4 * PAGE), 4);
+	d->target = CB_M2R;
+	d->pass = 0;
+	d->persistent = true;
+	d->err = -ENOMEM;
+	d->style = M2R_EARLY;
+	CHECK_EQ(pipe(pfd), 0);
+	fflush(stderr);
+	saved = dup(2);
+	CHECK_EQ(dup2(pfd[1], 2), 2);
+	t0 = harness_now();
+	CHECK_EQ(touch_expect_sigbus(buf + PAGE + 5), 1);
+	waited = harness_now() - t0;
+	CHECK_EQ(dup2(saved, 2), 2);
+	close(pfd[1]);
+	got = read(pfd[0], line, sizeof(line) - 1);
+	close(pfd[0]);
+	CHECK_GT(got, 0);
+	line[strcspn(line, "\n")] = 0;
+	NOTE("after %.0f ms: %s", waited * 1000, line);
+	CHECK(strstr(line, "no memory to bring it home") != NULL);
+	CHECK_GE(waited, 0.045);
+	CHECK_GE(d->calls[CB_M2R], 3); /* retried, not given up at once */
+	CHECK_EQ(uhmm_page_state(h, buf + PAGE), UHMM_PAGE_POISON);
+	CHECK_EQ(hstats(h).poisoned, 1);
+	/* The others come home once there is memory again. */
+	d->target = -1;
+	CHECK_PATTERN_PAGE(buf, 0, 0x0f0f);
+	CHECK_PATTERN_PAGE(buf, 2, 0x0f0f);
+	CHECK_PATTERN_PAGE(buf, 3, 0x0f0f);
+	CHECK_EQ(uhmm_unmanage(h, buf, 4 * PAGE), 0);
+	unmap(buf, 4 * PAGE);
+	CHECK_EQ(inj_remove(d), 0);
+	free(d);
+	uhmm_close(h);
+}
+
+static void run_nomem_forever(enum uhmm_fault_mode mode)
+{
+	int st = harness_run_child(nomem_forever, (void *)(uintptr_t)mode);
+
+	if (WIFEXITED(st) && WEXITSTATUS(st) == 77)
+		SKIP("%s", harness_skip_buf[0] ? harness_skip_buf : "the child skipped");
+	CHECK_EXITED(st, 0);
+}
+
+TEST(no_memory_for_too_long_poisons_that_page_thread_mode)
+{
+	run_nomem_forever(UHMM_FAULT_THREAD);
+}
+
+TEST(no_memory_for_too_long_poisons_that_page_signal_mode)
+{
+	run_nomem_forever(UHMM_FAULT_SIGNAL);
+}
+
 static void add_cut_desc(void *arg)
 {
 	struct inj d = { 0 };
