@@ -1,4 +1,4 @@
-/* stress: randomized, model-checked: threads run random CPU reads and writes, migrations to two devices, back and device to device, discards, free and re-alloc, mremap and fork over several ranges; every word is checked against a reference model. */
+/* stress: randomized, model-checked: threads run random CPU reads and writes, device kernel reads and writes, migrations to two devices, back and device to device, discards, free and re-alloc, mremap and fork over several ranges; every word is checked against a reference model. */
 /* uhmm-test-label: concurrent */
 /*
  * The model: each range has a shadow copy of every word. Word w of every page
@@ -44,20 +44,23 @@ enum op {
 	OP_MREMAP,
 	OP_FORK,
 	OP_STATES,
+	OP_DEV_READ,
+	OP_DEV_WRITE,
 	NOPS
 };
 
 static const char *const op_name[NOPS] = {
 	"cpu-write", "cpu-read", "to-device", "to-ram", "device-to-device", "touch-then-device",
-	"discard", "free+alloc", "mremap", "fork", "states",
+	"discard", "free+alloc", "mremap", "fork", "states", "device-read", "device-write",
 };
 
 /* Out of 10000; UHMM_STRESS_WITHOUT (names, comma-separated) turns some off. */
 static unsigned op_weight[NOPS] = {
-	[OP_WRITE] = 3300,     [OP_READ] = 3300,       [OP_TO_DEV] = 1300,
+	[OP_WRITE] = 3000,     [OP_READ] = 3000,       [OP_TO_DEV] = 1300,
 	[OP_TO_RAM] = 800,     [OP_DEV_TO_DEV] = 500,  [OP_TOUCH_TO_DEV] = 400,
 	[OP_DISCARD] = 200,    [OP_REALLOC] = 60,      [OP_MREMAP] = 60,
-	[OP_FORK] = 5,         [OP_STATES] = 75,
+	[OP_FORK] = 5,         [OP_STATES] = 75,       [OP_DEV_READ] = 300,
+	[OP_DEV_WRITE] = 300,
 };
 
 struct srange {
@@ -234,6 +237,84 @@ static void *addr_of(struct srange *rg, size_t p)
 	return (char *)rg->base + p * PAGE;
 }
 
+/* ---- device kernels: the words of one thread, through a device's page table ---- */
+
+#define OWN_WPP (WPP / NTHREADS) /* words of one owner per page */
+
+struct dev_args {
+	uint64_t *base;     /* the range, as the CPU sees it */
+	uint64_t *shadow;   /* its model (stable: only the launching thread writes it) */
+	size_t p0;
+	int owner;
+	uint64_t seed;      /* device-write: word k gets dev_value(seed, k) */
+	atomic_ulong bad;   /* device-read: words that differ */
+	atomic_ulong first; /* the first of them, + 1 */
+	uint64_t got;       /* and what the device read there */
+};
+
+static uint64_t dev_value(uint64_t seed, unsigned long k)
+{
+	uint64_t z = seed + (k + 1) * 0x9e3779b97f4a7c15ULL;
+
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+	return z ^ (z >> 31);
+}
+
+static size_t dev_word(const struct dev_args *a, unsigned long k)
+{
+	return (a->p0 + k / OWN_WPP) * WPP + (size_t)a->owner + (k % OWN_WPP) * NTHREADS;
+}
+
+static void dev_read_kernel(struct uhmm_sim_ctx *ctx, unsigned long k, void *arg)
+{
+	struct dev_args *a = arg;
+	size_t w = dev_word(a, k);
+	uint64_t v = uhmm_sim_load_u64(ctx, &a->base[w]);
+	unsigned long none = 0;
+
+	if (v == a->shadow[w])
+		return;
+	atomic_fetch_add(&a->bad, 1);
+	if (atomic_compare_exchange_strong(&a->first, &none, w + 1))
+		a->got = v;
+}
+
+static void dev_write_kernel(struct uhmm_sim_ctx *ctx, unsigned long k, void *arg)
+{
+	struct dev_args *a = arg;
+
+	uhmm_sim_store_u64(ctx, &a->base[dev_word(a, k)], dev_value(a->seed, k));
+}
+
+/* The device reads (or writes) the words @wk owns in pages [p0, p0+n) of range @ri. */
+static long dev_access(struct worker *wk, int ri, int dev, size_t p0, size_t n, bool write)
+{
+	struct srange *rg = &wk->s->r[ri];
+	struct dev_args a = { .base = rg->base, .shadow = rg->shadow, .p0 = p0, .owner = wk->t,
+			      .seed = prng_next(&wk->rng) };
+	int ret = uhmm_sim_launch(wk->s->sim[dev], write ? dev_write_kernel : dev_read_kernel,
+				  n * OWN_WPP, &a);
+
+	CHECK_MSG(ret == 0, "device %s of range %d pages [%zu, %zu): %d%s",
+		  write ? "write" : "read", ri, p0, p0 + n, ret, harness_errname(ret));
+	if (write) {
+		for (unsigned long k = 0; k < n * OWN_WPP; k++)
+			rg->shadow[dev_word(&a, k)] = dev_value(a.seed, k);
+		return 0;
+	}
+	if (atomic_load(&a.bad)) {
+		size_t w = atomic_load(&a.first) - 1;
+
+		NOTE("device %d read %lu words that differ from the model in range %d pages "
+		     "[%zu, %zu); the first:", dev, atomic_load(&a.bad), ri, p0, p0 + n);
+		mismatch(wk, ri, w, a.got, &rg->shadow[w]);
+		atomic_fetch_add(&wk->s->mismatches, atomic_load(&a.bad) - 1);
+	}
+	atomic_fetch_add_explicit(&wk->s->words_checked, n * OWN_WPP, memory_order_relaxed);
+	return (long)atomic_load(&a.bad);
+}
+
 /* ---- operations under the shared lock ---- */
 
 static void op_shared(struct worker *wk, enum op op, int ri)
@@ -274,6 +355,11 @@ static void op_shared(struct worker *wk, enum op op, int ri)
 		check_pages(wk, ri, p0, 1, wk->t);
 		ret = uhmm_migrate_to_device(s->dm[!dev], addr_of(rg, p0), n * PAGE);
 		CHECK_GE(ret, 0);
+		break;
+	case OP_DEV_READ:
+	case OP_DEV_WRITE:
+		/* Pages migrate to the device on its touch (the sim's default policy). */
+		ret = dev_access(wk, ri, dev, p0, n, op == OP_DEV_WRITE);
 		break;
 	case OP_STATES:
 		/* Every page is somewhere legal; none is poisoned (no device fails here). */
