@@ -54,6 +54,7 @@ void uhmm__trace_dump_all(unsigned long n)
 
 	for (unsigned long s = end > n ? end - n : 0; s < end; s++)
 		show(&ring[s % TRACE_N]);
+	fflush(stdout);
 }
 
 void uhmm__trace_dump(uintptr_t addr)
