@@ -624,6 +624,18 @@ struct uhmm_range {
  */
 UHMM_API int uhmm_range_fault(struct uhmm_range *range);
 
+/**
+ * uhmm_range_of() - the managed range (one uhmm_manage or uhmm_alloc, or what
+ * is left of one after munmap and mremap) that holds @addr.
+ * @h: the handle. @addr: any address. @start, @end: out: its bounds.
+ *
+ * For drivers that fault around or prefetch: two allocations may lie side by
+ * side with nothing between them, and what the program does to one (discard
+ * it, say) must not race with a device taking the other's pages for it.
+ * Return: 0, -ENOENT (not managed), -EINVAL (NULL argument), -ESHUTDOWN.
+ */
+UHMM_API int uhmm_range_of(struct uhmm *h, const void *addr, uintptr_t *start, uintptr_t *end);
+
 /* The device page of a VALID|DEVICE_PRIVATE entry, or NULL. */
 static inline struct uhmm_page *uhmm_pfn_to_page(uint64_t e)
 {

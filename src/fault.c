@@ -241,12 +241,64 @@ static bool pev_overlaps(struct uhmm *h, uintptr_t start, uintptr_t end)
  * them in order) and never while holding a page lock (an event may wait for
  * it). Async-signal-safe.
  */
+int uhmm__pending_fate(struct uhmm *h, uintptr_t addr, uintptr_t *now)
+{
+	int fate = FATE_HERE;
+
+	*now = addr;
+	/* An event just read is in a slot once reading ends (work_add runs before). */
+	while (!uhmm__in_svc && atomic_load(&h->reading))
+		sched_yield();
+	for (int hop = 0; hop < 4; hop++) {
+		bool moved = false;
+
+		for (int i = 0; i < MAX_PEV && !moved; i++) {
+			if (!atomic_load_explicit(&h->pev[i].used, memory_order_acquire))
+				continue;
+			int n = atomic_load_explicit(&h->pev[i].n, memory_order_relaxed);
+			uintptr_t s = atomic_load_explicit(&h->pev[i].r[0][0], memory_order_relaxed);
+			uintptr_t e = atomic_load_explicit(&h->pev[i].r[0][1], memory_order_relaxed);
+
+			if (*now < s || *now >= e)
+				continue;
+			if (n == 1)
+				return FATE_GONE;
+			*now = atomic_load_explicit(&h->pev[i].r[1][0], memory_order_relaxed) +
+			       (*now - s);
+			fate = FATE_MOVED;
+			moved = true;
+		}
+		if (!moved)
+			break;
+	}
+	return fate;
+}
+
 void uhmm__events_settle(struct uhmm *h, uintptr_t start, uintptr_t end)
 {
 	if (uhmm__in_svc)
 		return;
 	while (atomic_load(&h->reading) || pev_overlaps(h, start, end))
 		sched_yield();
+}
+
+/*
+ * Wait until every unmap/remap event the kernel has begun for this
+ * userfaultfd is read and handled. The kernel counts them from before the
+ * address space changes until the event is read (its mmap_changing), and
+ * refuses fills meanwhile: an ioctl that changes nothing (un-write-protect
+ * @addr, not registered for it) answers EAGAIN while any is counted. For an
+ * address the caller just got from mmap: an event about the mapping that was
+ * there before (an mremap's UNMAP of its old place, say) may not even be
+ * queued yet, and handled late it would take the new range.
+ */
+void uhmm__events_drain(struct uhmm *h, uintptr_t addr)
+{
+	struct uffdio_writeprotect p = { .range = { .start = addr, .len = PAGE_SIZE }, .mode = 0 };
+
+	while (ioctl(h->uffd, UFFDIO_WRITEPROTECT, &p) && errno == EAGAIN)
+		sched_yield();
+	uhmm__sync(h);
 }
 
 int uhmm__serve(struct uhmm *h, uintptr_t addr, bool write, int how)
@@ -489,6 +541,7 @@ static int discard_one(struct uhmm *h, struct range *r, uintptr_t addr, void *ar
 	(void)arg;
 	if (event_trylock(w, &v))
 		return -EAGAIN;
+	uhmm__trace("discard", addr, v, 0);
 	uhmm__release_word(h, v);
 	uhmm__unlock(w, W_CPU);
 	return 0;
@@ -538,12 +591,55 @@ struct work {
 
 #define MAX_WORK 1024
 
+#define SVC_RETRY_US 200 /* how long the service thread retries refused faults at once */
+
+/* Whether a queued fault was refused by a fill ioctl (an event under way). */
+static bool refused(const struct work *q, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (q[i].type == WK_FAULT && q[i].after_events)
+			return true;
+	return false;
+}
+
+static long us_since(const struct timespec *t)
+{
+	struct timespec now;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return (now.tv_sec - t->tv_sec) * 1000000 + (now.tv_nsec - t->tv_nsec) / 1000;
+}
+
 static long ms_since(const struct timespec *t)
 {
 	struct timespec now;
 
 	clock_gettime(CLOCK_MONOTONIC, &now);
 	return (now.tv_sec - t->tv_sec) * 1000 + (now.tv_nsec - t->tv_nsec) / 1000000;
+}
+
+/* Unmap events to absorb (remap_try): the service thread's alone. */
+static void absorb_add(struct uhmm *h, uintptr_t s, uintptr_t e)
+{
+	for (int i = 0; i < MAX_ABSORB; i++) {
+		if (!h->absorb[i][1]) {
+			h->absorb[i][0] = s;
+			h->absorb[i][1] = e;
+			return;
+		}
+	}
+}
+
+/* Whether an unmap of [s, e) is the late event of a range remap_try dropped (used up). */
+static bool absorb_take(struct uhmm *h, uintptr_t s, uintptr_t e)
+{
+	for (int i = 0; i < MAX_ABSORB; i++) {
+		if (h->absorb[i][1] && h->absorb[i][0] <= s && e <= h->absorb[i][1]) {
+			h->absorb[i][0] = h->absorb[i][1] = 0;
+			return true;
+		}
+	}
+	return false;
 }
 
 /*
@@ -584,7 +680,23 @@ static int remap_try(struct uhmm *h, struct work *wk)
 	uhmm__rd_exit(h);
 	if (ret)
 		return ret;
-	uhmm__add_range(h, wk->b, wk->b + wk->len, wk->alloced, wk->nwords);
+	if (uhmm__add_range(h, wk->b, wk->b + wk->len, wk->alloced, wk->nwords) == -EEXIST) {
+		/*
+		 * A range is still where the moved one now is: its mapping is
+		 * gone (unmapped by another thread, whose event is behind this
+		 * one), or the move would have failed. Its pages went with it:
+		 * release them, drop it, and absorb that late unmap event, which
+		 * would otherwise take the moved range.
+		 */
+		uhmm__rd_enter(h);
+		ret = for_each_word(h, &(uintptr_t){ wk->b }, wk->b + wk->len, discard_one, NULL);
+		uhmm__rd_exit(h);
+		if (ret)
+			return ret; /* a page is locked: try again later (wk->at is done) */
+		uhmm__remove_ranges(h, wk->b, wk->b + wk->len);
+		absorb_add(h, wk->b, wk->b + wk->len);
+		uhmm__add_range(h, wk->b, wk->b + wk->len, wk->alloced, wk->nwords);
+	}
 	munmap((void *)wk->nwords, wk->nlen);
 	wk->nwords = NULL;
 	/* With MREMAP_DONTUNMAP the old range stays, empty; otherwise it is gone. */
@@ -702,6 +814,8 @@ static int event_try(struct uhmm *h, struct work *wk)
 	switch (wk->type) {
 	case WK_REMOVE:
 	case WK_UNMAP:
+		if (wk->type == WK_UNMAP && wk->at == wk->a && absorb_take(h, wk->a, wk->b))
+			return 0;
 		streams_forget(h->streams, wk->a, wk->b);
 		streams_forget(h->zstreams, wk->a, wk->b);
 		uhmm__rd_enter(h);
@@ -918,6 +1032,8 @@ static void work_add(struct uhmm *h, struct work *q, size_t *n, const struct uff
 		uintptr_t r[2][2];
 		int nr = event_ranges(&wk, r);
 
+		uhmm__trace("*event", wk.a, (wk.type == WK_REMAP ? wk.a + wk.len : wk.b) - wk.a,
+			    (uint64_t)wk.type);
 		atomic_fetch_add(&h->events_pending, 1);
 		wk.pev = -1;
 		for (int i = 0; i < MAX_PEV && wk.pev < 0; i++) {
@@ -948,7 +1064,7 @@ static void *svc_main(void *arg)
 	struct uffd_msg msgs[64];
 	sigset_t all;
 	bool events_left = false;
-	struct timespec probed = { 0 };
+	struct timespec probed = { 0 }, t_spin;
 
 	sigfillset(&all);
 	pthread_sigmask(SIG_BLOCK, &all, NULL);
@@ -1002,6 +1118,19 @@ static void *svc_main(void *arg)
 				break;
 		}
 		events_left = work_run(h, q, &nq, atomic_load(&h->fork_pending));
+		/*
+		 * Faults refused (EAGAIN) because the thread of the event just
+		 * read has not yet run to end it (the kernel's mmap_changing
+		 * drops only then): let it run and try again for a moment. Else
+		 * a thread that mremaps in a loop would start its next mremap
+		 * before each retry, and faults would wait for its last one.
+		 */
+		clock_gettime(CLOCK_MONOTONIC, &t_spin);
+		while (!events_left && refused(q, nq) && !atomic_load(&h->fork_pending) &&
+		       us_since(&t_spin) < SVC_RETRY_US) {
+			sched_yield();
+			events_left = work_run(h, q, &nq, false);
+		}
 		if (!atomic_load(&h->fork_pending) && (h->children || atomic_load(&h->child_flush))) {
 			clock_gettime(CLOCK_MONOTONIC, &now);
 			uhmm__children_run(h, ms_since(&probed) >= 100);

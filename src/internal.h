@@ -154,6 +154,7 @@ struct uhmm_devmem {
 #define NWORKERS 2
 #define MAX_PEV 64
 #define WQ_SIZE 256
+#define MAX_ABSORB 8
 
 struct stream {
 	_Atomic uintptr_t next; /* where the stream's next fault would land */
@@ -222,6 +223,7 @@ struct uhmm {
 	atomic_int fork_quiet;   /* the service thread has seen fork_pending */
 	_Atomic(struct uhmm_devmem *) child_flush;
 
+	uintptr_t absorb[MAX_ABSORB][2]; /* late unmap events to ignore (fault.c, svc only) */
 	atomic_int remaps_pending; /* remap events read and not yet handled */
 	atomic_int events_pending; /* unmap/remove/remap events read and not yet handled */
 	/*
@@ -345,6 +347,15 @@ int uhmm__for_each_word(struct uhmm *h, uintptr_t at, uintptr_t end,
 			int (*fn)(struct uhmm *, struct range *, uintptr_t, void *), void *arg);
 void uhmm__svc_kick(struct uhmm *h);
 void uhmm__events_settle(struct uhmm *h, uintptr_t start, uintptr_t end);
+void uhmm__events_drain(struct uhmm *h, uintptr_t addr);
+/*
+ * What the events read and not yet handled did to @addr (a migration putting
+ * back a page it took asks): FATE_HERE, FATE_GONE (discarded or unmapped:
+ * its data is gone, as the program asked), FATE_MOVED (by mremap: *now says
+ * where it is). Waits while the service thread is reading.
+ */
+enum { FATE_HERE, FATE_GONE, FATE_MOVED };
+int uhmm__pending_fate(struct uhmm *h, uintptr_t addr, uintptr_t *now);
 int uhmm__svc_start(struct uhmm *h);
 void uhmm__svc_stop(struct uhmm *h);
 int uhmm__sync(struct uhmm *h);

@@ -461,42 +461,51 @@ static bool to_restore(const struct uhmm_migrate *a, unsigned long i)
 	       !(s & UHMM_MIGRATE_DEVICE);
 }
 
+/*
+ * Put page i back from staging. The program may have discarded, unmapped or
+ * moved its address meanwhile: those events wait for the page's lock, which
+ * we hold, so ask them (uhmm__pending_fate). A discarded page stays out (its
+ * data goes with the staging chunk): putting it back after the kernel's zap
+ * would bring back data the program threw away. A moved page goes to its new
+ * address (the old one is gone). Every fill waits (EAGAIN) until a pending
+ * event is read, so the answer is looked at again after each refusal, and
+ * once more after the move, for a discard read meanwhile.
+ */
+static void restore_one(struct uhmm_migrate *a, unsigned long i)
+{
+	struct uhmm *h = a->h;
+	uintptr_t stg = a->priv[P_STAGING] + (i << PAGE_SHIFT), to;
+	long got;
+
+	for (;;) {
+		if (uhmm__pending_fate(h, page_addr(a, i), &to) == FATE_GONE)
+			return;
+		got = uhmm__uffd_move(h->uffd, to, stg, PAGE_SIZE, false);
+		if (got == -EINVAL) /* back into read-only memory */
+			got = move_readonly(h->uffd, to, stg, PAGE_SIZE, false, to);
+		uhmm__trace("restore", page_addr(a, i), to, (uint64_t)got);
+		if (got != -EAGAIN)
+			break;
+		sched_yield(); /* an event is pending: the service thread reads it */
+	}
+	/* Otherwise the mapping vanished without an event: its data went with it. */
+	if (got > 0 && uhmm__pending_fate(h, to, &to) == FATE_GONE)
+		uhmm__uffd_move(h->uffd_stg, stg, to, PAGE_SIZE, true);
+}
+
 void uhmm_migrate_finalize(struct uhmm_migrate *a)
 {
 	struct uhmm *h;
-	unsigned long n, i, j;
+	unsigned long n, i;
 
 	if (!a || !(a->priv[P_STATE] & ST_SETUP))
 		return;
 	h = a->h;
 	n = a->npages;
-	/* Pages taken from the CPU that did not move go back where they were. */
-	for (i = 0; i < n;) {
-		if (!to_restore(a, i)) {
-			i++;
-			continue;
-		}
-		for (j = i; j < n && to_restore(a, j); j++)
-			;
-		while (i < j) {
-			long got = uhmm__uffd_move(h->uffd, page_addr(a, i),
-						   a->priv[P_STAGING] + (i << PAGE_SHIFT),
-						   (j - i) << PAGE_SHIFT, false);
-
-			if (got == -EINVAL) /* back into read-only memory */
-				got = move_readonly(h->uffd, page_addr(a, i),
-						    a->priv[P_STAGING] + (i << PAGE_SHIFT),
-						    (j - i) << PAGE_SHIFT, false, page_addr(a, i));
-			uhmm__trace("*restore", page_addr(a, i), got > 0 ? (uint64_t)got : PAGE_SIZE,
-				    (uint64_t)got);
-			if (got > 0)
-				i += (unsigned long)got >> PAGE_SHIFT;
-			else if (got == -EAGAIN)
-				sched_yield(); /* an event is pending: the service thread reads it */
-			else
-				i++; /* the mapping vanished: its data went with it */
-		}
-	}
+	/* Pages taken from the CPU that did not move go back where they are now. */
+	for (i = 0; i < n; i++)
+		if (to_restore(a, i))
+			restore_one(a, i);
 	for (i = 0; i < n; i++) {
 		uint64_t d = a->dst[i];
 

@@ -838,8 +838,8 @@ int uhmm_manage(struct uhmm *h, void *addr, size_t len)
 	ret = check_anon_private(s, s + len);
 	if (ret)
 		return ret;
-	/* An unmap of this address may have been read and not yet handled. */
-	uhmm__events_settle(h, s, s + len);
+	/* An event about what was mapped here before may be in flight. */
+	uhmm__events_drain(h, s);
 	ret = uhmm__add_range(h, s, s + len, false, NULL);
 	if (ret)
 		return ret;
@@ -894,8 +894,8 @@ int uhmm_alloc(struct uhmm *h, size_t len, void **out)
 	p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (p == MAP_FAILED)
 		return -ENOMEM;
-	/* The kernel may reuse an address whose unmap event is still in hand. */
-	uhmm__events_settle(h, (uintptr_t)p, (uintptr_t)p + len);
+	/* The kernel may reuse an address whose unmap event is not handled yet. */
+	uhmm__events_drain(h, (uintptr_t)p);
 	ret = uhmm__add_range(h, (uintptr_t)p, (uintptr_t)p + len, true, NULL);
 	if (ret) {
 		munmap(p, len);
@@ -943,6 +943,25 @@ int uhmm_free(struct uhmm *h, void *addr, size_t len)
 		return -errno;
 	uhmm__sync(h);
 	return 0;
+}
+
+int uhmm_range_of(struct uhmm *h, const void *addr, uintptr_t *start, uintptr_t *end)
+{
+	struct range *r;
+	int ret = uhmm__usable(h);
+
+	if (ret)
+		return ret;
+	if (!start || !end)
+		return -EINVAL;
+	uhmm__rd_enter(h);
+	r = uhmm__lookup(h, (uintptr_t)addr);
+	if (r) {
+		*start = r->start;
+		*end = r->end;
+	}
+	uhmm__rd_exit(h);
+	return r ? 0 : -ENOENT;
 }
 
 int uhmm_page_state(struct uhmm *h, const void *addr)

@@ -1146,12 +1146,10 @@ static void alloc_racing_mremap(enum uhmm_fault_mode mode)
 
 TEST(alloc_racing_mremap_thread_mode)
 {
-	KNOWN_BUG("uhmm_alloc racing another thread's mremap: the old address's unmap event arrives after the new mapping took it (-ENOMEM, -ENOENT, SIGBUS in signal mode)");
 	alloc_racing_mremap(UHMM_FAULT_THREAD);
 }
 
 TEST(alloc_racing_mremap_signal_mode)
 {
-	KNOWN_BUG("uhmm_alloc racing another thread's mremap: the old address's unmap event arrives after the new mapping took it (-ENOMEM, -ENOENT, SIGBUS in signal mode)");
 	alloc_racing_mremap(UHMM_FAULT_SIGNAL);
 }

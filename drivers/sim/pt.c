@@ -628,8 +628,21 @@ static int device_fault(struct uhmm_sim_ctx *ctx, uintptr_t va, bool write)
 		.install = true,
 	};
 	struct uhmm_advice_info adv;
+	uintptr_t rs, re;
 	int ret;
 
+	/*
+	 * The window stays inside the faulting page's own allocation: a
+	 * neighbour lying right beside it is another object, which its owner
+	 * may be discarding or moving this very moment.
+	 */
+	if (!uhmm_range_of(sim->h, (void *)page, &rs, &re)) {
+		uintptr_t we = ws + f.n * SIM_PAGE;
+
+		f.s = rs > ws ? rs : ws;
+		f.n = ((re < we ? re : we) - f.s) >> SIM_PAGE_SHIFT;
+		f.req_page = (long)((page - f.s) >> SIM_PAGE_SHIFT);
+	}
 	/*
 	 * Advice (uhmm_advise): preferred elsewhere, accessed-by this device,
 	 * or a read of read-mostly memory: map the system page where it is.
