@@ -18,6 +18,7 @@
 
 struct gate {
 	atomic_int armed, entered, open;
+	atomic_int fail; /* while set, the callback fails (-EIO) */
 };
 
 struct slow {
@@ -27,16 +28,17 @@ struct slow {
 };
 
 /* Async-signal-safe (it may run in a SIGBUS handler): atomics and nanosleep. */
-static void gate_pass(struct gate *g)
+static bool gate_pass(struct gate *g)
 {
-	if (!atomic_exchange(&g->armed, 0))
-		return;
-	atomic_store(&g->entered, 1);
-	while (!atomic_load(&g->open)) {
-		struct timespec ts = { 0, 1000000 };
+	if (atomic_exchange(&g->armed, 0)) {
+		atomic_store(&g->entered, 1);
+		while (!atomic_load(&g->open)) {
+			struct timespec ts = { 0, 1000000 };
 
-		nanosleep(&ts, NULL);
+			nanosleep(&ts, NULL);
+		}
 	}
+	return !atomic_load(&g->fail);
 }
 
 static void gate_arm(struct gate *g)
@@ -66,7 +68,8 @@ static int slow_copy_to_device(struct uhmm_devmem *dm, struct uhmm_page *const *
 {
 	struct slow *s = uhmm_devmem_driver_data(dm);
 
-	gate_pass(&s->to);
+	if (!gate_pass(&s->to))
+		return -EIO; /* nothing copied: the pages go back to the CPU */
 	for (unsigned long i = 0; i < n; i++) {
 		if (src[i])
 			memcpy(slow_mem(s, dst[i]), src[i], PAGE);
@@ -751,6 +754,50 @@ static void remap_then_reuse(enum uhmm_fault_mode mode)
 	slow_remove(f.slow);
 	CHECK_EQ(uhmm_sim_destroy(f.fast), 0);
 	uhmm_close(f.h);
+}
+
+/*
+ * A migration to a device has taken pages from the CPU and is stuck in its
+ * copy; the program moves the range with mremap; then the copy fails, so the
+ * migration puts the pages back: at their new address, with every byte
+ * (before, it put them back at the old address, which was gone, and they
+ * were lost).
+ */
+static void remap_while_migration_fails(enum uhmm_fault_mode mode)
+{
+	static struct migrator m;
+	struct fixture f;
+	char *dst, *moved;
+	const size_t len = SLOW_PAGES * PAGE;
+
+	fixture_setup(&f, mode);
+	dst = mmap(NULL, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	CHECK(dst != MAP_FAILED);
+	gate_arm(&f.slow->to);
+	atomic_store(&f.slow->to.fail, 1);
+	migrator_start(&m, f.slow->dm, f.sbuf, 4 * PAGE);
+	gate_wait_entered(&f.slow->to);
+	moved = mremap(f.sbuf, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, dst);
+	CHECK(moved == dst);
+	atomic_store(&f.slow->to.open, 1);
+	CHECK_EQ(pthread_join(m.tid, NULL), 0);
+	atomic_store(&f.slow->to.fail, 0);
+	CHECK_EQ(m.ret, 0); /* nothing migrated */
+	CHECK_EQ(uhmm_sync(f.h), 0);
+	for (size_t i = 0; i < SLOW_PAGES; i++)
+		CHECK_PATTERN_PAGE(moved, i, 0x5105);
+	f.sbuf = moved;
+	fixture_teardown(&f);
+}
+
+TEST(remap_while_a_migration_fails_keeps_the_pages_thread_mode)
+{
+	remap_while_migration_fails(UHMM_FAULT_THREAD);
+}
+
+TEST(remap_while_a_migration_fails_keeps_the_pages_signal_mode)
+{
+	remap_while_migration_fails(UHMM_FAULT_SIGNAL);
 }
 
 TEST(mremap_then_manage_at_the_old_address_thread_mode)
