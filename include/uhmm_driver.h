@@ -154,6 +154,7 @@ struct uhmm_devmem_ops {
  * @ops:         the driver's ops table.
  * @driver_data: returned by uhmm_devmem_driver_data().
  * @name:        a short name for diagnostics (copied), or NULL.
+ * @flags:       UHMM_DEVMEM_* flags.
  */
 struct uhmm_devmem_desc {
 	size_t sz;
@@ -163,7 +164,18 @@ struct uhmm_devmem_desc {
 	const struct uhmm_devmem_ops *ops;
 	void *driver_data;
 	const char *name;
+	unsigned int flags;
 };
+
+/*
+ * UHMM_DEVMEM_NONBLOCKING: the driver's migrate_to_ram and copy_from_device
+ * never wait for long (no I/O, no waiting on the device: a memcpy from memory
+ * the CPU can read). In thread mode uhmm then serves CPU faults on this
+ * memory on its service thread itself, without handing them to a fault
+ * worker: a thread switch fewer per fault. Without the flag a driver that
+ * stalls holds up only the faults on its own pages.
+ */
+#define UHMM_DEVMEM_NONBLOCKING 0x1u
 
 /**
  * uhmm_devmem_add() - register a region of device memory.
@@ -173,7 +185,7 @@ struct uhmm_devmem_desc {
  * share (uhmm_devmem_alloc_page), charged to @desc->owner while in use.
  * Return: 0, or
  * -EINVAL  NULL argument, @desc->sz that no version of the struct has (one
- *          that ends inside a field), unknown type, npages 0 or too large,
+ *          that ends inside a field), unknown type or flags, npages 0 or too large,
  *          NULL owner, ops ABI mismatch, or an ops table without copy_to_device,
  *          copy_from_device or (for private memory) migrate_to_ram;
  * -E2BIG   @desc larger than known with a non-zero tail;

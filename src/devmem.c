@@ -77,7 +77,7 @@ int uhmm_devmem_add(struct uhmm *h, const struct uhmm_devmem_desc *desc,
 		return ret;
 	memcpy(&d, desc, desc->sz < sizeof(d) ? desc->sz : sizeof(d));
 	if (d.type != UHMM_MEMORY_DEVICE_PRIVATE || !d.npages || d.npages > (1UL << 31) ||
-	    !d.owner)
+	    !d.owner || (d.flags & ~UHMM_DEVMEM_NONBLOCKING))
 		return -EINVAL;
 	ret = check_ops(&d);
 	if (ret)
@@ -94,6 +94,7 @@ int uhmm_devmem_add(struct uhmm *h, const struct uhmm_devmem_desc *desc,
 	dm->owner = d.owner;
 	dm->ops = d.ops;
 	dm->driver_data = d.driver_data;
+	dm->flags = d.flags;
 	strncpy(dm->name, d.name ? d.name : "devmem", sizeof(dm->name) - 1);
 	/* Descriptors: reserved like the state words, touched as pages are used. */
 	dm->pages_len = (d.npages * sizeof(struct uhmm_page) + PAGE_SIZE - 1) & PAGE_MASK;

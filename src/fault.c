@@ -714,13 +714,19 @@ static int remap_try(struct uhmm *h, struct work *wk)
 static bool fault_to_worker(struct uhmm *h, uintptr_t addr, bool write)
 {
 	struct range *r;
-	bool dev;
+	bool dev = false;
 
 	if (!h->nworkers)
 		return false;
 	uhmm__rd_enter(h);
 	r = uhmm__lookup(h, addr);
-	dev = r && w_kind(atomic_load(uhmm__word(r, addr))) == W_DEVICE;
+	if (r) {
+		uint64_t v = atomic_load(uhmm__word(r, addr));
+		struct uhmm_page *page = w_kind(v) == W_DEVICE ? uhmm__word_page(h, v) : NULL;
+
+		/* A driver that never blocks is served here: a thread switch fewer. */
+		dev = page && !(page->devmem->flags & UHMM_DEVMEM_NONBLOCKING);
+	}
 	uhmm__rd_exit(h);
 	if (!dev)
 		return false;

@@ -137,6 +137,7 @@ struct uhmm_devmem {
 	void *owner;
 	const struct uhmm_devmem_ops *ops;
 	void *driver_data;
+	unsigned int flags; /* UHMM_DEVMEM_* */
 	char name[32];
 	struct uhmm_page *pages;
 	size_t pages_len;

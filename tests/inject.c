@@ -670,6 +670,23 @@ static void add_cut_desc(void *arg)
 	uhmm_close(h);
 }
 
+TEST(devmem_add_refuses_unknown_flags)
+{
+	struct inj d = { 0 };
+	struct uhmm_devmem *dm = NULL;
+	struct uhmm *h;
+
+	uhmm_test_open(&h);
+	UHMM_OPTS(uhmm_devmem_desc, desc, .type = UHMM_MEMORY_DEVICE_PRIVATE, .npages = 4,
+		  .owner = &d, .ops = &inj_ops, .driver_data = &d, .flags = 0x80);
+	CHECK_EQ(uhmm_devmem_add(h, &desc, &dm), -EINVAL);
+	CHECK(dm == NULL);
+	desc.flags = UHMM_DEVMEM_NONBLOCKING;
+	CHECK_EQ(uhmm_devmem_add(h, &desc, &dm), 0);
+	CHECK_EQ(uhmm_devmem_remove(dm), 0);
+	uhmm_close(h);
+}
+
 TEST(devmem_add_with_sz_ending_inside_a_pointer)
 {
 	static const size_t cuts[] = {
