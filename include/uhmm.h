@@ -446,6 +446,41 @@ struct uhmm_stats {
  */
 UHMM_API int uhmm_stats(struct uhmm *h, struct uhmm_stats *st);
 
+/*
+ * struct uhmm_range_stats - the counters of one managed range: what one
+ * uhmm_manage() or uhmm_alloc() adopted, carried along when mremap moves it
+ * and shared by the pieces a partial munmap leaves. Declare with UHMM_OPTS.
+ * @start, @end:        the bounds of the piece that holds the address.
+ * @faults:             CPU faults that brought a device page home.
+ * @pages_to_device:    pages migrated to devices (faults, prefetch, calls).
+ * @pages_to_system:    pages brought home (faults, eviction, calls).
+ * @bytes_to_device, @bytes_to_system: the same, in bytes.
+ * @prefetched:         pages uhmm_prefetch() moved to a device (a call that
+ *                      spans ranges counts to the range of its first page).
+ * @evictions:          pages evicted home to make room on a full device.
+ * @thrash_events:      pages pinned in system memory for bouncing.
+ */
+struct uhmm_range_stats {
+	size_t sz;
+	uintptr_t start, end;
+	uint64_t faults;
+	uint64_t pages_to_device;
+	uint64_t pages_to_system;
+	uint64_t bytes_to_device;
+	uint64_t bytes_to_system;
+	uint64_t prefetched;
+	uint64_t evictions;
+	uint64_t thrash_events;
+};
+
+/**
+ * uhmm_range_stats() - read the counters of the managed range that holds @addr.
+ * Return: 0, or -ENOENT (not managed), -EINVAL (NULL argument, or @st->sz not
+ * a size the struct ever had), -E2BIG (@st->sz larger than known with a
+ * non-zero tail), -ESHUTDOWN.
+ */
+UHMM_API int uhmm_range_stats(struct uhmm *h, const void *addr, struct uhmm_range_stats *st);
+
 /**
  * uhmm_strerror() - words for a uhmm error code that say what to do.
  * @err: a negative errno returned by uhmm (a positive one is accepted too).

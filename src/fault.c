@@ -373,6 +373,9 @@ again:
 		if (w_kind(nv) == W_CPU) {
 			atomic_fetch_add(&page->devmem->st_faults, 1);
 			nv = uhmm__thrash_home(h, page->devmem, v, nv);
+			uhmm__ctr_add(r, CTR_FAULTS, 1);
+			if ((nv & W_PINNED) && !(v & W_PINNED))
+				uhmm__ctr_add(r, CTR_THRASH, 1);
 		}
 		if (w_kind(nv) == W_DEVICE && (uhmm__svc_eagain || uhmm__fill_err == -EAGAIN)) {
 			/* An event is pending: the data stays on the device; retried. */
@@ -680,7 +683,8 @@ static int remap_try(struct uhmm *h, struct work *wk)
 	uhmm__rd_exit(h);
 	if (ret)
 		return ret;
-	if (uhmm__add_range(h, wk->b, wk->b + wk->len, wk->alloced, wk->nwords) == -EEXIST) {
+	ret = uhmm__add_range(h, wk->b, wk->b + wk->len, wk->alloced, wk->nwords);
+	if (ret == -EEXIST) {
 		/*
 		 * A range is still where the moved one now is: its mapping is
 		 * gone (unmapped by another thread, whose event is behind this
@@ -697,6 +701,7 @@ static int remap_try(struct uhmm *h, struct work *wk)
 		absorb_add(h, wk->b, wk->b + wk->len);
 		uhmm__add_range(h, wk->b, wk->b + wk->len, wk->alloced, wk->nwords);
 	}
+	uhmm__range_ctr_copy(h, wk->a, wk->b);
 	munmap((void *)wk->nwords, wk->nlen);
 	wk->nwords = NULL;
 	/* With MREMAP_DONTUNMAP the old range stays, empty; otherwise it is gone. */

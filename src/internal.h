@@ -90,11 +90,15 @@ static inline uint64_t w_device(unsigned slot, unsigned long pfn)
 	return W_DEVICE | ((uint64_t)slot << W_SLOT_SHIFT) | ((uint64_t)pfn << W_PFN_SHIFT);
 }
 
+/* Counters of one managed range (uhmm_range_stats). */
+enum { CTR_FAULTS, CTR_TO, CTR_FROM, CTR_PREFETCHED, CTR_EVICTIONS, CTR_THRASH, NCTR };
+
 /* One reservation of state words, shared by the ranges split from it. */
 struct state_tbl {
 	_Atomic uint64_t *words;
 	size_t maplen;
 	int refs; /* ranges pointing into it; under h->lock */
+	atomic_ulong ctr[NCTR];
 };
 
 /* A managed range [start, end). Immutable once published, except the words. */
@@ -286,6 +290,12 @@ int uhmm__check_range(const void *addr, size_t len);
 int uhmm__remove_ranges(struct uhmm *h, uintptr_t start, uintptr_t end);
 int uhmm__add_range(struct uhmm *h, uintptr_t start, uintptr_t end, bool alloced,
 		    _Atomic uint64_t *copy_from);
+void uhmm__range_count(struct uhmm *h, uintptr_t addr, int ctr, unsigned long n);
+void uhmm__range_ctr_copy(struct uhmm *h, uintptr_t from, uintptr_t to);
+static inline void uhmm__ctr_add(struct range *r, int ctr, unsigned long n)
+{
+	atomic_fetch_add_explicit(&r->tbl->ctr[ctr], n, memory_order_relaxed);
+}
 bool uhmm__leaving(struct uhmm *h, uintptr_t start, uintptr_t end);
 void uhmm__put(struct uhmm *h);
 int uhmm__opts_check(const void *opts, size_t given, size_t known);

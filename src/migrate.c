@@ -328,6 +328,7 @@ static void commit_device(struct uhmm_migrate *a, unsigned long i)
 	__atomic_store_n(&np->last_use, np->birth, __ATOMIC_RELAXED);
 	atomic_fetch_add(&np->devmem->resident, 1);
 	atomic_fetch_add(&np->devmem->st_to, 1);
+	uhmm__ctr_add((struct range *)a->priv[P_RANGE], CTR_TO, 1);
 	uhmm__word_set_locked(w, w_device(np->devmem->slot, np->pfn) | uhmm__thrash_out(old));
 	if (a->src[i] & UHMM_MIGRATE_DEVICE)
 		uhmm__release_word(h, old);
@@ -365,6 +366,7 @@ static void commit_system(struct uhmm_migrate *a, unsigned long i)
 
 	if (page)
 		atomic_fetch_add(&page->devmem->st_from, 1);
+	uhmm__ctr_add((struct range *)a->priv[P_RANGE], CTR_FROM, 1);
 	/* The bounce history stays with the page (a fault updates it, serve()). */
 	uhmm__word_set_locked(w, W_CPU | (old & (W_TCOUNT_MASK | W_TTIME_MASK)));
 	uhmm__release_word(a->h, old);

@@ -238,8 +238,10 @@ void uhmm__evict(struct uhmm_devmem *dm, unsigned long need)
 		if (!a)
 			continue;
 		moved = uhmm__home_range(dm->h, a, a + ((j - i) << PAGE_SHIFT), dm, &poisoned);
-		if (moved > 0)
+		if (moved > 0) {
 			atomic_fetch_add(&dm->st_evictions, moved);
+			uhmm__range_count(dm->h, a, CTR_EVICTIONS, (unsigned long)moved);
+		}
 	}
 }
 
@@ -257,8 +259,10 @@ int uhmm_prefetch(struct uhmm *h, void *addr, size_t len, struct uhmm_devmem *ta
 	if (!target)
 		return uhmm_migrate_to_ram(h, addr, len);
 	ret = uhmm_migrate_to_device(target, addr, len);
-	if (ret > 0)
+	if (ret > 0) {
 		atomic_fetch_add(&target->st_prefetched, ret);
+		uhmm__range_count(h, (uintptr_t)addr, CTR_PREFETCHED, (unsigned long)ret);
+	}
 	return ret;
 }
 

@@ -945,6 +945,70 @@ int uhmm_free(struct uhmm *h, void *addr, size_t len)
 	return 0;
 }
 
+/* Count @n on the range that holds @addr (if any). */
+void uhmm__range_count(struct uhmm *h, uintptr_t addr, int ctr, unsigned long n)
+{
+	struct range *r;
+
+	uhmm__rd_enter(h);
+	r = uhmm__lookup(h, addr);
+	if (r)
+		uhmm__ctr_add(r, ctr, n);
+	uhmm__rd_exit(h);
+}
+
+/* The range now at @to carries on the counters of the one at @from (mremap). */
+void uhmm__range_ctr_copy(struct uhmm *h, uintptr_t from, uintptr_t to)
+{
+	struct range *a, *b;
+
+	uhmm__rd_enter(h);
+	a = uhmm__lookup(h, from);
+	b = uhmm__lookup(h, to);
+	if (a && b && a->tbl != b->tbl)
+		for (int i = 0; i < NCTR; i++)
+			atomic_store(&b->tbl->ctr[i], atomic_load(&a->tbl->ctr[i]));
+	uhmm__rd_exit(h);
+}
+
+int uhmm_range_stats(struct uhmm *h, const void *addr, struct uhmm_range_stats *st)
+{
+	struct uhmm_range_stats s = { .sz = sizeof(s) };
+	struct range *r;
+	size_t sz;
+	int ret = uhmm__usable(h);
+
+	if (ret)
+		return ret;
+	if (!st)
+		return -EINVAL;
+	sz = st->sz;
+	ret = opts_check(st, sz, sizeof(s));
+	if (ret)
+		return ret;
+	uhmm__events_settle(h, (uintptr_t)addr, (uintptr_t)addr + 1);
+	uhmm__rd_enter(h);
+	r = uhmm__lookup(h, (uintptr_t)addr);
+	if (r) {
+		s.start = r->start;
+		s.end = r->end;
+		s.faults = atomic_load(&r->tbl->ctr[CTR_FAULTS]);
+		s.pages_to_device = atomic_load(&r->tbl->ctr[CTR_TO]);
+		s.pages_to_system = atomic_load(&r->tbl->ctr[CTR_FROM]);
+		s.prefetched = atomic_load(&r->tbl->ctr[CTR_PREFETCHED]);
+		s.evictions = atomic_load(&r->tbl->ctr[CTR_EVICTIONS]);
+		s.thrash_events = atomic_load(&r->tbl->ctr[CTR_THRASH]);
+	}
+	uhmm__rd_exit(h);
+	if (!r)
+		return -ENOENT;
+	s.bytes_to_device = s.pages_to_device * PAGE_SIZE;
+	s.bytes_to_system = s.pages_to_system * PAGE_SIZE;
+	memcpy(st, &s, sz < sizeof(s) ? sz : sizeof(s));
+	st->sz = sz;
+	return 0;
+}
+
 int uhmm_range_of(struct uhmm *h, const void *addr, uintptr_t *start, uintptr_t *end)
 {
 	struct range *r;

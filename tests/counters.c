@@ -1,4 +1,4 @@
-/* counters: device memory accounting (in_use, resident, page_frees), page references, and the handle's fault and migration counters. */
+/* counters: device memory accounting (in_use, resident, page_frees), page references, the handle's fault and migration counters, and per-range counters. */
 #include "harness.h"
 
 struct fix {
@@ -303,5 +303,87 @@ TEST(events_counter_ignores_migrations)
 	CHECK_EQ(madvise(f.buf, PAGE, MADV_DONTNEED), 0);
 	WAIT_FOR(hstats(f.h).events - s0.events >= 1);
 	CHECK_EQ(hstats(f.h).events - s0.events, 1);
+	fix_teardown(&f);
+}
+
+static struct uhmm_range_stats rstats(struct uhmm *h, const void *addr)
+{
+	UHMM_OPTS(uhmm_range_stats, st);
+
+	CHECK_EQ(uhmm_range_stats(h, addr, &st), 0);
+	return st;
+}
+
+/*
+ * Per-range counters: each allocation counts its own faults, pages each way
+ * and prefetches; the neighbour's stay at zero; mremap carries them along.
+ */
+TEST(range_stats_count_each_allocation_alone)
+{
+	struct fix f;
+	struct uhmm_range_stats a, b;
+	void *q = NULL;
+	char *other, *dst, *moved;
+
+	fix_setup(&f, 16, 64, 0x4a4e);
+	/* A second allocation beside it, which nothing here migrates. */
+	CHECK_EQ(uhmm_alloc(f.h, 16 * PAGE, &q), 0);
+	other = q;
+	memset(other, 7, 16 * PAGE);
+
+	CHECK_EQ(uhmm_migrate_to_device(f.dm, f.buf, 8 * PAGE), 8);
+	CHECK_EQ(uhmm_prefetch(f.h, f.buf + 8 * PAGE, 4 * PAGE, f.dm), 4);
+	a = rstats(f.h, f.buf + 3 * PAGE);
+	CHECK_EQ(a.start, (uintptr_t)f.buf);
+	CHECK_EQ(a.end, (uintptr_t)f.buf + 16 * PAGE);
+	CHECK_EQ(a.pages_to_device, 12);
+	CHECK_EQ(a.bytes_to_device, 12 * PAGE);
+	CHECK_EQ(a.prefetched, 4);
+	CHECK_EQ(a.faults, 0);
+	CHECK_EQ(a.pages_to_system, 0);
+
+	/* Home: three by CPU faults (or more with fault-around), the rest by a call. */
+	touch_read(f.buf);
+	touch_read(f.buf + 5 * PAGE);
+	touch_read(f.buf + 9 * PAGE);
+	a = rstats(f.h, f.buf);
+	CHECK_GE(a.faults, 1);
+	CHECK_LE(a.faults, 3);
+	CHECK_GE(a.pages_to_system, 3);
+	CHECK_EQ(uhmm_migrate_to_ram(f.h, f.buf, 16 * PAGE), (long)(12 - a.pages_to_system));
+	a = rstats(f.h, f.buf);
+	CHECK_EQ(a.pages_to_system, 12);
+	CHECK_EQ(a.bytes_to_system, 12 * PAGE);
+	CHECK_PATTERN_PAGES(f.buf, 16, f.seed);
+
+	b = rstats(f.h, other);
+	CHECK_EQ(b.start, (uintptr_t)other);
+	CHECK_EQ(b.faults + b.pages_to_device + b.pages_to_system + b.prefetched, 0);
+
+	/* mremap: the range keeps its counters at its new address. */
+	dst = mmap(NULL, 16 * PAGE, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	CHECK(dst != MAP_FAILED);
+	moved = mremap(f.buf, 16 * PAGE, 16 * PAGE, MREMAP_MAYMOVE | MREMAP_FIXED, dst);
+	CHECK_PTR(moved, dst);
+	CHECK_EQ(uhmm_sync(f.h), 0);
+	b = rstats(f.h, moved);
+	CHECK_EQ(b.start, (uintptr_t)moved);
+	CHECK_EQ(b.pages_to_device, 12);
+	CHECK_EQ(b.pages_to_system, 12);
+	CHECK_EQ(b.prefetched, 4);
+	CHECK_EQ(b.faults, a.faults);
+	f.buf = moved;
+
+	/* Bad input. */
+	{
+		UHMM_OPTS(uhmm_range_stats, st);
+
+		CHECK_EQ(uhmm_range_stats(f.h, dst + 64 * PAGE * 1024, &st), -ENOENT);
+		CHECK_EQ(uhmm_range_stats(f.h, moved, NULL), -EINVAL);
+		CHECK_EQ(uhmm_range_stats(NULL, moved, &st), -EINVAL);
+		st.sz = 3;
+		CHECK_EQ(uhmm_range_stats(f.h, moved, &st), -EINVAL);
+	}
+	CHECK_EQ(uhmm_free(f.h, other, 16 * PAGE), 0);
 	fix_teardown(&f);
 }
