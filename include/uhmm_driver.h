@@ -292,6 +292,41 @@ struct uhmm_evict_policy {
 UHMM_API extern const struct uhmm_evict_policy uhmm_evict_lru;
 UHMM_API extern const struct uhmm_evict_policy uhmm_evict_fifo;
 
+/*
+ * struct uhmm_prefetch_policy - how much a CPU fault brings home with the
+ * faulting page (what uhmm_fault_window() answers drivers), per region.
+ */
+#define UHMM_PREFETCH_POLICY_ABI 1
+struct uhmm_prefetch_policy {
+	unsigned int abi; /* UHMM_PREFETCH_POLICY_ABI */
+	const char *name;
+	/*
+	 * window - pages from @vmf->address on (the faulting page included) to
+	 * bring home, 1 .. @max (the handle's fault_window; an answer past the
+	 * 2 MiB boundary or @max is cut there, 0 means 1).
+	 * Called in the fault path, maybe in a signal handler: async-signal-
+	 * safe, no allocation, no blocking. Required.
+	 */
+	unsigned long (*window)(const struct uhmm_fault *vmf, unsigned long max);
+};
+
+/*
+ * Built in: adaptive (the default: a fault where the previous window of a
+ * stream ended doubles it, up to @max and the 2 MiB boundary; any other
+ * fault brings one page, so random access pays nothing) and none (one page
+ * per fault, always).
+ */
+UHMM_API extern const struct uhmm_prefetch_policy uhmm_prefetch_adaptive;
+UHMM_API extern const struct uhmm_prefetch_policy uhmm_prefetch_none;
+
+/**
+ * uhmm_devmem_set_prefetch() - choose how CPU faults on @dm's pages fault around.
+ * @dm: the region. @policy: a policy, or NULL for the default (adaptive).
+ * Return: 0, or -EINVAL (NULL region, policy without window or wrong ABI).
+ */
+UHMM_API int uhmm_devmem_set_prefetch(struct uhmm_devmem *dm,
+				      const struct uhmm_prefetch_policy *policy);
+
 /**
  * uhmm_devmem_set_evict() - let migrations to a full region evict pages home.
  * @dm: the region. @policy: a policy, or NULL for none (the default: a

@@ -177,12 +177,52 @@ static void streams_forget(struct stream *st, uintptr_t start, uintptr_t end)
 	}
 }
 
+static unsigned long adaptive_window(const struct uhmm_fault *vmf, unsigned long max)
+{
+	return stream_window(vmf->h->streams, &vmf->h->stream_victim, vmf->address & PAGE_MASK,
+			     max);
+}
+
+static unsigned long no_window(const struct uhmm_fault *vmf, unsigned long max)
+{
+	(void)vmf;
+	(void)max;
+	return 1;
+}
+
+const struct uhmm_prefetch_policy uhmm_prefetch_adaptive = {
+	.abi = UHMM_PREFETCH_POLICY_ABI, .name = "adaptive", .window = adaptive_window,
+};
+
+const struct uhmm_prefetch_policy uhmm_prefetch_none = {
+	.abi = UHMM_PREFETCH_POLICY_ABI, .name = "none", .window = no_window,
+};
+
+int uhmm_devmem_set_prefetch(struct uhmm_devmem *dm, const struct uhmm_prefetch_policy *policy)
+{
+	if (!dm || (policy && (policy->abi != UHMM_PREFETCH_POLICY_ABI || !policy->window)))
+		return -EINVAL;
+	atomic_store(&dm->prefetch, policy);
+	return 0;
+}
+
 unsigned long uhmm_fault_window(const struct uhmm_fault *vmf)
 {
+	const struct uhmm_prefetch_policy *pol = NULL;
+	unsigned long n, max;
+
 	if (!vmf || !vmf->h)
 		return 1;
-	return stream_window(vmf->h->streams, &vmf->h->stream_victim, vmf->address & PAGE_MASK,
-			     vmf->h->fault_window);
+	if (vmf->page && vmf->page->devmem)
+		pol = atomic_load(&vmf->page->devmem->prefetch);
+	if (!pol)
+		pol = &uhmm_prefetch_adaptive;
+	n = pol->window(vmf, vmf->h->fault_window);
+	/* Never past the handle's window nor the 2 MiB boundary (one migration's chunk). */
+	max = (CHUNK_SIZE - (vmf->address & (CHUNK_SIZE - 1))) >> PAGE_SHIFT;
+	if (max > vmf->h->fault_window)
+		max = vmf->h->fault_window;
+	return n < 1 ? 1 : n > max ? max : n;
 }
 
 /* Ask the holder of a locked page to kick the service threads when it unlocks. */

@@ -152,6 +152,7 @@ struct uhmm_devmem {
 	atomic_int dying;
 	struct owner_acct *acct;
 	_Atomic(const struct uhmm_evict_policy *) evict;
+	_Atomic(const struct uhmm_prefetch_policy *) prefetch;
 	atomic_long st_faults, st_to, st_from, st_prefetched, st_evictions, st_thrash;
 };
 

@@ -136,3 +136,58 @@ TEST(fault_window_one_turns_fault_around_off)
 	CHECK_EQ(uhmm_sim_destroy(sim), 0);
 	uhmm_close(h);
 }
+
+static unsigned long four_pages(const struct uhmm_fault *vmf, unsigned long max)
+{
+	(void)vmf;
+	(void)max;
+	return 4;
+}
+
+static const struct uhmm_prefetch_policy four = {
+	.abi = UHMM_PREFETCH_POLICY_ABI, .name = "four", .window = four_pages,
+};
+
+/* The fault-around decision is a per-region ops table: none, a custom one, back to adaptive. */
+TEST(prefetch_policy_is_chosen_per_region)
+{
+	struct fx f;
+	struct uhmm_devmem *dm;
+	struct uhmm_stats s0, s;
+	static const struct uhmm_prefetch_policy bad = { .abi = 99, .window = four_pages };
+	static const struct uhmm_prefetch_policy nowin = { .abi = UHMM_PREFETCH_POLICY_ABI };
+
+	fx_setup(&f);
+	dm = uhmm_sim_devmem(f.sim);
+	CHECK_EQ(uhmm_devmem_set_prefetch(NULL, &four), -EINVAL);
+	CHECK_EQ(uhmm_devmem_set_prefetch(dm, &bad), -EINVAL);
+	CHECK_EQ(uhmm_devmem_set_prefetch(dm, &nowin), -EINVAL);
+
+	/* None: one fault per page of a sweep. */
+	CHECK_EQ(uhmm_devmem_set_prefetch(dm, &uhmm_prefetch_none), 0);
+	s0 = hstats(f.h);
+	for (size_t i = 0; i < 64; i++)
+		check_page(&f, i);
+	s = hstats(f.h);
+	CHECK_EQ(s.faults_device - s0.faults_device, 64);
+	CHECK_EQ(s.pages_home - s0.pages_home, 64);
+
+	/* A custom window of four pages: one fault per four. */
+	CHECK_EQ(uhmm_devmem_set_prefetch(dm, &four), 0);
+	s0 = hstats(f.h);
+	for (size_t i = 64; i < 128; i++)
+		check_page(&f, i);
+	s = hstats(f.h);
+	CHECK_EQ(s.faults_device - s0.faults_device, 16);
+	CHECK_EQ(s.pages_home - s0.pages_home, 64);
+
+	/* Back to the default (adaptive): the rest of the first 2 MiB in few faults. */
+	CHECK_EQ(uhmm_devmem_set_prefetch(dm, NULL), 0);
+	s0 = hstats(f.h);
+	for (size_t i = 128; i < 512; i++)
+		check_page(&f, i);
+	s = hstats(f.h);
+	CHECK_EQ(s.pages_home - s0.pages_home, 384);
+	CHECK_LT(s.faults_device - s0.faults_device, 16);
+	fx_teardown(&f);
+}
