@@ -301,8 +301,9 @@ TEST(close_right_after_mremap_keeps_the_moved_data_signal_mode)
  * migration home installed under a pending discard. Worse, the migrating
  * thread often never returns: perf shows it spinning inside one UFFDIO_MOVE
  * (move_pages_ptes, Linux 6.18) while holding its page locks, and the
- * program's next fault waits for ever. Build with -DUHMM_TRACE to see the
- * first stale page's history.
+ * program's next fault waits for ever: a kernel livelock, which
+ * tools/repro/move_vs_dontneed.c reproduces without uhmm. Build with
+ * -DUHMM_TRACE to see the first stale page's history.
  */
 struct churn {
 	struct uhmm *h;
