@@ -418,6 +418,7 @@ struct fill {
 	bool local_only;
 	bool install;
 	unsigned long migrated, mapped;
+	uintptr_t rs, re; /* the faulting page's allocation (uhmm_range_of), or 0, 0 */
 };
 
 static void set_requests(const struct fill *f, uint64_t *pfns)
@@ -441,10 +442,12 @@ static void window_run(const struct fill *f, const uint64_t *pfns, unsigned long
 	*lo = i;
 	*hi = i + 1;
 	while (*lo > 0 && !(pfns[*lo - 1] & UHMM_PFN_ERROR) &&
-	       (pfns[*lo - 1] & UHMM_PFN_MANAGED) == kind)
+	       (pfns[*lo - 1] & UHMM_PFN_MANAGED) == kind &&
+	       (!f->re || f->s + ((*lo - 1) << SIM_PAGE_SHIFT) >= f->rs))
 		--*lo;
 	while (*hi < f->n && !(pfns[*hi] & UHMM_PFN_ERROR) &&
-	       (pfns[*hi] & UHMM_PFN_MANAGED) == kind)
+	       (pfns[*hi] & UHMM_PFN_MANAGED) == kind &&
+	       (!f->re || f->s + (*hi << SIM_PAGE_SHIFT) < f->re))
 		++*hi;
 }
 
@@ -637,11 +640,8 @@ static int device_fault(struct uhmm_sim_ctx *ctx, uintptr_t va, bool write)
 	 * may be discarding or moving this very moment.
 	 */
 	if (!uhmm_range_of(sim->h, (void *)page, &rs, &re)) {
-		uintptr_t we = ws + f.n * SIM_PAGE;
-
-		f.s = rs > ws ? rs : ws;
-		f.n = ((re < we ? re : we) - f.s) >> SIM_PAGE_SHIFT;
-		f.req_page = (long)((page - f.s) >> SIM_PAGE_SHIFT);
+		f.rs = rs;
+		f.re = re;
 	}
 	/*
 	 * Advice (uhmm_advise): preferred elsewhere, accessed-by this device,
