@@ -418,7 +418,6 @@ struct fill {
 	bool local_only;
 	bool install;
 	unsigned long migrated, mapped;
-	uintptr_t rs, re; /* the faulting page's allocation (uhmm_range_of), or 0, 0 */
 };
 
 static void set_requests(const struct fill *f, uint64_t *pfns)
@@ -442,12 +441,10 @@ static void window_run(const struct fill *f, const uint64_t *pfns, unsigned long
 	*lo = i;
 	*hi = i + 1;
 	while (*lo > 0 && !(pfns[*lo - 1] & UHMM_PFN_ERROR) &&
-	       (pfns[*lo - 1] & UHMM_PFN_MANAGED) == kind &&
-	       (!f->re || f->s + ((*lo - 1) << SIM_PAGE_SHIFT) >= f->rs))
+	       (pfns[*lo - 1] & UHMM_PFN_MANAGED) == kind)
 		--*lo;
 	while (*hi < f->n && !(pfns[*hi] & UHMM_PFN_ERROR) &&
-	       (pfns[*hi] & UHMM_PFN_MANAGED) == kind &&
-	       (!f->re || f->s + (*hi << SIM_PAGE_SHIFT) < f->re))
+	       (pfns[*hi] & UHMM_PFN_MANAGED) == kind)
 		++*hi;
 }
 
@@ -640,8 +637,11 @@ static int device_fault(struct uhmm_sim_ctx *ctx, uintptr_t va, bool write)
 	 * may be discarding or moving this very moment.
 	 */
 	if (!uhmm_range_of(sim->h, (void *)page, &rs, &re)) {
-		f.rs = rs;
-		f.re = re;
+		uintptr_t we = ws + f.n * SIM_PAGE;
+
+		f.s = rs > ws ? rs : ws;
+		f.n = ((re < we ? re : we) - f.s) >> SIM_PAGE_SHIFT;
+		f.req_page = (long)((page - f.s) >> SIM_PAGE_SHIFT);
 	}
 	/*
 	 * Advice (uhmm_advise): preferred elsewhere, accessed-by this device,
