@@ -929,6 +929,11 @@ int uhmm_free(struct uhmm *h, void *addr, size_t len)
 	for (uintptr_t a = s; ok && a < s + len;) {
 		struct range *r = uhmm__lookup(h, a);
 
+		/* The table may have changed since covered() (an event handled). */
+		if (!r) {
+			ok = false;
+			break;
+		}
 		if (!r->alloced) {
 			uhmm__rd_exit(h);
 			return -EINVAL;
