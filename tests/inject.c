@@ -528,6 +528,38 @@ TEST(every_callback_fails_at_every_call_signal_mode)
  * refused (-EINVAL), or the cut field taken as its default.
  */
 /*
+ * Four pages with pattern @seed on an injecting device whose migrate_to_ram
+ * fails at once with -ENOMEM from its first call; the caller says how long.
+ */
+static struct inj *nomem_setup(struct uhmm **h, const struct uhmm_open_opts *o, char **buf,
+			       uint64_t seed)
+{
+	struct inj *d;
+
+	uhmm_test_open_opts(h, o);
+	uhmm_test_require_migrate(*h);
+	d = inj_add(*h);
+	*buf = map_anon(4 * PAGE);
+	CHECK_EQ(uhmm_manage(*h, *buf, 4 * PAGE), 0);
+	pattern_fill(*buf, 4 * PAGE, seed);
+	CHECK_EQ(uhmm_migrate_to_device(d->dm, *buf, 4 * PAGE), 4);
+	d->target = CB_M2R;
+	d->pass = 0;
+	d->err = -ENOMEM;
+	d->style = M2R_EARLY;
+	return d;
+}
+
+static void nomem_teardown(struct uhmm *h, struct inj *d, char *buf)
+{
+	CHECK_EQ(uhmm_unmanage(h, buf, 4 * PAGE), 0);
+	unmap(buf, 4 * PAGE);
+	CHECK_EQ(inj_remove(d), 0);
+	free(d);
+	uhmm_close(h);
+}
+
+/*
  * A driver with no memory for the page's way home (migrate_to_ram returns
  * -ENOMEM, as UFFDIO_COPY may): the fault is retried with backoff; memory
  * that comes back in time brings the page home with its data.
@@ -539,27 +571,13 @@ static void nomem_then_memory(enum uhmm_fault_mode mode)
 	struct uhmm *h;
 	char *buf;
 
-	uhmm_test_open_opts(&h, &o);
-	uhmm_test_require_migrate(h);
-	d = inj_add(h);
-	buf = map_anon(4 * PAGE);
-	CHECK_EQ(uhmm_manage(h, buf, 4 * PAGE), 0);
-	pattern_fill(buf, 4 * PAGE, 0x0e0e);
-	CHECK_EQ(uhmm_migrate_to_device(d->dm, buf, 4 * PAGE), 4);
-	d->target = CB_M2R;
-	d->pass = 0;
+	d = nomem_setup(&h, &o, &buf, 0x0e0e);
 	d->nfail = 5;
-	d->err = -ENOMEM;
-	d->style = M2R_EARLY;
 	CHECK_PATTERN_PAGES(buf, 4, 0x0e0e);
 	CHECK_EQ(d->injected, 5);
 	CHECK_GE(d->calls[CB_M2R], 6);
 	CHECK_EQ(hstats(h).poisoned, 0);
-	CHECK_EQ(uhmm_unmanage(h, buf, 4 * PAGE), 0);
-	unmap(buf, 4 * PAGE);
-	CHECK_EQ(inj_remove(d), 0);
-	free(d);
-	uhmm_close(h);
+	nomem_teardown(h, d, buf);
 }
 
 TEST(no_memory_on_the_way_home_is_retried_thread_mode)
@@ -589,18 +607,8 @@ static void nomem_forever(void *arg)
 	ssize_t got;
 	char *buf;
 
-	uhmm_test_open_opts(&h, &o);
-	uhmm_test_require_migrate(h);
-	d = inj_add(h);
-	buf = map_anon(4 * PAGE);
-	CHECK_EQ(uhmm_manage(h, buf, 4 * PAGE), 0);
-	pattern_fill(buf, 4 * PAGE, 0x0f0f);
-	CHECK_EQ(uhmm_migrate_to_device(d->dm, buf, 4 * PAGE), 4);
-	d->target = CB_M2R;
-	d->pass = 0;
+	d = nomem_setup(&h, &o, &buf, 0x0f0f);
 	d->persistent = true;
-	d->err = -ENOMEM;
-	d->style = M2R_EARLY;
 	CHECK_EQ(pipe(pfd), 0);
 	fflush(stderr);
 	saved = dup(2);
@@ -625,11 +633,7 @@ static void nomem_forever(void *arg)
 	CHECK_PATTERN_PAGE(buf, 0, 0x0f0f);
 	CHECK_PATTERN_PAGE(buf, 2, 0x0f0f);
 	CHECK_PATTERN_PAGE(buf, 3, 0x0f0f);
-	CHECK_EQ(uhmm_unmanage(h, buf, 4 * PAGE), 0);
-	unmap(buf, 4 * PAGE);
-	CHECK_EQ(inj_remove(d), 0);
-	free(d);
-	uhmm_close(h);
+	nomem_teardown(h, d, buf);
 }
 
 static void run_nomem_forever(enum uhmm_fault_mode mode)
