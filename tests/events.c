@@ -249,19 +249,14 @@ TEST(migrate_right_after_partial_mremap_finds_the_moved_pages)
  */
 static void close_right_after_mremap(enum uhmm_fault_mode mode)
 {
-	UHMM_OPTS(uhmm_open_opts, o, .fault_mode = mode);
 	const size_t n = 8;
 
 	for (int round = 0; round < 40; round++) {
-		struct uhmm *h;
+		struct uhmm *h = uhmm_test_open_mode(mode);
 		struct uhmm_sim *sim;
 		char *buf, *dst, *moved;
 		void *p = NULL;
-		int r = uhmm_open(&h, &o);
 
-		if (r == -EPERM || r == -ENOSYS || r == -EOPNOTSUPP)
-			SKIP("cannot open in this mode here: %s", uhmm_strerror(r));
-		CHECK_EQ(r, 0);
 		uhmm_test_require_migrate(h);
 		sim = uhmm_test_sim(h, n);
 		CHECK_EQ(uhmm_alloc(h, n * PAGE, &p), 0);
@@ -325,18 +320,14 @@ static void *churner(void *arg)
 
 static void discard_beside_migrations(enum uhmm_fault_mode mode)
 {
-	UHMM_OPTS(uhmm_open_opts, o, .fault_mode = mode);
 	static struct churn c;
 	struct uhmm_sim *sim;
 	pthread_t t;
 	void *p = NULL;
-	int r, stale = 0, rounds = 0;
+	int stale = 0, rounds = 0;
 	double t0 = harness_now();
 
-	r = uhmm_open(&c.h, &o);
-	if (r == -EPERM || r == -ENOSYS || r == -EOPNOTSUPP)
-		SKIP("cannot open in this mode here: %s", uhmm_strerror(r));
-	CHECK_EQ(r, 0);
+	c.h = uhmm_test_open_mode(mode);
 	uhmm_test_require_migrate(c.h);
 	sim = uhmm_test_sim(c.h, 8);
 	c.dm = uhmm_sim_devmem(sim);

@@ -689,6 +689,21 @@ static inline void uhmm_test_require_migrate(struct uhmm *h)
 }
 
 /* uhmm_test_open + uhmm_test_require_migrate. */
+/* uhmm_open in @mode, skipping where userfaultfd or that mode is unavailable here. */
+static inline struct uhmm *uhmm_test_open_mode(enum uhmm_fault_mode mode)
+{
+	UHMM_OPTS(uhmm_open_opts, o, .fault_mode = mode);
+	struct uhmm *h = NULL;
+	int r = uhmm_open(&h, &o);
+
+	if (r == -EPERM || r == -ENOSYS)
+		SKIP("userfaultfd unavailable: %s", uhmm_strerror(r));
+	if (r == -EOPNOTSUPP)
+		SKIP("this fault mode is not available here: %s", uhmm_strerror(r));
+	CHECK_EQ(r, 0);
+	return h;
+}
+
 static inline struct uhmm *uhmm_test_open_migrating(void)
 {
 	struct uhmm *h;

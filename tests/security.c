@@ -13,20 +13,6 @@
 #define NOBODY 65534
 #define NP 16
 
-static struct uhmm *open_mode(enum uhmm_fault_mode mode)
-{
-	UHMM_OPTS(uhmm_open_opts, o, .fault_mode = mode);
-	struct uhmm *h = NULL;
-	int r = uhmm_open(&h, &o);
-
-	if (r == -EPERM || r == -ENOSYS)
-		SKIP("userfaultfd unavailable: %s", uhmm_strerror(r));
-	if (r == -EOPNOTSUPP)
-		SKIP("this fault mode is not available here: %s", uhmm_strerror(r));
-	CHECK_EQ(r, 0);
-	return h;
-}
-
 /* A handle in use: a device, a range with pages on it. */
 struct busy {
 	struct uhmm *h;
@@ -38,7 +24,7 @@ static void busy_setup(struct busy *b, enum uhmm_fault_mode mode)
 {
 	void *p = NULL;
 
-	b->h = open_mode(mode);
+	b->h = uhmm_test_open_mode(mode);
 	uhmm_test_require_migrate(b->h);
 	b->sim = uhmm_test_sim(b->h, 2 * NP);
 	CHECK_EQ(uhmm_alloc(b->h, 2 * NP * PAGE, &p), 0);

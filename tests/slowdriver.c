@@ -150,15 +150,8 @@ static void slow_remove(struct slow *s)
 
 static struct uhmm *open_mode(enum uhmm_fault_mode mode)
 {
-	UHMM_OPTS(uhmm_open_opts, o, .fault_mode = mode);
-	struct uhmm *h = NULL;
-	int r = uhmm_open(&h, &o);
+	struct uhmm *h = uhmm_test_open_mode(mode);
 
-	if (r == -EPERM || r == -ENOSYS)
-		SKIP("userfaultfd unavailable: %s", uhmm_strerror(r));
-	if (r == -EOPNOTSUPP)
-		SKIP("this fault mode is not available here: %s", uhmm_strerror(r));
-	CHECK_EQ(r, 0);
 	uhmm_test_require_migrate(h);
 	return h;
 }

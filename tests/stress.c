@@ -991,18 +991,14 @@ static void *after_fork_migrator(void *arg)
 
 static void migrations_racing_after_fork(enum uhmm_fault_mode mode)
 {
-	UHMM_OPTS(uhmm_open_opts, o, .fault_mode = mode);
 	struct after_fork af = { 0 };
 	struct uhmm_sim *sim[2];
 	pthread_t tid[2];
 	double t0 = harness_now();
 	void *p = NULL;
-	int rounds = 0, r;
+	int rounds = 0;
 
-	r = uhmm_open(&af.h, &o);
-	if (r == -EPERM || r == -ENOSYS || r == -EOPNOTSUPP)
-		SKIP("cannot open in this mode here: %s", uhmm_strerror(r));
-	CHECK_EQ(r, 0);
+	af.h = uhmm_test_open_mode(mode);
 	uhmm_test_require_migrate(af.h);
 	for (int i = 0; i < 2; i++) {
 		sim[i] = uhmm_test_sim(af.h, 2 * AF_PAGES);
