@@ -417,8 +417,14 @@ static void zero_bits(int pagemap, uintptr_t s, unsigned long n, bool *zero)
 	}
 }
 
-/* A user-mode touch, for when the kernel's populate cannot serve the fault. */
-static void touch(uintptr_t a, bool write)
+/*
+ * A user-mode touch, for when the kernel's populate cannot serve the fault.
+ * The write is an atomic OR of zero: the program may be writing the same
+ * word this moment, and keeps what it wrote. That is a race ThreadSanitizer
+ * would report against the program's plain writes, and a benign one (the
+ * kernel's fault-in does the same): not instrumented.
+ */
+__attribute__((no_sanitize_thread)) static void touch(uintptr_t a, bool write)
 {
 	if (write)
 		__atomic_fetch_or((uint64_t *)a, 0, __ATOMIC_RELAXED);
