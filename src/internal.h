@@ -424,7 +424,7 @@ int uhmm__vma_prot(uintptr_t addr, uintptr_t *end);
 uint64_t uhmm__thrash_home(struct uhmm *h, struct uhmm_devmem *dm, uint64_t old, uint64_t nw);
 uint64_t uhmm__thrash_out(uint64_t old);
 bool uhmm__thrash_pinned(struct uhmm *h, uint64_t w);
-void uhmm__evict(struct uhmm_devmem *dm, unsigned long need);
+long uhmm__evict(struct uhmm_devmem *dm, unsigned long need);
 void uhmm__prefetch_stop(struct uhmm *h);
 void uhmm__prefetch_drain(struct uhmm *h);
 void uhmm__advice_fini(struct uhmm *h);

@@ -657,6 +657,35 @@ struct to_device {
 	bool full;
 };
 
+/*
+ * Pages of [s, e) not on @dm already: the most a migration of it to @dm can
+ * allocate. Read fresh, so that a region filled to the brim by migrations
+ * of these very pages (another thread's) does not evict for them again.
+ */
+static unsigned long room_wanted(struct uhmm_devmem *dm, uintptr_t s, uintptr_t e)
+{
+	struct uhmm *h = dm->h;
+	struct range *r = NULL;
+	unsigned long n = 0;
+
+	uhmm__rd_enter(h);
+	for (uintptr_t a = s; a < e; a += PAGE_SIZE) {
+		uint64_t v;
+
+		if (!r || a >= r->end)
+			r = uhmm__lookup(h, a);
+		if (!r) {
+			n++;
+			continue;
+		}
+		v = atomic_load(uhmm__word(r, a));
+		if (w_kind(v) != W_DEVICE || uhmm__word_page(h, v)->devmem != dm)
+			n++;
+	}
+	uhmm__rd_exit(h);
+	return n;
+}
+
 /* One pass of [s, e) to the device; returns pages moved or -errno. */
 static int pass_to_device(void *ctx, uintptr_t s, uintptr_t e, unsigned long off, unsigned char *rt)
 {
@@ -668,13 +697,13 @@ static int pass_to_device(void *ctx, uintptr_t s, uintptr_t e, unsigned long off
 	unsigned long idx[CHUNK_PAGES];
 	struct uhmm_migrate a = { .h = dm->h, .start = s, .end = e, .src = src, .dst = dst,
 				  .pgmap_owner = dm->owner, .flags = UHMM_MIGRATE_SELECT_SYSTEM };
-	unsigned long m = 0, i;
+	unsigned long m = 0, i, short_at;
 	int ret;
 
 	if (td->full)
 		return 0;
 	/* Full region with an eviction policy: make room first, holding no lock. */
-	uhmm__evict(dm, (e - s) >> PAGE_SHIFT);
+	uhmm__evict(dm, room_wanted(dm, s, e));
 	ret = uhmm_migrate_setup(&a);
 	if (ret)
 		return ret;
@@ -684,16 +713,15 @@ static int pass_to_device(void *ctx, uintptr_t s, uintptr_t e, unsigned long off
 		if (!(src[i] & UHMM_MIGRATE_MIGRATE))
 			continue;
 		p = uhmm_devmem_alloc_page(dm);
-		if (!p) {
-			td->full = true;
+		if (!p)
 			break;
-		}
 		uhmm__page_set_addr(p, page_addr(&a, i));
 		dst[i] = uhmm_migrate_dst_device(p);
 		pages[m] = p;
 		data[m] = uhmm_migrate_src_data(&a, i);
 		idx[m++] = i;
 	}
+	short_at = i;
 	if (m && dm->ops->copy_to_device(dm, pages, data, m)) {
 		/* Find the pages that fail; they stay on the CPU. */
 		for (i = 0; i < m; i++)
@@ -707,6 +735,24 @@ static int pass_to_device(void *ctx, uintptr_t s, uintptr_t e, unsigned long off
 	ret = (int)count_done(&a);
 	note_busy(&a, off, rt);
 	uhmm_migrate_finalize(&a);
+	if (short_at < a.npages) {
+		/*
+		 * The region filled up meanwhile (other migrations to it). With
+		 * an eviction policy, make room for exactly the pages that did
+		 * not fit, now that no lock is held, and try them again.
+		 */
+		unsigned long want = 0;
+
+		for (i = short_at; i < a.npages; i++)
+			want += !!(src[i] & UHMM_MIGRATE_MIGRATE);
+		if (uhmm__evict(dm, want) > 0) {
+			for (i = short_at; i < a.npages; i++)
+				if (src[i] & UHMM_MIGRATE_MIGRATE)
+					rt[off + i] = R_BUSY;
+		} else {
+			td->full = true;
+		}
+	}
 	return ret;
 }
 

@@ -208,19 +208,18 @@ static int cmp_addr(const void *a, const void *b)
 
 /*
  * Make room for @need pages in @dm by sending the policy's victims home.
- * From the migrating thread, holding no page lock.
+ * From the migrating thread, holding no page lock. Returns the pages free
+ * afterwards (without a policy: free now).
  */
-void uhmm__evict(struct uhmm_devmem *dm, unsigned long need)
+long uhmm__evict(struct uhmm_devmem *dm, unsigned long need)
 {
 	const struct uhmm_evict_policy *pol = atomic_load(&dm->evict);
 	struct uhmm_page *victims[CHUNK_PAGES];
 	unsigned long free_pages, n, i, j, poisoned = 0;
 
-	if (!pol)
-		return;
 	free_pages = dm->npages - (unsigned long)atomic_load(&dm->in_use);
-	if (free_pages >= need)
-		return;
+	if (!pol || free_pages >= need)
+		return (long)free_pages;
 	n = need - free_pages;
 	if (n > CHUNK_PAGES)
 		n = CHUNK_PAGES;
@@ -243,6 +242,7 @@ void uhmm__evict(struct uhmm_devmem *dm, unsigned long need)
 			uhmm__range_count(dm->h, a, CTR_EVICTIONS, (unsigned long)moved);
 		}
 	}
+	return (long)(dm->npages - (unsigned long)atomic_load(&dm->in_use));
 }
 
 /* --- prefetch --- */
@@ -435,8 +435,7 @@ long uhmm_devmem_make_room(struct uhmm_devmem *dm, unsigned long npages)
 {
 	if (!dm)
 		return -EINVAL;
-	uhmm__evict(dm, npages);
-	return (long)(dm->npages - (unsigned long)atomic_load(&dm->in_use));
+	return uhmm__evict(dm, npages);
 }
 
 /* --- advice --- */

@@ -171,6 +171,59 @@ TEST(working_set_twice_the_device_runs_with_correct_data)
 	}
 }
 
+struct add_args {
+	uint64_t *buf;
+	uint64_t add;
+};
+
+static void k_add(struct uhmm_sim_ctx *ctx, unsigned long i, void *arg)
+{
+	struct add_args *a = arg;
+	uint64_t *w = a->buf + i * (PAGE / sizeof(uint64_t));
+
+	uhmm_sim_store_u64(ctx, w, uhmm_sim_load_u64(ctx, w) + a->add);
+}
+
+/*
+ * A full device makes room only for pages that are not on it already: a
+ * migration of its own resident pages, or device kernels (several threads)
+ * over exactly as many pages as it holds, evict nothing.
+ */
+TEST(full_device_evicts_only_for_pages_not_on_it)
+{
+	struct uhmm *h = uhmm_test_open_migrating();
+	struct uhmm_sim *sim = uhmm_test_sim(h, DEVPAGES);
+	struct uhmm_devmem *dm = uhmm_sim_devmem(sim);
+	struct add_args a;
+	void *p, *q;
+	char *buf;
+
+	CHECK_EQ(uhmm_devmem_set_evict(dm, &uhmm_evict_lru), 0);
+	CHECK_EQ(uhmm_alloc(h, DEVPAGES * PAGE, &p), 0);
+	buf = p;
+	pattern_fill(buf, DEVPAGES * PAGE, 6);
+	CHECK_EQ(uhmm_migrate_to_device(dm, buf, DEVPAGES * PAGE), DEVPAGES);
+	CHECK_EQ(uhmm_migrate_to_device(dm, buf, DEVPAGES * PAGE), 0);
+	CHECK_EQ(uhmm_prefetch(h, buf, DEVPAGES * PAGE, dm), 0);
+	CHECK_EQ(dmstats(dm).evictions, 0);
+	CHECK_EQ(count_device(h, buf, DEVPAGES), DEVPAGES);
+	CHECK_PATTERN_PAGES(buf, DEVPAGES, 6);
+	/* The check brought them home; kernels fault as many in, the device exactly full. */
+	CHECK_EQ(count_device(h, buf, DEVPAGES), 0);
+	CHECK_EQ(uhmm_alloc(h, DEVPAGES * PAGE, &q), 0);
+	memset(q, 0, DEVPAGES * PAGE);
+	a = (struct add_args){ q, 7 };
+	for (int r = 0; r < 4; r++)
+		CHECK_EQ(uhmm_sim_launch(sim, k_add, DEVPAGES, &a), 0);
+	CHECK_EQ(dmstats(dm).evictions, 0);
+	for (size_t i = 0; i < DEVPAGES; i++)
+		CHECK_EQ(((uint64_t *)q)[i * (PAGE / sizeof(uint64_t))], 28);
+	CHECK_PATTERN_PAGES(buf, DEVPAGES, 6);
+	CHECK_EQ(uhmm_devmem_set_evict(dm, NULL), 0);
+	CHECK_EQ(uhmm_sim_destroy(sim), 0);
+	uhmm_close(h);
+}
+
 TEST(set_evict_refuses_bad_policies)
 {
 	struct uhmm *h = uhmm_test_open_migrating();

@@ -461,11 +461,13 @@ static unsigned long migrate_window(struct uhmm_sim *sim, const struct fill *f, 
 
 	if (f->req_page >= 0)
 		window_run(f, pfns, &lo, &hi);
-	/* With an eviction policy, a full device makes room (oversubscription). */
-	if (sim->dm)
-		uhmm_devmem_make_room(sim->dm, hi - lo);
-	/* A full device: trying would take the pages and put them back, for nothing. */
-	if (!sim->dm || uhmm_devmem_stats(sim->dm, &st) || st.in_use >= st.npages)
+	/*
+	 * A full device without an eviction policy: trying would take the
+	 * pages and put them back, for nothing. With one, the migration makes
+	 * room for what it takes (chunk_to_dev_retry).
+	 */
+	if (!sim->dm || uhmm_devmem_stats(sim->dm, &st) ||
+	    (st.in_use >= st.npages && uhmm_devmem_make_room(sim->dm, 1) <= 0))
 		return 0;
 	i = lo;
 	while (i < hi) {

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
 
 #include "sim_internal.h"
 
@@ -322,9 +323,12 @@ static bool fail_alloc(struct uhmm_sim *sim, bool cmd, bool huge)
 	return true;
 }
 
-/* One migration of [s, e) (inside one 2 MiB chunk) to the device. */
+/*
+ * One migration of [s, e) (inside one 2 MiB chunk) to the device. *busy:
+ * pages could not be taken now; *unfit: pages taken that found no room.
+ */
 static int chunk_to_dev(struct uhmm_sim *sim, uintptr_t s, uintptr_t e, bool cmd,
-			unsigned long *moved, bool *busy)
+			unsigned long *moved, bool *busy, unsigned long *unfit)
 {
 	uint64_t src[SIM_CHUNK], dst[SIM_CHUNK];
 	struct uhmm_migrate a = {
@@ -336,7 +340,7 @@ static int chunk_to_dev(struct uhmm_sim *sim, uintptr_t s, uintptr_t e, bool cmd
 		.pgmap_owner = sim,
 		.flags = UHMM_MIGRATE_SELECT_SYSTEM,
 	};
-	bool fail;
+	bool fail, full = false;
 	int ret;
 
 	if (!sim->dm)
@@ -353,6 +357,10 @@ static int chunk_to_dev(struct uhmm_sim *sim, uintptr_t s, uintptr_t e, bool cmd
 			*busy = true;
 		if (!(src[i] & UHMM_MIGRATE_MIGRATE))
 			continue;
+		if (full) {
+			++*unfit;
+			continue;
+		}
 		if (fail) {
 			fail = false;
 			atomic_fetch_add(&sim->alloc_failures, 1);
@@ -360,8 +368,11 @@ static int chunk_to_dev(struct uhmm_sim *sim, uintptr_t s, uintptr_t e, bool cmd
 		}
 		p = uhmm_devmem_alloc_page(sim->dm);
 		if (!p) {
+			/* Full: what is collected and not copied stays on the CPU. */
 			atomic_fetch_add(&sim->alloc_failures, 1);
-			break; /* full: what is collected and not copied stays on the CPU */
+			full = true;
+			++*unfit;
+			continue;
 		}
 		if (sim_copy_one_to(sim, p, uhmm_migrate_src_data(&a, i), va)) {
 			uhmm_page_put(p);
@@ -378,24 +389,42 @@ static int chunk_to_dev(struct uhmm_sim *sim, uintptr_t s, uintptr_t e, bool cmd
 }
 
 /*
- * Pages that setup could not take now (locked by another migration, or
- * shared with a forked child) are tried again a few times; a shared page on
- * the CPU is made exclusive first, as the core's helper does.
+ * Pages another thread holds (its migration, or a fault bringing them home)
+ * are busy for as long as that takes, which under a slow copy or a loaded
+ * machine is far longer than a yield: try again, with a growing pause, for
+ * up to SIM_BUSY_WAIT_NS; a shared page on the CPU (after fork) is made
+ * exclusive first, as the core's helper does. Pages that found the device
+ * full are tried again once the eviction policy, if any, made room for
+ * exactly them: room made before the migration, from a count that another
+ * thread's migration of the same pages makes stale, would evict for nothing.
  */
+#define SIM_BUSY_WAIT_NS (50 * 1000 * 1000LL)
+
 static int chunk_to_dev_retry(struct uhmm_sim *sim, uintptr_t s, uintptr_t e, bool cmd,
 			      unsigned long *moved)
 {
+	int64_t deadline = sim_now_ns() + SIM_BUSY_WAIT_NS;
+
 	for (int attempt = 0;; attempt++) {
 		bool busy = false;
-		int ret = chunk_to_dev(sim, s, e, cmd && !attempt, moved, &busy);
+		unsigned long unfit = 0;
+		int ret = chunk_to_dev(sim, s, e, cmd && !attempt, moved, &busy, &unfit);
 
-		if (ret || !busy || attempt == 3)
+		if (unfit && uhmm_devmem_make_room(sim->dm, unfit) > 0)
+			busy = true;
+		if (ret || !busy || sim_now_ns() > deadline)
 			return ret;
 		if (attempt == 1)
 			for (uintptr_t a = s; a < e; a += SIM_PAGE)
 				if (uhmm_page_state(sim->h, (void *)a) == UHMM_PAGE_SYSTEM)
 					madvise((void *)a, SIM_PAGE, MADV_POPULATE_WRITE);
-		sched_yield();
+		if (attempt < 4) {
+			sched_yield();
+		} else {
+			struct timespec ts = { 0, (attempt < 12 ? 1L << attempt : 4096) * 1000L };
+
+			nanosleep(&ts, NULL);
+		}
 	}
 }
 
