@@ -103,6 +103,8 @@ struct bench {
 	struct target run; /* b->h, b->sim, b->dm with their mode */
 	size_t len, npages;
 	unsigned long mib;
+	size_t bulk_len; /* the bulk migration figure's own size (--bulk) */
+	unsigned long bulk_mib;
 	int reps, samples;
 	bool json, progress, kernel_faults;
 	const char *mode; /* the fault mode in force: "thread" or "signal" */
@@ -865,11 +867,15 @@ static void bench_bulk(struct bench *b)
 		row_add(b, "migrate_to_ram_vs_memcpy", "migrate home (to RAM)", "GB/s", "memcpy");
 	struct row *home_uc = row_add(b, "migrate_to_ram_vs_uffdio_copy", "migrate home (to RAM)",
 				      "GB/s", "UFFDIO_COPY, 2 MiB calls, empty range");
+	UHMM_OPTS(uhmm_sim_opts, so, .npages = b->bulk_len / PAGE, .name = "bench-bulk");
+	struct uhmm_sim *sim = NULL;
+	struct uhmm_devmem *dm;
+	size_t len = b->bulk_len, npages = len / PAGE;
 	int reps = b->reps, ret;
 	double *t = calloc(5 * (size_t)reps, sizeof(double));
 	double *t_out = t, *t_home = t + reps, *t_cp = t + 2 * reps, *t_cpdn = t + 3 * reps,
 	       *t_uc = t + 4 * reps;
-	char *mp = NULL, *src = map_anon(b->len), *dst = map_anon(b->len), *reg = map_anon(b->len);
+	char *mp = NULL, *src = map_anon(len), *dst = map_anon(len), *reg = map_anon(len);
 	bool registered = false;
 
 	progress(b, "bulk migration vs memcpy");
@@ -877,55 +883,62 @@ static void bench_bulk(struct bench *b)
 		row_fail(out_cp, "out of memory", NULL);
 		goto out;
 	}
-	ret = raw_register(&b->raw, reg, b->len);
+	/* A device of its own, as large as what moves (1 GiB by default). */
+	ret = uhmm_sim_create(b->h, &so, &sim);
+	if (ret) {
+		row_fail(out_cp, "uhmm_sim_create", uhmm_strerror(ret));
+		goto out;
+	}
+	dm = uhmm_sim_devmem(sim);
+	ret = raw_register(&b->raw, reg, len);
 	if (ret) {
 		row_fail(out_cp, "UFFDIO_REGISTER of the floor's range", strerror(-ret));
 		goto out;
 	}
 	registered = true;
-	ret = uhmm_alloc(b->h, b->len, (void **)&mp);
+	ret = uhmm_alloc(b->h, len, (void **)&mp);
 	if (ret) {
 		row_fail(out_cp, "uhmm_alloc", uhmm_strerror(ret));
 		goto out;
 	}
-	fill(mp, b->len, 2);
-	fill(src, b->len, 2);
-	memset(dst, 0, b->len); /* the destination of every memcpy exists already */
+	fill(mp, len, 2);
+	fill(src, len, 2);
+	memset(dst, 0, len); /* the destination of every memcpy exists already */
 
 	for (int rep = 0; rep < reps; rep++) {
 		uint64_t t0, t1, t2;
 
 		t0 = now_ns();
-		memcpy(dst, src, b->len);
+		memcpy(dst, src, len);
 		t1 = now_ns();
 		t_cp[rep] = (double)(t1 - t0) * 1e-9;
 
 		t0 = now_ns();
-		memcpy(dst, src, b->len);
-		madvise(src, b->len, MADV_DONTNEED);
+		memcpy(dst, src, len);
+		madvise(src, len, MADV_DONTNEED);
 		t1 = now_ns();
 		t_cpdn[rep] = (double)(t1 - t0) * 1e-9;
-		fill(src, b->len, 2);
+		fill(src, len, 2);
 
 		t0 = now_ns();
-		ret = uhmm_migrate_to_device(b->dm, mp, b->len);
+		ret = uhmm_migrate_to_device(dm, mp, len);
 		t1 = now_ns();
-		if (ret != (int)b->npages) {
+		if (ret != (int)npages) {
 			row_fail_moved(out_cp, "uhmm_migrate_to_device", ret);
 			goto out;
 		}
-		ret = uhmm_migrate_to_ram(b->h, mp, b->len);
+		ret = uhmm_migrate_to_ram(b->h, mp, len);
 		t2 = now_ns();
-		if (ret != (int)b->npages) {
+		if (ret != (int)npages) {
 			row_fail_moved(out_cp, "uhmm_migrate_to_ram", ret);
 			goto out;
 		}
 		t_out[rep] = (double)(t1 - t0) * 1e-9;
 		t_home[rep] = (double)(t2 - t1) * 1e-9;
 
-		madvise(reg, b->len, MADV_DONTNEED); /* empty again */
+		madvise(reg, len, MADV_DONTNEED); /* empty again */
 		t0 = now_ns();
-		ret = raw_copy(&b->raw, reg, src, b->len);
+		ret = raw_copy(&b->raw, reg, src, len);
 		t1 = now_ns();
 		if (ret) {
 			row_fail(out_cp, "UFFDIO_COPY", strerror(-ret));
@@ -933,14 +946,14 @@ static void bench_bulk(struct bench *b)
 		}
 		t_uc[rep] = (double)(t1 - t0) * 1e-9;
 	}
-	if (memcmp(mp, src, b->len) || memcmp(reg, src, b->len)) {
+	if (memcmp(mp, src, len) || memcmp(reg, src, len)) {
 		row_fail(out_cp, "data changed on the way", NULL);
 		goto out;
 	}
-	row_times(out_cp, t_out, t_cp, reps, (double)b->len * 1e-9, true);
-	row_times(out_dn, t_out, t_cpdn, reps, (double)b->len * 1e-9, true);
-	row_times(home_cp, t_home, t_cp, reps, (double)b->len * 1e-9, true);
-	row_times(home_uc, t_home, t_uc, reps, (double)b->len * 1e-9, true);
+	row_times(out_cp, t_out, t_cp, reps, (double)len * 1e-9, true);
+	row_times(out_dn, t_out, t_cpdn, reps, (double)len * 1e-9, true);
+	row_times(home_cp, t_home, t_cp, reps, (double)len * 1e-9, true);
+	row_times(home_uc, t_home, t_uc, reps, (double)len * 1e-9, true);
 out:
 	if (out_cp->err[0]) {
 		memcpy(out_dn->err, out_cp->err, sizeof(out_cp->err));
@@ -948,15 +961,17 @@ out:
 		memcpy(home_uc->err, out_cp->err, sizeof(out_cp->err));
 	}
 	if (mp)
-		uhmm_free(b->h, mp, b->len);
+		uhmm_free(b->h, mp, len);
+	if (sim)
+		uhmm_sim_destroy(sim);
 	if (registered)
-		raw_unregister(&b->raw, reg, b->len);
+		raw_unregister(&b->raw, reg, len);
 	if (reg)
-		munmap(reg, b->len);
+		munmap(reg, len);
 	if (dst)
-		munmap(dst, b->len);
+		munmap(dst, len);
 	if (src)
-		munmap(src, b->len);
+		munmap(src, len);
 	free(t);
 }
 
@@ -1063,80 +1078,12 @@ out:
 	free(t);
 }
 
-/* ---------------------------------------------------------------------------
- * e. The demo workload vs the same workload with explicit copies.
- */
-static uint64_t mix(uint64_t x)
-{
-	x ^= x >> 33;
-	x *= 0xff51afd7ed558ccdULL;
-	x ^= x >> 33;
-	return x;
-}
-
+/* A histogram of the low bytes: what the stencil figures read of their output. */
 static void histogram(const uint64_t *w, size_t n, uint64_t hist[256])
 {
 	memset(hist, 0, 256 * sizeof(hist[0]));
 	for (size_t i = 0; i < n; i++)
 		hist[w[i] & 255]++;
-}
-
-static void bench_demo(struct bench *b)
-{
-	struct row *r = row_addm(b, "demo_histogram", "demo: migrate out + CPU histogram",
-				 b->mode, "ms", "memcpy out and back + histogram");
-	size_t nw = b->len / sizeof(uint64_t);
-	double *t = calloc(2 * (size_t)b->reps, sizeof(double));
-	uint64_t *mp = NULL, *host = map_anon(b->len), *dev = map_anon(b->len);
-	uint64_t want[256], h1[256], h2[256];
-	int ret;
-
-	progress(b, "demo workload vs explicit copies");
-	if (!t || !host || !dev) {
-		row_fail(r, "out of memory", NULL);
-		goto out;
-	}
-	ret = uhmm_alloc(b->h, b->len, (void **)&mp);
-	if (ret) {
-		row_fail(r, "uhmm_alloc", uhmm_strerror(ret));
-		goto out;
-	}
-	for (size_t i = 0; i < nw; i++)
-		mp[i] = host[i] = mix(i);
-	memset(dev, 0, b->len);
-	histogram(host, nw, want);
-
-	for (int rep = 0; rep < b->reps; rep++) {
-		uint64_t t0, t1, t2;
-
-		t0 = now_ns();
-		ret = uhmm_migrate_to_device(b->dm, mp, b->len);
-		histogram(mp, nw, h1); /* every page comes home on its first touch */
-		t1 = now_ns();
-		if (ret != (int)b->npages) {
-			row_fail_moved(r, "uhmm_migrate_to_device", ret);
-			goto out;
-		}
-		memcpy(dev, host, b->len);
-		memcpy(host, dev, b->len);
-		histogram(host, nw, h2);
-		t2 = now_ns();
-		if (memcmp(h1, want, sizeof(want)) || memcmp(h2, want, sizeof(want))) {
-			row_fail(r, "wrong histogram", NULL);
-			goto out;
-		}
-		t[rep] = (double)(t1 - t0) * 1e-9;
-		t[b->reps + rep] = (double)(t2 - t1) * 1e-9;
-	}
-	row_times(r, t, t + b->reps, b->reps, 1e3, false);
-out:
-	if (mp)
-		uhmm_free(b->h, mp, b->len);
-	if (dev)
-		munmap(dev, b->len);
-	if (host)
-		munmap(host, b->len);
-	free(t);
 }
 
 /* ---------------------------------------------------------------------------
@@ -1365,10 +1312,13 @@ out:
 }
 
 /* ---------------------------------------------------------------------------
- * h. Oversubscription: the demo's stencil with device memory the size of one
- * array (the working set, input and output, is twice the device), evicting LRU,
- * evicting FIFO, and LRU with the input prefetched; each vs the same computation
- * with explicit copies (memcpy in, the kernel on the CPU, memcpy out).
+ * e, h. The demo's workload (the CPU fills the input, device kernels compute a
+ * stencil, the CPU reads the output): with device memory for input and output,
+ * on demand and with the input prefetched; then oversubscribed, device memory
+ * the size of one array (half the working set), evicting LRU, evicting FIFO,
+ * LRU with the input prefetched, and LRU with the input READ_MOSTLY. Each vs
+ * the same computation with explicit copies (memcpy in, the kernel on the CPU,
+ * memcpy out).
  */
 
 /* The demo's workload, defined in tools/uhmm.c: keep these in step with it. */
@@ -1377,14 +1327,17 @@ int demo_launch(struct uhmm_sim *sim, const uint64_t *in, uint64_t *out, size_t 
 void demo_stencil_cpu(const uint64_t *in, uint64_t *out, size_t n);
 size_t demo_check(const uint64_t *in, const uint64_t *out, size_t n);
 
-enum { OV_LRU, OV_FIFO, OV_PREFETCH, OV_ADVICE, OV_N };
+enum { ST_FIT, ST_FIT_PREFETCH, OV_LRU, OV_FIFO, OV_PREFETCH, OV_ADVICE, OV_N };
 
 static void bench_oversub(struct bench *b)
 {
-	static const char *const id[OV_N] = { "oversub_stencil_lru", "oversub_stencil_fifo",
+	static const char *const id[OV_N] = { "demo_stencil", "demo_stencil_prefetch",
+					      "oversub_stencil_lru", "oversub_stencil_fifo",
 					      "oversub_stencil_lru_prefetch",
 					      "oversub_stencil_lru_read_mostly" };
 	static const char *const fig[OV_N] = {
+		"demo: stencil on device kernels, on demand",
+		"demo: stencil on device kernels, input prefetched",
 		"stencil, device = 1/2 working set, LRU",
 		"stencil, device = 1/2 working set, FIFO",
 		"stencil, device = 1/2 working set, LRU + prefetch",
@@ -1401,7 +1354,7 @@ static void bench_oversub(struct bench *b)
 	for (v = 0; v < OV_N; v++)
 		r[v] = row_addm(b, id[v], fig[v], b->mode, "ms",
 				"explicit copies: memcpy in, CPU stencil, memcpy out");
-	progress(b, "oversubscribed stencil vs explicit copies");
+	progress(b, "the demo's stencil vs explicit copies");
 	if (!t || !h_in || !h_out || !d_in || !d_out) {
 		row_fail(r[0], "out of memory", NULL);
 		goto out;
@@ -1422,7 +1375,10 @@ static void bench_oversub(struct bench *b)
 	histogram(d_out, n, want);
 
 	for (v = 0; v < OV_N; v++) {
-		UHMM_OPTS(uhmm_sim_opts, so, .npages = b->npages, .name = "bench-oversub");
+		/* The demo's own case: the device holds input and output. */
+		bool fit = v == ST_FIT || v == ST_FIT_PREFETCH;
+		UHMM_OPTS(uhmm_sim_opts, so, .npages = fit ? 2 * b->npages : b->npages,
+			  .name = "bench-stencil");
 		struct uhmm_devmem_stats d0 = { .sz = sizeof(d0) }, d1 = { .sz = sizeof(d1) };
 		struct uhmm_sim_stats s0 = { .sz = sizeof(s0) }, s1 = { .sz = sizeof(s1) };
 		struct uhmm_sim *sim = NULL;
@@ -1434,7 +1390,7 @@ static void bench_oversub(struct bench *b)
 			continue;
 		}
 		dm = uhmm_sim_devmem(sim);
-		ret = uhmm_devmem_set_evict(dm, v == OV_FIFO ? &uhmm_evict_fifo : &uhmm_evict_lru);
+		ret = fit ? 0 : uhmm_devmem_set_evict(dm, v == OV_FIFO ? &uhmm_evict_fifo : &uhmm_evict_lru);
 		if (ret) {
 			row_fail(r[v], "uhmm_devmem_set_evict", uhmm_strerror(ret));
 			uhmm_sim_destroy(sim);
@@ -1452,7 +1408,7 @@ static void bench_oversub(struct bench *b)
 			uhmm_migrate_to_ram(b->h, in, b->len);
 			uhmm_migrate_to_ram(b->h, out, b->len);
 			t0 = now_ns();
-			if (v == OV_PREFETCH) {
+			if (v == OV_PREFETCH || v == ST_FIT_PREFETCH) {
 				ret = uhmm_prefetch(b->h, in, b->len, dm);
 				if (ret < 0) {
 					row_fail(r[v], "uhmm_prefetch", uhmm_strerror(ret));
@@ -1637,15 +1593,16 @@ static void print_header(struct bench *b)
 			printf("%d", first_cpu(&b->one));
 		else
 			printf("null");
-		printf(",\"kernel_faults\":%s,\"size_mib\":%lu,"
+		printf(",\"kernel_faults\":%s,\"size_mib\":%lu,\"bulk_mib\":%lu,"
 		       "\"repetitions\":%d,\"fault_samples\":%d,"
 		       "\"ratio\":\"time of the figure / time of its floor\"}\n",
-		       b->kernel_faults ? "true" : "false", b->mib, b->reps,
+		       b->kernel_faults ? "true" : "false", b->mib, b->bulk_mib, b->reps,
 		       b->samples / b->reps * b->reps);
 		return;
 	}
-	printf("uhmm bench: %lu MiB per figure, medians of %d repetitions, %d single-page faults\n",
-	       b->mib, b->reps, b->samples / b->reps * b->reps);
+	printf("uhmm bench: %lu MiB per figure (bulk migration %lu MiB), medians of %d repetitions,\n"
+	       "            %d single-page faults\n",
+	       b->mib, b->bulk_mib, b->reps, b->samples / b->reps * b->reps);
 	printf("machine     %s, %d CPUs, %s\n", u.machine, ncpus(b), model);
 	printf("kernel      %s\n", u.release);
 	printf("commit      %s\n", commit);
@@ -1757,18 +1714,20 @@ static void print_rows(struct bench *b)
  */
 static void bench_usage(FILE *f)
 {
-	fprintf(f, "usage: uhmm bench [--size MiB] [--quick] [--json] [--unpinned]\n"
+	fprintf(f, "usage: uhmm bench [--size MiB] [--bulk MiB] [--quick] [--json] [--unpinned]\n"
 		   "  Measures each figure beside its floor in the same run and prints the ratio\n"
 		   "  of their times: CPU fault-back vs a raw userfaultfd round trip, sweeps over\n"
 		   "  device-resident memory vs the kernel's first-touch fault, bulk migration vs\n"
-		   "  memcpy, 2 toucher threads vs 1, the demo workload vs explicit copies, a\n"
-		   "  device kernel copy vs memcpy; signal-mode fault-back vs a raw SIGBUS handler\n"
-		   "  (and thread mode vs the raw round trip in a signal-mode run), random touches\n"
-		   "  with the default fault window vs a window of 1 page, and the demo's stencil\n"
-		   "  with device memory half the working set (LRU, FIFO, LRU + prefetch,\n"
-		   "  LRU + input READ_MOSTLY) vs\n"
-		   "  explicit copies. Rows name the fault mode they ran in.\n"
+		   "  memcpy, 2 toucher threads vs 1, a device kernel copy vs memcpy; signal-mode\n"
+		   "  fault-back vs a raw SIGBUS handler (and thread mode vs the raw round trip in\n"
+		   "  a signal-mode run), random touches with the default fault window vs a window\n"
+		   "  of 1 page, and the demo's workload (device kernels compute a stencil) on\n"
+		   "  demand, prefetched, and with device memory half the working set (LRU, FIFO,\n"
+		   "  LRU + prefetch, LRU + input READ_MOSTLY) vs explicit copies. Rows name the\n"
+		   "  fault mode they ran in.\n"
 		   "  --size MiB  memory per figure (default 256; 32 with --quick)\n"
+		   "  --bulk MiB  memory the bulk migration figure moves (default 1024; with\n"
+		   "              --quick or --size, the same as --size)\n"
 		   "  --quick     small sizes, fewer repetitions and samples: a few seconds\n"
 		   "  --json      one JSON object per row, after a header object\n"
 		   "  --unpinned  let the scheduler place every thread (default: all on one\n"
@@ -1779,25 +1738,29 @@ static void bench_usage(FILE *f)
 int cmd_bench(int argc, char **argv)
 {
 	static const struct option lo[] = {
-		{ "size", required_argument, 0, 's' }, { "quick", no_argument, 0, 'q' },
+		{ "size", required_argument, 0, 's' }, { "bulk", required_argument, 0, 'b' },
+		{ "quick", no_argument, 0, 'q' },
 		{ "json", no_argument, 0, 'j' },       { "unpinned", no_argument, 0, 'u' },
 		{ "help", no_argument, 0, 'h' },       { 0, 0, 0, 0 }
 	};
 	struct bench b = { .raw = { .uffd = -1, .stopfd = -1 }, .pinned = true };
-	unsigned long mib = 0;
+	unsigned long mib = 0, bulk = 0;
 	bool quick = false;
 	char why[160], *end;
 	int c, ret, status = 0;
 
 	optind = 1;
-	while ((c = getopt_long(argc, argv, "s:qjuh", lo, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "s:b:qjuh", lo, NULL)) != -1) {
+		unsigned long *to = c == 'b' ? &bulk : &mib;
+
 		switch (c) {
 		case 's':
+		case 'b':
 			errno = 0;
-			mib = strtoul(optarg, &end, 0);
-			if (errno || *end || !mib || mib > (1UL << 20)) {
-				fprintf(stderr, "uhmm bench: --size wants MiB, 1 or more: '%s'\n",
-					optarg);
+			*to = strtoul(optarg, &end, 0);
+			if (errno || *end || !*to || *to > (1UL << 20)) {
+				fprintf(stderr, "uhmm bench: --%s wants MiB, 1 or more: '%s'\n",
+					c == 'b' ? "bulk" : "size", optarg);
 				bench_usage(stderr);
 				return 2;
 			}
@@ -1826,6 +1789,8 @@ int cmd_bench(int argc, char **argv)
 	}
 	b.mib = mib ? mib : quick ? 32 : 256;
 	b.len = b.mib << 20;
+	b.bulk_mib = bulk ? bulk : mib || quick ? b.mib : 1024;
+	b.bulk_len = b.bulk_mib << 20;
 	b.npages = b.len / PAGE;
 	b.reps = quick ? 3 : 5;
 	b.samples = quick ? 900 : 5000;
@@ -1889,7 +1854,6 @@ int cmd_bench(int argc, char **argv)
 	bench_sweeps(&b);
 	bench_bulk(&b);
 	bench_threads(&b, &b.run, "fault_back_2_threads");
-	bench_demo(&b);
 	bench_kernel(&b);
 	bench_other_mode(&b);
 	bench_window(&b);
