@@ -1,8 +1,16 @@
-/* badinput: every invalid argument gets its documented -errno and changes nothing; migration is refused (-EOPNOTSUPP) where the fault path is incomplete. */
+/* badinput: every invalid argument gets its documented -errno and changes nothing; migration is refused (-EOPNOTSUPP) where the fault path is incomplete, also without privilege, and uhmm_open is refused (-EPERM, -ENOSYS) where userfaultfd is unavailable, with words that say how to fix it. */
 #include "harness.h"
 
 #include <fcntl.h>
+#include <grp.h>
 #include <limits.h>
+#include <stddef.h>
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <linux/userfaultfd.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
 
 /* ---- a driver whose callbacks must never run ---- */
 
@@ -580,6 +588,50 @@ TEST(strerror_has_words_for_every_code)
 
 /* ---- the rule: nothing leaves the CPU without a way home ---- */
 
+#define NOBODY 65534
+
+static long long unpriv_sysctl(void)
+{
+	return harness_read_long_file("/proc/sys/vm/unprivileged_userfaultfd", -1);
+}
+
+/* uhmm_strerror(@err) is non-empty and contains each of the (up to three) words of the fix. */
+static void check_names_fix(int err, const char *w1, const char *w2, const char *w3)
+{
+	const char *words[] = { w1, w2, w3 };
+	const char *s = uhmm_strerror(err);
+
+	CHECK_NONNULL(s);
+	CHECK_MSG(strlen(s) > 0, "uhmm_strerror(%d) is empty", err);
+	for (size_t i = 0; i < ARRAY_SIZE(words); i++)
+		CHECK_MSG(!words[i] || strcasestr(s, words[i]),
+			  "uhmm_strerror(%d) does not name the fix (\"%s\"): \"%s\"", err, words[i],
+			  s);
+}
+
+/* Root drops every privilege and becomes nobody; anyone else stays as they are. */
+static void become_unprivileged(void)
+{
+	if (geteuid() == 0) {
+		CHECK_EQ(setgroups(0, NULL), 0);
+		CHECK_EQ(setresgid(NOBODY, NOBODY, NOBODY), 0);
+		CHECK_EQ(setresuid(NOBODY, NOBODY, NOBODY), 0);
+	}
+	CHECK_NE(geteuid(), 0);
+	CHECK_NE(getegid(), 0);
+	NOTE("uid %d, vm.unprivileged_userfaultfd = %lld", (int)geteuid(), unpriv_sysctl());
+}
+
+/* Run @fn(@arg) in a forked child (which drops privilege itself): its failure fails the test, its skip skips it. */
+static void run_in_child(void (*fn)(void *), void *arg)
+{
+	int status = harness_run_child(fn, arg);
+
+	if (WIFEXITED(status) && WEXITSTATUS(status) == 77)
+		SKIP("child: %s", harness_skip_buf[0] ? harness_skip_buf : "skipped");
+	CHECK_EXITED(status, 0);
+}
+
 static void check_refused_without(uint64_t mask)
 {
 	UHMM_OPTS(uhmm_open_opts, o, .mask_features = mask);
@@ -595,10 +647,11 @@ static void check_refused_without(uint64_t mask)
 	NOTE("masking %s", uhmm_feature_name(mask));
 	uhmm_test_open_opts(&h, &o);
 	CHECK_EQ(uhmm_features(h) & mask, 0);
+	/* Without privilege and with the sysctl off, the handle is user-mode-only and says so. */
+	if (geteuid() != 0 && unpriv_sysctl() == 0)
+		CHECK_EQ(uhmm_features(h) & UHMM_FEAT_KERNEL_FAULTS, 0);
 	CHECK_EQ(uhmm_can_migrate(h), -EOPNOTSUPP);
-	CHECK_MSG(strcasestr(uhmm_strerror(-EOPNOTSUPP), "kernel") != NULL,
-		  "uhmm_strerror(-EOPNOTSUPP) does not mention the kernel: \"%s\"",
-		  uhmm_strerror(-EOPNOTSUPP));
+	check_names_fix(-EOPNOTSUPP, "kernel", "Linux 6.8", "uhmm info");
 
 	/* Memory can still be managed and a device registered... */
 	sim = uhmm_test_sim(h, 16);
@@ -646,4 +699,170 @@ TEST(rule_any_required_feature_missing_no_migration)
 	for (int b = 0; b < 64; b++)
 		if (UHMM_FEAT_REQUIRED & (1ULL << b))
 			check_refused_without(1ULL << b);
+}
+
+/* The same refusal without privilege: the mask applies to a user-mode-only handle too. */
+static void refused_unprivileged_part(void *arg)
+{
+	(void)arg;
+	become_unprivileged();
+	for (int b = 0; b < 64; b++)
+		if (UHMM_FEAT_REQUIRED & (1ULL << b))
+			check_refused_without(1ULL << b);
+}
+
+TEST(rule_any_required_feature_missing_no_migration_unprivileged)
+{
+	run_in_child(refused_unprivileged_part, NULL);
+}
+
+/*
+ * Without privilege and without masking: the handle is user-mode-only where
+ * the sysctl says so, reports it, never has fork events (they need
+ * CAP_SYS_PTRACE), runs in the mode AUTO documents, and migrates exactly
+ * where the kernel has every required feature.
+ */
+static void unprivileged_unmasked_part(void *arg)
+{
+	const char *env = getenv("UHMM_FAULT_MODE");
+	struct uhmm *h;
+	struct uhmm_sim *sim;
+	struct uhmm_devmem *dm;
+	uint64_t feat, seed = 0xbad0a0b0;
+	int want_mode;
+	void *p = NULL;
+	char *buf;
+
+	(void)arg;
+	become_unprivileged();
+	uhmm_test_open(&h);
+	feat = uhmm_features(h);
+	NOTE("features 0x%llx, fault mode %d", (unsigned long long)feat, uhmm_fault_mode(h));
+	if (unpriv_sysctl() == 0)
+		CHECK_EQ(feat & UHMM_FEAT_KERNEL_FAULTS, 0);
+	CHECK_EQ(feat & UHMM_FEAT_EVENT_FORK, 0);
+	if (env && !strcmp(env, "thread"))
+		want_mode = UHMM_FAULT_THREAD;
+	else if (env && !strcmp(env, "signal"))
+		want_mode = UHMM_FAULT_SIGNAL;
+	else if (!(feat & UHMM_FEAT_KERNEL_FAULTS) && (feat & UHMM_FEAT_SIGBUS))
+		want_mode = UHMM_FAULT_SIGNAL;
+	else
+		want_mode = UHMM_FAULT_THREAD;
+	CHECK_EQ(uhmm_fault_mode(h), want_mode);
+
+	sim = uhmm_test_sim(h, 16);
+	dm = uhmm_sim_devmem(sim);
+	CHECK_EQ(uhmm_alloc(h, 8 * PAGE, &p), 0);
+	buf = p;
+	pattern_fill(buf, 8 * PAGE, seed);
+	if ((feat & UHMM_FEAT_REQUIRED) != UHMM_FEAT_REQUIRED) {
+		NOTE("this kernel lacks a required feature: migration must be refused");
+		CHECK_EQ(uhmm_can_migrate(h), -EOPNOTSUPP);
+		CHECK_EQ(uhmm_migrate_to_device(dm, buf, 8 * PAGE), -EOPNOTSUPP);
+		CHECK_EQ(count_state(h, buf, 8, UHMM_PAGE_SYSTEM), 8);
+	} else {
+		CHECK_EQ(uhmm_can_migrate(h), 0);
+		CHECK_EQ(uhmm_migrate_to_device(dm, buf, 8 * PAGE), 8);
+		CHECK_EQ(count_state(h, buf, 8, UHMM_PAGE_DEVICE), 8);
+		CHECK_EQ(dmstats(dm).in_use, 8);
+		CHECK_EQ(simstats(sim).copies_to, 8);
+	}
+	for (size_t i = 8; i-- > 0;)
+		CHECK_PATTERN_PAGE(buf, i, seed);
+	CHECK_EQ(count_state(h, buf, 8, UHMM_PAGE_SYSTEM), 8);
+	CHECK_EQ(dmstats(dm).in_use, 0);
+	CHECK_EQ(hstats(h).poisoned, 0);
+	CHECK_EQ(uhmm_free(h, buf, 8 * PAGE), 0);
+	CHECK_EQ(uhmm_sim_destroy(sim), 0);
+	uhmm_close(h);
+}
+
+TEST(unprivileged_unmasked_user_mode_only_migrates)
+{
+	run_in_child(unprivileged_unmasked_part, NULL);
+}
+
+/* ---- no userfaultfd at all: uhmm_open is refused with words that say what to do ---- */
+
+#if defined(__x86_64__)
+#define NATIVE_AUDIT_ARCH AUDIT_ARCH_X86_64
+#elif defined(__aarch64__)
+#define NATIVE_AUDIT_ARCH AUDIT_ARCH_AARCH64
+#endif
+
+/* From now on userfaultfd(2) fails with @err in this process (a seccomp filter). */
+static void block_userfaultfd(int err)
+{
+#ifdef NATIVE_AUDIT_ARCH
+	struct sock_filter f[] = {
+		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, NATIVE_AUDIT_ARCH, 1, 0),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_userfaultfd, 0, 1),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ((unsigned)err & SECCOMP_RET_DATA)),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+	};
+	struct sock_fprog prog = { .len = (unsigned short)ARRAY_SIZE(f), .filter = f };
+	long r;
+
+	CHECK_EQ(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
+	if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) != 0)
+		SKIP("no seccomp filter here to take userfaultfd away: %s", strerror(errno));
+	errno = 0;
+	r = syscall(SYS_userfaultfd, O_CLOEXEC | UFFD_USER_MODE_ONLY);
+	CHECK_EQ(r, -1);
+	CHECK_EQ(errno, err);
+#else
+	(void)err;
+	SKIP("no seccomp filter for this architecture in this test");
+#endif
+}
+
+static void no_userfaultfd_part(void *arg)
+{
+	int err = *(const int *)arg;
+	struct uhmm *h = (struct uhmm *)&err; /* must come back NULL */
+
+	become_unprivileged();
+	if (access("/dev/userfaultfd", R_OK | W_OK) == 0)
+		SKIP("this user may open /dev/userfaultfd: userfaultfd cannot be taken away");
+	block_userfaultfd(err);
+
+	CHECK_EQ(uhmm_open(&h, NULL), -err);
+	CHECK(h == NULL);
+	{
+		UHMM_OPTS(uhmm_open_opts, o, .flags = UHMM_OPEN_USER_MODE_ONLY);
+
+		h = (struct uhmm *)&err;
+		CHECK_EQ(uhmm_open(&h, &o), -err);
+		CHECK(h == NULL);
+	}
+	{
+		UHMM_OPTS(uhmm_open_opts, o, .fault_mode = UHMM_FAULT_SIGNAL);
+
+		CHECK_EQ(uhmm_open(&h, &o), -err);
+		CHECK(h == NULL);
+	}
+	NOTE("uhmm_strerror(%d): %s", -err, uhmm_strerror(-err));
+	if (err == EPERM)
+		check_names_fix(-EPERM, "vm.unprivileged_userfaultfd=1", "/dev/userfaultfd",
+				"seccomp");
+	else
+		check_names_fix(-ENOSYS, "CONFIG_USERFAULTFD", "Linux 6.8", NULL);
+}
+
+TEST(userfaultfd_not_permitted_unprivileged_open_refused_eperm)
+{
+	int err = EPERM;
+
+	run_in_child(no_userfaultfd_part, &err);
+}
+
+TEST(userfaultfd_missing_unprivileged_open_refused_enosys)
+{
+	int err = ENOSYS;
+
+	run_in_child(no_userfaultfd_part, &err);
 }
