@@ -27,70 +27,247 @@ static double now_s(void)
 	return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
 }
 
+/*
+ * Each userfaultfd feature uhmm uses: what it is for, what is lost without it,
+ * and the kernel that brings it (the fix; EVENT_FORK's depends on the mode).
+ */
 static const struct {
 	uint64_t bit;
 	const char *what;
+	const char *lost;
+	const char *kernel;
 } feats[] = {
-	{ UHMM_FEAT_MISSING, "missing-page faults: the CPU fault path" },
-	{ UHMM_FEAT_MOVE, "UFFDIO_MOVE (6.8+): atomic, zero-copy take-away from the CPU" },
-	{ UHMM_FEAT_POISON, "UFFDIO_POISON (6.6+): SIGBUS for pages a failed device held" },
-	{ UHMM_FEAT_EVENT_UNMAP, "munmap events: device pages of unmapped memory are freed" },
-	{ UHMM_FEAT_EVENT_REMOVE, "MADV_DONTNEED events: discarded pages read zeros" },
-	{ UHMM_FEAT_EVENT_REMAP, "mremap events: device pages follow moved memory" },
-	{ UHMM_FEAT_EVENT_FORK,
-	  "fork events: device pages stay put at fork (else they come home first; thread "
-	  "mode, CAP_SYS_PTRACE)" },
-	{ UHMM_FEAT_WP, "write-protect faults" },
-	{ UHMM_FEAT_THREAD_ID, "the faulting thread's id" },
-	{ UHMM_FEAT_SIGBUS, "faults as SIGBUS in the faulting thread (signal mode)" },
+	{ UHMM_FEAT_MISSING, "missing-page faults: the CPU fault path",
+	  "migration to a device is refused", "Linux 4.3 or newer with CONFIG_USERFAULTFD=y" },
+	{ UHMM_FEAT_MOVE, "UFFDIO_MOVE (6.8+): atomic, zero-copy take-away from the CPU",
+	  "migration to a device is refused", "Linux 6.8 or newer (UFFDIO_MOVE)" },
+	{ UHMM_FEAT_POISON, "UFFDIO_POISON (6.6+): SIGBUS for pages a failed device held",
+	  "migration to a device is refused", "Linux 6.6 or newer (UFFDIO_POISON)" },
+	{ UHMM_FEAT_EVENT_UNMAP, "munmap events: device pages of unmapped memory are freed",
+	  "migration to a device is refused", "Linux 4.11 or newer (UFFD_FEATURE_EVENT_UNMAP)" },
+	{ UHMM_FEAT_EVENT_REMOVE, "MADV_DONTNEED events: discarded pages read zeros",
+	  "migration to a device is refused", "Linux 4.11 or newer (UFFD_FEATURE_EVENT_REMOVE)" },
+	{ UHMM_FEAT_EVENT_REMAP, "mremap events: device pages follow moved memory",
+	  "migration to a device is refused", "Linux 4.11 or newer (UFFD_FEATURE_EVENT_REMAP)" },
+	{ UHMM_FEAT_EVENT_FORK, "fork events: device pages stay put at fork",
+	  "device pages come home before every fork", NULL },
+	{ UHMM_FEAT_WP, "write-protect faults", "no write-protect faults",
+	  "Linux 5.7 or newer (WP on anonymous memory)" },
+	{ UHMM_FEAT_THREAD_ID, "the faulting thread's id", "faults do not name their thread",
+	  "Linux 4.14 or newer (UFFD_FEATURE_THREAD_ID)" },
+	{ UHMM_FEAT_SIGBUS, "faults as SIGBUS in the faulting thread (signal mode)",
+	  "no signal mode", "Linux 4.14 or newer (UFFD_FEATURE_SIGBUS)" },
 };
+
+#define NFEATS (sizeof(feats) / sizeof(feats[0]))
+
+#define FIX_PRIVILEGE                                                                  \
+	"sysctl vm.unprivileged_userfaultfd=1, or run as root / with CAP_SYS_PTRACE, " \
+	"or give access to /dev/userfaultfd (6.1+)"
+
+struct problem {
+	char problem[128];
+	const char *fix;
+};
+
+/* The word in brackets of a THP sysfs file ("always [madvise] never"), or NULL. */
+static const char *thp_mode(const char *file, char *buf, size_t sz)
+{
+	FILE *f = fopen(file, "r");
+	char line[256], *a, *b;
+
+	if (!f)
+		return NULL;
+	a = fgets(line, sizeof(line), f);
+	fclose(f);
+	if (!a || !(a = strchr(line, '[')) || !(b = strchr(a, ']')))
+		return NULL;
+	*b = 0;
+	snprintf(buf, sz, "%s", a + 1);
+	return buf;
+}
+
+static const char *thp_meaning(const char *enabled)
+{
+	if (!enabled)
+		return "not available (a kernel without CONFIG_TRANSPARENT_HUGEPAGE)";
+	if (!strcmp(enabled, "always"))
+		return "fresh memory gets 2 MiB pages on first touch";
+	if (!strcmp(enabled, "madvise"))
+		return "2 MiB pages only where MADV_HUGEPAGE asks";
+	if (!strcmp(enabled, "never"))
+		return "off: 4 KiB pages everywhere";
+	return "";
+}
+
+static void print_thp(const char *enabled, const char *defrag)
+{
+	if (enabled)
+		printf("thp         %s (defrag %s): %s\n", enabled, defrag ? defrag : "?",
+		       thp_meaning(enabled));
+	else
+		printf("thp         %s\n", thp_meaning(enabled));
+	printf("            the kernel's own first touch of fresh memory is faster with THP;\n"
+	       "            uhmm's managed ranges are served in 4 KiB pages by userfaultfd\n");
+}
+
+/* A JSON string: @s quoted, or null; the texts here need only " and \ escaped. */
+static void json_str(const char *s)
+{
+	if (!s) {
+		fputs("null", stdout);
+		return;
+	}
+	putchar('"');
+	for (; *s; s++) {
+		if (*s == '"' || *s == '\\')
+			putchar('\\');
+		putchar(*s);
+	}
+	putchar('"');
+}
+
+static void json_problems(const struct problem *p, int n)
+{
+	printf("\"problems\":[");
+	for (int i = 0; i < n; i++) {
+		printf("%s{\"problem\":", i ? "," : "");
+		json_str(p[i].problem);
+		printf(",\"fix\":");
+		json_str(p[i].fix);
+		putchar('}');
+	}
+	putchar(']');
+}
+
+static void print_problems(const struct problem *p, int n)
+{
+	if (!n) {
+		printf("problems    none\n");
+		return;
+	}
+	printf("problems    %d\n", n);
+	for (int i = 0; i < n; i++)
+		printf("  %s\n    fix: %s\n", p[i].problem, p[i].fix);
+}
+
+/* Why userfaultfd could not be opened (@err from uhmm_open), and its fix. */
+static void open_problem(struct problem *p, int err)
+{
+	switch (-err) {
+	case EPERM:
+		snprintf(p->problem, sizeof(p->problem), "userfaultfd is not permitted");
+		p->fix = FIX_PRIVILEGE "; a seccomp profile may block it too";
+		break;
+	case ENOSYS:
+		snprintf(p->problem, sizeof(p->problem), "the kernel has no userfaultfd");
+		p->fix = "a kernel built with CONFIG_USERFAULTFD=y, Linux 6.8 or newer";
+		break;
+	default:
+		snprintf(p->problem, sizeof(p->problem), "userfaultfd cannot be opened (%s)",
+			 strerror(-err));
+		p->fix = uhmm_strerror(err);
+		break;
+	}
+}
 
 static int cmd_info(int argc, char **argv)
 {
 	struct uhmm *h = NULL;
 	struct utsname u;
+	struct problem pr[NFEATS + 2];
+	char en_buf[32], df_buf[32];
+	const char *thp_en, *thp_df;
 	bool json = argc > 1 && !strcmp(argv[1], "--json");
 	uint64_t f;
-	int ret, can;
+	int ret, can, np = 0;
 
 	if (argc > 1 && !json) {
 		printf("usage: uhmm info [--json]\n"
-		       "  Kernel, userfaultfd features, privilege mode, and what to fix.\n"
-		       "  Exits 1 when pages could not leave the CPU safely.\n");
+		       "  Kernel, userfaultfd features, privilege mode, transparent huge pages,\n"
+		       "  and for each problem found, its fix. Exits 1 when pages could not leave\n"
+		       "  the CPU safely.\n");
 		return strcmp(argv[1], "--help") ? 2 : 0;
 	}
 	uname(&u);
+	thp_en = thp_mode("/sys/kernel/mm/transparent_hugepage/enabled", en_buf, sizeof(en_buf));
+	thp_df = thp_mode("/sys/kernel/mm/transparent_hugepage/defrag", df_buf, sizeof(df_buf));
 	ret = uhmm_open(&h, NULL);
 	if (ret) {
-		if (json)
-			printf("{\"kernel\":\"%s\",\"error\":\"%s\"}\n", u.release, uhmm_strerror(ret));
-		else
-			printf("kernel      %s\nuserfaultfd unavailable: %s\n", u.release,
-			       uhmm_strerror(ret));
+		open_problem(&pr[0], ret);
+		if (json) {
+			printf("{\"kernel\":");
+			json_str(u.release);
+			printf(",\"error\":");
+			json_str(uhmm_strerror(ret));
+			printf(",\"thp\":{\"enabled\":");
+			json_str(thp_en);
+			printf(",\"defrag\":");
+			json_str(thp_df);
+			printf("},");
+			json_problems(pr, 1);
+			printf("}\n");
+		} else {
+			printf("kernel      %s\nmode        userfaultfd unavailable\n", u.release);
+			print_thp(thp_en, thp_df);
+			print_problems(pr, 1);
+		}
 		return 1;
 	}
 	f = uhmm_features(h);
 	can = uhmm_can_migrate(h);
+
+	if (!(f & UHMM_FEAT_KERNEL_FAULTS)) {
+		snprintf(pr[np].problem, sizeof(pr[np].problem),
+			 "user-mode-only: system calls on device-resident memory get EFAULT");
+		pr[np++].fix = FIX_PRIVILEGE;
+	}
+	for (size_t i = 0; i < NFEATS; i++) {
+		if (f & feats[i].bit)
+			continue;
+		snprintf(pr[np].problem, sizeof(pr[np].problem), "%s missing: %s",
+			 uhmm_feature_name(feats[i].bit), feats[i].lost);
+		pr[np].fix = feats[i].kernel;
+		/* Fork events are in force in thread mode only, and need CAP_SYS_PTRACE. */
+		if (feats[i].bit == UHMM_FEAT_EVENT_FORK)
+			pr[np].fix = uhmm_fault_mode(h) == UHMM_FAULT_SIGNAL ?
+				"run as root or with CAP_SYS_PTRACE, in thread mode (the default "
+				"then, or UHMM_FAULT_MODE=thread): fork events need both" :
+				"run as root or with CAP_SYS_PTRACE: fork events need it";
+		np++;
+	}
+
 	if (json) {
-		printf("{\"kernel\":\"%s\",\"mode\":\"%s\",\"can_migrate\":%s,\"features\":{", u.release,
+		printf("{\"kernel\":");
+		json_str(u.release);
+		printf(",\"mode\":\"%s\",\"can_migrate\":%s,\"features\":{",
 		       f & UHMM_FEAT_KERNEL_FAULTS ? "full" : "user-mode-only", can ? "false" : "true");
-		for (size_t i = 0; i < sizeof(feats) / sizeof(feats[0]); i++)
+		for (size_t i = 0; i < NFEATS; i++)
 			printf("%s\"%s\":%s", i ? "," : "", uhmm_feature_name(feats[i].bit),
 			       f & feats[i].bit ? "true" : "false");
-		printf("},\"drivers\":[\"sim\"]}\n");
+		printf("},\"drivers\":[\"sim\"],\"thp\":{\"enabled\":");
+		json_str(thp_en);
+		printf(",\"defrag\":");
+		json_str(thp_df);
+		printf("},");
+		json_problems(pr, np);
+		printf("}\n");
 	} else {
 		printf("kernel      %s\n", u.release);
 		printf("mode        %s\n", f & UHMM_FEAT_KERNEL_FAULTS ?
 			"full: system calls on device-resident memory are served too" :
 			"user-mode-only: a system call that reads or writes device-resident memory "
-			"gets EFAULT\n            (run as root, grant /dev/userfaultfd, or set "
-			"vm.unprivileged_userfaultfd=1)");
+			"gets EFAULT");
 		printf("features\n");
-		for (size_t i = 0; i < sizeof(feats) / sizeof(feats[0]); i++)
+		for (size_t i = 0; i < NFEATS; i++)
 			printf("  %-13s %-8s %s\n", uhmm_feature_name(feats[i].bit),
 			       f & feats[i].bit ? "yes" : "MISSING", feats[i].what);
+		print_thp(thp_en, thp_df);
 		printf("drivers     sim (built in)\n");
-		printf("migration   %s\n", can ? uhmm_strerror(can) : "ready");
+		printf("migration   %s\n",
+		       can ? "refused: no page may leave the CPU without a way home (see the problems)" :
+			     "ready");
+		print_problems(pr, np);
 	}
 	uhmm_close(h);
 	return can ? 1 : 0;
@@ -389,8 +566,10 @@ static void usage(FILE *f)
 {
 	fprintf(f, "usage: uhmm <command> [options]\n\n"
 		   "commands:\n"
-		   "  info   kernel features, privilege mode, and what to fix\n"
-		   "  demo   migrate memory to the sim device, compute on the CPU, verify\n"
+		   "  info   kernel features, privilege mode, huge pages, and what to fix\n"
+		   "  demo   kernels on the sim device compute a stencil (pages migrate to the\n"
+		   "         device on touch), the CPU reads the result (pages come home on\n"
+		   "         touch) and checks it against a CPU-only computation\n"
 		   "  bench  measure each operation beside its floor, as a ratio\n"
 		   "  stat   run the demo workload and watch the live counters\n\n"
 		   "uhmm <command> --help for its options.\n");
