@@ -336,6 +336,9 @@ UHMM_API int uhmm_devmem_set_prefetch(struct uhmm_devmem *dm,
  */
 UHMM_API int uhmm_devmem_set_evict(struct uhmm_devmem *dm, const struct uhmm_evict_policy *policy);
 
+/** uhmm_devmem_evict_policy() - @dm's eviction policy, or NULL (none, or a NULL region). */
+UHMM_API const struct uhmm_evict_policy *uhmm_devmem_evict_policy(struct uhmm_devmem *dm);
+
 /**
  * uhmm_devmem_make_room() - with an eviction policy (uhmm_devmem_set_evict),
  * send the policy's victims home until @npages pages are free, as a

@@ -198,6 +198,11 @@ int uhmm_devmem_set_evict(struct uhmm_devmem *dm, const struct uhmm_evict_policy
 	return 0;
 }
 
+const struct uhmm_evict_policy *uhmm_devmem_evict_policy(struct uhmm_devmem *dm)
+{
+	return dm ? atomic_load(&dm->evict) : NULL;
+}
+
 static int cmp_addr(const void *a, const void *b)
 {
 	uintptr_t x = uhmm_page_addr(*(struct uhmm_page *const *)a);

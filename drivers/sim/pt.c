@@ -464,10 +464,12 @@ static unsigned long migrate_window(struct uhmm_sim *sim, const struct fill *f, 
 	/*
 	 * A full device without an eviction policy: trying would take the
 	 * pages and put them back, for nothing. With one, the migration makes
-	 * room for what it takes (chunk_to_dev_retry).
+	 * room for exactly the pages it took (chunk_to_dev_retry): not here,
+	 * from this snapshot, which another thread's migration of the same
+	 * pages may have made stale.
 	 */
 	if (!sim->dm || uhmm_devmem_stats(sim->dm, &st) ||
-	    (st.in_use >= st.npages && uhmm_devmem_make_room(sim->dm, 1) <= 0))
+	    (st.in_use >= st.npages && !uhmm_devmem_evict_policy(sim->dm)))
 		return 0;
 	i = lo;
 	while (i < hi) {
