@@ -80,16 +80,6 @@ static void k_count(struct uhmm_sim_ctx *ctx, unsigned long i, void *arg)
 
 TEST(two_devices_pull_the_same_pages)
 {
-#if defined(__SANITIZE_THREAD__)
-	/*
-	 * Under TSan one device atomic increment in about ten runs is lost
-	 * (1999 of 2000). It appeared when the sim's device fault began to
-	 * ask uhmm_range_of() for its window (14342f8): a timing change that
-	 * exposes a race between device atomics and migration, root cause not
-	 * found yet. The plain and ASan stages run this test.
-	 */
-	KNOWN_BUG("a device atomic increment is lost now and then when two devices pull the same pages (TSan timing)");
-#endif
 	struct uhmm *h = uhmm_test_open_migrating();
 	struct uhmm_sim *d0 = uhmm_test_sim(h, NPAGES), *d1 = uhmm_test_sim(h, NPAGES);
 	struct pingpong p;

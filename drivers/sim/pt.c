@@ -93,7 +93,7 @@ uint64_t sim_pt_lookup(struct uhmm_sim *sim, uint64_t vpn, uint64_t *gen)
 }
 
 struct drop_count {
-	unsigned long any, local;
+	unsigned long any;
 };
 
 /* Clear the entries of [s, e) (page numbers) below @node at @level. Under sim->lock. */
@@ -111,10 +111,8 @@ static void drop_walk(void *node, int level, uint64_t base, uint64_t s, uint64_t
 		if (level == PT_LEVELS - 1) {
 			uint64_t *pte = &((struct pt_leaf *)node)->e[i];
 
-			if (*pte & PTE_P) {
+			if (*pte & PTE_P)
 				c->any++;
-				c->local += (*pte & PTE_L) != 0;
-			}
 			*pte = 0;
 			continue;
 		}
@@ -144,18 +142,28 @@ static void wait_slots(struct uhmm_sim *sim, uint64_t gen)
 	}
 }
 
+/*
+ * Drop [s, e) under sim->lock; returns the gen that accesses through the
+ * dropped translations announced less than. Every caller waits for them,
+ * including one that dropped nothing: another invalidation of the same pages
+ * may have dropped them a moment before and still be waiting for an access
+ * through them, and this caller must not move the pages meanwhile either.
+ */
+static uint64_t drop_and_gen(struct uhmm_sim *sim, uintptr_t s, uintptr_t e, struct drop_count *c)
+{
+	drop_locked(sim, s, e, c);
+	return c->any ? atomic_fetch_add(&sim->gen, 1) + 1 : atomic_load(&sim->gen);
+}
+
 void sim_drop_range(struct uhmm_sim *sim, uintptr_t s, uintptr_t e)
 {
-	struct drop_count c = { 0, 0 };
-	uint64_t gen = 0;
+	struct drop_count c = { 0 };
+	uint64_t gen;
 
 	pthread_mutex_lock(&sim->lock);
-	drop_locked(sim, s, e, &c);
-	if (c.any)
-		gen = atomic_fetch_add(&sim->gen, 1) + 1;
+	gen = drop_and_gen(sim, s, e, &c);
 	pthread_mutex_unlock(&sim->lock);
-	if (c.local)
-		wait_slots(sim, gen);
+	wait_slots(sim, gen);
 }
 
 void sim_pt_drop_all(struct uhmm_sim *sim)
@@ -176,8 +184,8 @@ static bool sim_invalidate(struct uhmm_interval_notifier *n, const struct uhmm_n
 {
 	struct uhmm_sim *sim = (struct uhmm_sim *)((char *)n - offsetof(struct uhmm_sim, notifier));
 	bool own = r->event == UHMM_NOTIFY_MIGRATE && r->owner == sim, hit = false;
-	struct drop_count c = { 0, 0 };
-	uint64_t gen = 0;
+	struct drop_count c = { 0 };
+	uint64_t gen;
 
 	pthread_mutex_lock(&sim->lock);
 	for (int i = 0; i < SIM_NSLOTS; i++) {
@@ -188,12 +196,9 @@ static bool sim_invalidate(struct uhmm_interval_notifier *n, const struct uhmm_n
 	}
 	if (hit && !own)
 		uhmm_interval_set_seq(n, cur_seq);
-	drop_locked(sim, r->start, r->end, &c);
-	if (c.any)
-		gen = atomic_fetch_add(&sim->gen, 1) + 1;
+	gen = drop_and_gen(sim, r->start, r->end, &c);
 	pthread_mutex_unlock(&sim->lock);
-	if (c.local)
-		wait_slots(sim, gen);
+	wait_slots(sim, gen);
 	if (c.any)
 		atomic_fetch_add_explicit(&sim->invalidations, 1, memory_order_relaxed);
 	return true;
