@@ -338,7 +338,7 @@ int uhmm__uffd_copy_n(int uffd, uintptr_t dst, const void *src, size_t len, bool
 		      size_t *donep);
 int uhmm__uffd_zeropage(int uffd, uintptr_t dst, size_t len, bool wake);
 int uhmm__uffd_poison(int uffd, uintptr_t dst, size_t len, bool wake);
-long uhmm__uffd_move(int uffd, uintptr_t dst, uintptr_t src, size_t len, bool holes);
+long uhmm__uffd_move(int uffd, uintptr_t dst, uintptr_t src, size_t len);
 void uhmm__uffd_wake(int uffd, uintptr_t start, size_t len);
 int uhmm__pages_with_data(uintptr_t addr, size_t n, unsigned char *vec);
 

@@ -6,13 +6,14 @@
  * Taking a page from the CPU is UFFDIO_MOVE of its page-table entry into a
  * staging chunk registered with the same userfaultfd: atomic with respect to
  * CPU access (a touch now faults and waits for the page lock), and zero-copy.
- * Holes move as holes (ALLOW_SRC_HOLES); pagemap of the staging chunk then
- * tells which pages carried data, so empty pages reach the device without a
- * CPU copy. Pages come home with UFFDIO_COPY from a bounce chunk, which also
+ * Only pages that hold data move (pagemap says which; never ALLOW_SRC_HOLES,
+ * see take_system); pagemap of the staging chunk then tells which pages
+ * carried data, so empty pages reach the device without a CPU copy. Pages come home with UFFDIO_COPY from a bounce chunk, which also
  * wakes a waiting toucher. Both are batched over contiguous runs.
  */
 #include <errno.h>
 #include <sched.h>
+#include <string.h>
 #include <sys/mman.h>
 
 #include "internal.h"
@@ -79,8 +80,7 @@ void *uhmm_migrate_sysbuf(const struct uhmm_migrate *a, unsigned long i)
  * page still present, which the kernel would have refused. Returns the
  * bytes moved, or -errno as uhmm__uffd_move.
  */
-static long move_readonly(int uffd, uintptr_t dst, uintptr_t src, size_t len, bool holes,
-			  uintptr_t managed)
+static long move_readonly(int uffd, uintptr_t dst, uintptr_t src, size_t len, uintptr_t managed)
 {
 	uintptr_t vend;
 	long got;
@@ -92,7 +92,7 @@ static long move_readonly(int uffd, uintptr_t dst, uintptr_t src, size_t len, bo
 		len = vend - managed;
 	if (mprotect((void *)managed, len, PROT_READ | PROT_WRITE))
 		return -EINVAL;
-	got = uhmm__uffd_move(uffd, dst, src, len, holes);
+	got = uhmm__uffd_move(uffd, dst, src, len);
 	mprotect((void *)managed, len, PROT_READ);
 	return got;
 }
@@ -133,10 +133,30 @@ static void take_system(struct uhmm_migrate *a)
 		}
 		for (j = i; j < n && a->src[j] == (S_HELD | UHMM_MIGRATE_MIGRATE); j++)
 			;
+		/*
+		 * Move only the pages that hold data, never with
+		 * ALLOW_SRC_HOLES: on Linux 6.18 a MOVE that allows holes,
+		 * racing an MADV_DONTNEED of its source, can spin in the
+		 * kernel for ever (tools/repro/move_vs_dontneed.c; without
+		 * holes it does not). A hole stays a hole (a touch of it
+		 * faults and waits for our lock) and reaches the device as
+		 * an empty page; a page discarded since pagemap looked is a
+		 * hole by the time MOVE finds it (ENOENT).
+		 */
+		if (uhmm__pages_with_data(page_addr(a, i), j - i, vec + i))
+			memset(vec + i, 1, j - i); /* cannot tell: try every page */
 		while (i < j) {
-			long got = uhmm__uffd_move(h->uffd_stg, (uintptr_t)stg + (i << PAGE_SHIFT),
-						   page_addr(a, i), (j - i) << PAGE_SHIFT, true);
+			unsigned long k;
+			long got;
 
+			if (!(vec[i] & 1)) {
+				i++;
+				continue;
+			}
+			for (k = i; k < j && (vec[k] & 1); k++)
+				;
+			got = uhmm__uffd_move(h->uffd_stg, (uintptr_t)stg + (i << PAGE_SHIFT),
+					      page_addr(a, i), (k - i) << PAGE_SHIFT);
 			uhmm__trace("*take", page_addr(a, i), got > 0 ? (uint64_t)got : PAGE_SIZE,
 				    (uint64_t)got);
 			if (got == -EEXIST && moved_anyway(page_addr(a, i)))
@@ -145,14 +165,17 @@ static void take_system(struct uhmm_migrate *a)
 				i += (unsigned long)got >> PAGE_SHIFT;
 				continue;
 			}
+			if (got == -ENOENT) {
+				i++; /* a hole now: discarded meanwhile */
+				continue;
+			}
 			if (got == -EAGAIN) {
 				sched_yield();
 				continue;
 			}
 			if (got == -EINVAL)
 				got = move_readonly(h->uffd_stg, (uintptr_t)stg + (i << PAGE_SHIFT),
-						    page_addr(a, i), (j - i) << PAGE_SHIFT, true,
-						    page_addr(a, i));
+						    page_addr(a, i), (k - i) << PAGE_SHIFT, page_addr(a, i));
 			if (got > 0) {
 				i += (unsigned long)got >> PAGE_SHIFT;
 				continue;
@@ -482,9 +505,9 @@ static void restore_one(struct uhmm_migrate *a, unsigned long i)
 	for (;;) {
 		if (uhmm__pending_fate(h, page_addr(a, i), &to) == FATE_GONE)
 			return;
-		got = uhmm__uffd_move(h->uffd, to, stg, PAGE_SIZE, false);
+		got = uhmm__uffd_move(h->uffd, to, stg, PAGE_SIZE);
 		if (got == -EINVAL) /* back into read-only memory */
-			got = move_readonly(h->uffd, to, stg, PAGE_SIZE, false, to);
+			got = move_readonly(h->uffd, to, stg, PAGE_SIZE, to);
 		uhmm__trace("restore", page_addr(a, i), to, (uint64_t)got);
 		if (got != -EAGAIN)
 			break;
@@ -492,7 +515,7 @@ static void restore_one(struct uhmm_migrate *a, unsigned long i)
 	}
 	/* Otherwise the mapping vanished without an event: its data went with it. */
 	if (got > 0 && uhmm__pending_fate(h, to, &to) == FATE_GONE)
-		uhmm__uffd_move(h->uffd_stg, stg, to, PAGE_SIZE, true);
+		uhmm__uffd_move(h->uffd_stg, stg, to, PAGE_SIZE);
 }
 
 void uhmm_migrate_finalize(struct uhmm_migrate *a)

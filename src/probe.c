@@ -267,14 +267,18 @@ int uhmm__uffd_poison(int uffd, uintptr_t dst, size_t len, bool wake)
 	}
 }
 
-/* Returns bytes moved (holes included when allowed), or -errno if none moved. */
-long uhmm__uffd_move(int uffd, uintptr_t dst, uintptr_t src, size_t len, bool holes)
+/*
+ * Returns bytes moved, or -errno if none moved (-ENOENT: the first page is a
+ * hole). Never with ALLOW_SRC_HOLES: on Linux 6.18 such a move, racing an
+ * MADV_DONTNEED of its source, can spin in the kernel for ever
+ * (tools/repro/move_vs_dontneed.c).
+ */
+long uhmm__uffd_move(int uffd, uintptr_t dst, uintptr_t src, size_t len)
 {
 	struct uffdio_move m = {
 		.dst = dst,
 		.src = src,
 		.len = len,
-		.mode = holes ? UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES : 0,
 	};
 
 	if (ioctl(uffd, UFFDIO_MOVE, &m) == 0)

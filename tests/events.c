@@ -293,11 +293,10 @@ TEST(close_right_after_mremap_keeps_the_moved_data_signal_mode)
  * migration that takes the page (MOVE) or installs it (COPY home) in between
  * carries the old data past the zap. Tried and not enough: holding the
  * event until no page of the range is present, and taking back pages a
- * migration home installed under a pending discard. Worse, the migrating
- * thread often never returns: perf shows it spinning inside one UFFDIO_MOVE
- * (move_pages_ptes, Linux 6.18) while holding its page locks, and the
- * program's next fault waits for ever: a kernel livelock, which
- * tools/repro/move_vs_dontneed.c reproduces without uhmm. Build with
+ * migration home installed under a pending discard. (The migrating thread
+ * used to hang as well, spinning inside UFFDIO_MOVE: a Linux 6.18 livelock
+ * of moves that allow source holes, which tools/repro/move_vs_dontneed.c
+ * shows without uhmm; uhmm no longer uses that mode.) Build with
  * -DUHMM_TRACE to see the first stale page's history.
  */
 struct churn {
@@ -362,12 +361,12 @@ static void discard_beside_migrations(enum uhmm_fault_mode mode)
 
 TEST(discard_beside_migrations_reads_zeros_thread_mode)
 {
-	KNOWN_BUG("MADV_DONTNEED racing a migration of the same pages: old data comes back, or UFFDIO_MOVE never returns (Linux 6.18 spins in move_pages_ptes)");
+	KNOWN_BUG("MADV_DONTNEED racing a migration of the same pages: old data comes back");
 	discard_beside_migrations(UHMM_FAULT_THREAD);
 }
 
 TEST(discard_beside_migrations_reads_zeros_signal_mode)
 {
-	KNOWN_BUG("MADV_DONTNEED racing a migration of the same pages: old data comes back, or UFFDIO_MOVE never returns (Linux 6.18 spins in move_pages_ptes)");
+	KNOWN_BUG("MADV_DONTNEED racing a migration of the same pages: old data comes back");
 	discard_beside_migrations(UHMM_FAULT_SIGNAL);
 }
