@@ -496,7 +496,7 @@ enum uhmm_notify_event {
 	UHMM_NOTIFY_MIGRATE,   /* pages migrate, either way; owner says whose migration */
 	UHMM_NOTIFY_UNMANAGE,  /* uhmm_unmanage/uhmm_close: the range leaves uhmm */
 	UHMM_NOTIFY_FORK,      /* fork: pages come home and become copy-on-write */
-	UHMM_NOTIFY_EXCLUSIVE, /* a device's exclusive access is granted or revoked */
+	UHMM_NOTIFY_EXCLUSIVE, /* reserved, not sent: exclusive access is a migration (see uhmm_sim) */
 };
 
 /*

@@ -658,7 +658,7 @@ TEST(migrate_anon_huge_empty)
 	void *old;
 
 	hmm_setup(&fx, 1);
-	hmm_require_readonly_migration(&fx);
+	hmm_check_readonly_migration(&fx);
 	b = hmm_buffer_new(&fx, 2 * size, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS);
 	old = b->ptr;
 	b->ptr = hmm_align(b->ptr, size);
@@ -685,7 +685,7 @@ TEST(migrate_anon_huge_zero)
 	void *old;
 
 	hmm_setup(&fx, 1);
-	hmm_require_readonly_migration(&fx);
+	hmm_check_readonly_migration(&fx);
 	b = hmm_buffer_new(&fx, 2 * size, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS);
 	old = b->ptr;
 	b->ptr = hmm_align(b->ptr, size);
@@ -938,7 +938,7 @@ TEST(migrate_anon_huge_zero_err)
 	void *old;
 
 	hmm_setup(&fx, 1);
-	hmm_require_readonly_migration(&fx);
+	hmm_check_readonly_migration(&fx);
 	b = hmm_buffer_new(&fx, 2 * size, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS);
 	old = b->ptr;
 	b->ptr = hmm_align(b->ptr, size);

@@ -12,7 +12,7 @@ TEST(migrate_mixed)
 	int val;
 
 	hmm_setup(&fx, 2);
-	hmm_require_readonly_migration(&fx);
+	hmm_check_readonly_migration(&fx);
 	/* A reserved range of addresses. */
 	b = hmm_buffer_new(&fx, size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS);
 	p = b->ptr;
@@ -122,7 +122,7 @@ TEST(double_map)
 	int *ptr;
 
 	hmm_setup(&fx, 2);
-	hmm_require_readonly_migration(&fx);
+	hmm_check_readonly_migration(&fx);
 	b = hmm_buffer_new(&fx, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS);
 	for (i = 0, ptr = b->ptr; i < size / sizeof(*ptr); ++i)
 		ptr[i] = (int)i;
