@@ -2,8 +2,8 @@
 /*
  * stat.c - `uhmm stat`: the demo's stencil workload runs in a background thread
  * while the main thread shows the live counters of the handle (uhmm_stats), of
- * the device memory (uhmm_devmem_stats) and of the sim device (uhmm_sim_stats),
- * with rates per second. On a terminal the table is redrawn in place every
+ * the device memory (uhmm_devmem_stats), of the sim device (uhmm_sim_stats) and
+ * of the workload's two ranges (uhmm_range_stats), with rates per second. On a terminal the table is redrawn in place every
  * --interval ms; otherwise one final table is printed, so that it can be tested.
  * Uses only the public headers.
  */
@@ -96,7 +96,15 @@ enum {
 	C_SIM_FAULTS,
 	C_SIM_MIGRATED,
 	C_SIM_MAPPED,
-	C_N
+	/* Per range (uhmm_range_stats): the input, then the output, in this order. */
+	C_R_FAULTS,
+	C_R_TO,
+	C_R_HOME,
+	C_R_PREFETCHED,
+	C_R_EVICTIONS,
+	C_R_N = C_R_EVICTIONS - C_R_FAULTS + 1,
+	C_OUT_FAULTS = C_R_FAULTS + C_R_N,
+	C_N = C_OUT_FAULTS + C_R_N
 };
 
 static const struct {
@@ -120,7 +128,31 @@ static const struct {
 	[C_SIM_FAULTS] = { "sim", "device faults", false },
 	[C_SIM_MIGRATED] = { "sim", "pages migrated by them", false },
 	[C_SIM_MAPPED] = { "sim", "pages mapped in place", false },
+	[C_R_FAULTS] = { "input", "CPU faults home", false },
+	[C_R_TO] = { "input", "pages to devices", false },
+	[C_R_HOME] = { "input", "pages home", false },
+	[C_R_PREFETCHED] = { "input", "pages prefetched", false },
+	[C_R_EVICTIONS] = { "input", "evictions", false },
+	[C_OUT_FAULTS + 0] = { "output", "CPU faults home", false },
+	[C_OUT_FAULTS + 1] = { "output", "pages to devices", false },
+	[C_OUT_FAULTS + 2] = { "output", "pages home", false },
+	[C_OUT_FAULTS + 3] = { "output", "pages prefetched", false },
+	[C_OUT_FAULTS + 4] = { "output", "evictions", false },
 };
+
+/* The counters of the managed range at @addr (all zero if it cannot be read). */
+static void sample_range(struct uhmm *h, const void *addr, double *v)
+{
+	struct uhmm_range_stats rs = { .sz = sizeof(rs) };
+
+	if (uhmm_range_stats(h, addr, &rs))
+		memset(&rs, 0, sizeof(rs));
+	v[C_R_FAULTS - C_R_FAULTS] = (double)rs.faults;
+	v[C_R_TO - C_R_FAULTS] = (double)rs.pages_to_device;
+	v[C_R_HOME - C_R_FAULTS] = (double)rs.pages_to_system;
+	v[C_R_PREFETCHED - C_R_FAULTS] = (double)rs.prefetched;
+	v[C_R_EVICTIONS - C_R_FAULTS] = (double)rs.evictions;
+}
 
 static void sample(struct job *j, double v[C_N])
 {
@@ -148,6 +180,8 @@ static void sample(struct job *j, double v[C_N])
 	v[C_SIM_FAULTS] = (double)ss.device_faults;
 	v[C_SIM_MIGRATED] = (double)ss.fault_migrated;
 	v[C_SIM_MAPPED] = (double)ss.fault_mapped;
+	sample_range(j->h, j->in, v + C_R_FAULTS);
+	sample_range(j->h, j->out, v + C_OUT_FAULTS);
 }
 
 /*
@@ -178,7 +212,8 @@ static void stat_usage(FILE *f)
 		   "                 [--interval ms]\n"
 		   "  Runs the demo's stencil workload (see uhmm demo --help; the same options)\n"
 		   "  in a background thread and shows the counters of the handle, of the sim\n"
-		   "  device's memory and of the sim device, with rates per second. On a\n"
+		   "  device's memory, of the sim device and of each of the workload's two\n"
+		   "  ranges (input, output), with rates per second. On a\n"
 		   "  terminal the table is redrawn every --interval ms (default 200); otherwise\n"
 		   "  one final table is printed, its rates averaged over the whole run.\n"
 		   "  Exits 1 on a wrong result, 77 where migration is not possible here.\n");
