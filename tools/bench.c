@@ -56,7 +56,7 @@ struct row {
 	bool has_range;
 	const char *na; /* not measured, and why */
 	char err[128];	/* measuring failed, and why */
-	char note[96];	/* counted beside the figure (evictions, device faults), or empty */
+	char note[160]; /* counted beside the figure (evictions, device faults), or empty */
 	double evictions; /* for the JSON rows, when has_evictions */
 	bool has_evictions;
 };
@@ -1381,6 +1381,9 @@ static void bench_oversub(struct bench *b)
 			  .name = "bench-stencil");
 		struct uhmm_devmem_stats d0 = { .sz = sizeof(d0) }, d1 = { .sz = sizeof(d1) };
 		struct uhmm_sim_stats s0 = { .sz = sizeof(s0) }, s1 = { .sz = sizeof(s1) };
+		/* Per range (uhmm_range_stats): the input's and the output's pages each way. */
+		struct uhmm_range_stats ri0 = { .sz = sizeof(ri0) }, ri1 = { .sz = sizeof(ri1) },
+					ro0 = { .sz = sizeof(ro0) }, ro1 = { .sz = sizeof(ro1) };
 		struct uhmm_sim *sim = NULL;
 		struct uhmm_devmem *dm;
 
@@ -1399,6 +1402,8 @@ static void bench_oversub(struct bench *b)
 		/* Advice: the device reads the input where it is; only the output moves. */
 		if (v == OV_ADVICE)
 			uhmm_advise(b->h, in, b->len, UHMM_ADVISE_SET_READ_MOSTLY, NULL);
+		uhmm_range_stats(b->h, in, &ri0);
+		uhmm_range_stats(b->h, out, &ro0);
 		uhmm_devmem_stats(dm, &d0);
 		uhmm_sim_stats(sim, &s0);
 		for (int rep = 0; rep < b->reps; rep++) {
@@ -1435,6 +1440,8 @@ static void bench_oversub(struct bench *b)
 			t[rep] = (double)(t1 - t0) * 1e-9;
 			t[b->reps + rep] = (double)(t2 - t1) * 1e-9;
 		}
+		uhmm_range_stats(b->h, in, &ri1);
+		uhmm_range_stats(b->h, out, &ro1);
 		uhmm_devmem_stats(dm, &d1);
 		uhmm_sim_stats(sim, &s1);
 		if (v == OV_ADVICE)
@@ -1450,8 +1457,13 @@ static void bench_oversub(struct bench *b)
 		r[v]->evictions = (double)(d1.evictions - d0.evictions) / b->reps;
 		r[v]->has_evictions = true;
 		snprintf(r[v]->note, sizeof(r[v]->note),
-			 "%.0f evictions, %.0f mapped in place per run",
-			 r[v]->evictions, (double)(s1.fault_mapped - s0.fault_mapped) / b->reps);
+			 "per run: %.0f evictions, %.0f mapped in place; pages out/home: input "
+			 "%.0f/%.0f, output %.0f/%.0f",
+			 r[v]->evictions, (double)(s1.fault_mapped - s0.fault_mapped) / b->reps,
+			 (double)(ri1.pages_to_device - ri0.pages_to_device) / b->reps,
+			 (double)(ri1.pages_to_system - ri0.pages_to_system) / b->reps,
+			 (double)(ro1.pages_to_device - ro0.pages_to_device) / b->reps,
+			 (double)(ro1.pages_to_system - ro0.pages_to_system) / b->reps);
 	}
 out:
 	if (r[0]->err[0] && !r[0]->has_range)
