@@ -337,39 +337,14 @@ void uhmm__events_settle(struct uhmm *h, uintptr_t start, uintptr_t end)
 bool uhmm__install_begin(struct uhmm *h, uintptr_t start, uintptr_t end)
 {
 	atomic_fetch_add(&h->installing, 1);
-	/* Short: the read under way ends and files what it read. Spin first. */
-	for (int i = 0; !uhmm__in_svc && atomic_load(&h->reading); i++) {
-		if (i < 200)
-			__builtin_ia32_pause();
-		else
-			sched_yield();
-	}
+	while (!uhmm__in_svc && atomic_load(&h->reading))
+		sched_yield();
 	return !pev_overlaps(h, start, end);
 }
 
 void uhmm__install_end(struct uhmm *h)
 {
 	atomic_fetch_sub(&h->installing, 1);
-}
-
-/*
- * After uhmm__install_end, when the fill was refused (an event unread): let
- * the service thread read before the next try. Taking the gate again at
- * once would keep it from ever reading. Bounded: the event may have been
- * read already, and then nothing more comes.
- */
-void uhmm__install_wait_read(struct uhmm *h, unsigned int seq)
-{
-	/*
-	 * Then try at once: another event (a thread in an mremap loop) may
-	 * come a few microseconds later, and refuse the fill again.
-	 */
-	for (int i = 0; i < 2000 && atomic_load(&h->read_seq) == seq; i++) {
-		if (i < 200)
-			__builtin_ia32_pause();
-		else
-			sched_yield();
-	}
 }
 
 /*
@@ -1269,7 +1244,6 @@ static void *svc_main(void *arg)
 				atomic_store(&h->reading, 0);
 				break;
 			}
-			atomic_fetch_add(&h->read_seq, 1);
 			got = read(h->uffd, msgs, sizeof(msgs));
 			for (size_t i = 0; got > 0 && i < (size_t)got / sizeof(msgs[0]); i++)
 				work_add(h, q, &nq, &msgs[i]);

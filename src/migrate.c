@@ -428,7 +428,6 @@ static int install_home(struct uhmm *h, uintptr_t dst, uintptr_t from, size_t le
 		int nowait = uhmm__nowait, svc_eagain = uhmm__svc_eagain;
 		size_t got = 0;
 		bool clear = uhmm__install_begin(h, dst + *done, dst + len);
-		unsigned int seq = atomic_load(&h->read_seq); /* no read while we hold the gate */
 
 		if (clear) {
 			/* An unread event refuses the fill: we must not wait for it here. */
@@ -444,7 +443,7 @@ static int install_home(struct uhmm *h, uintptr_t dst, uintptr_t from, size_t le
 			return -EAGAIN; /* the event first */
 		if (ret != -EAGAIN || uhmm__in_svc || nowait)
 			return ret;
-		uhmm__install_wait_read(h, seq); /* the service thread reads the event; look again */
+		sched_yield(); /* the service thread reads the event; look again */
 	}
 	return ret;
 }
