@@ -413,41 +413,6 @@ static void wake_run(struct uhmm_migrate *a, uintptr_t s, uintptr_t e)
 	}
 }
 
-/*
- * UFFDIO_COPY of @len bytes from @from to @dst, never across a discard
- * (uhmm__install_begin): an event read and not yet handled over the rest
- * stops it with -EAGAIN, the pages staying where they are. *@done: bytes
- * installed from @dst on.
- */
-static int install_home(struct uhmm *h, uintptr_t dst, uintptr_t from, size_t len, size_t *done)
-{
-	int ret = 0;
-
-	*done = 0;
-	while (*done < len) {
-		int nowait = uhmm__nowait, svc_eagain = uhmm__svc_eagain;
-		size_t got = 0;
-		bool clear = uhmm__install_begin(h, dst + *done, dst + len);
-
-		if (clear) {
-			/* An unread event refuses the fill: we must not wait for it here. */
-			uhmm__nowait = 1;
-			ret = uhmm__uffd_copy_n(h->uffd, dst + *done, (const void *)(from + *done),
-						len - *done, false, &got);
-			uhmm__nowait = nowait;
-			uhmm__svc_eagain = svc_eagain || (ret == -EAGAIN && uhmm__in_svc);
-		}
-		uhmm__install_end(h);
-		*done += got;
-		if (!clear)
-			return -EAGAIN; /* the event first */
-		if (ret != -EAGAIN || uhmm__in_svc || nowait)
-			return ret;
-		sched_yield(); /* the service thread reads the event; look again */
-	}
-	return ret;
-}
-
 void uhmm_migrate_pages(struct uhmm_migrate *a)
 {
 	unsigned long n, i, j;
@@ -489,9 +454,9 @@ void uhmm_migrate_pages(struct uhmm_migrate *a)
 		     j++)
 			;
 		uintptr_t s0 = page_addr(a, i);
-		size_t done = 0;
-		int ret = install_home(a->h, s0, from, (j - i) << PAGE_SHIFT, &done);
-
+		size_t done;
+		int ret = uhmm__uffd_copy_n(a->h->uffd, s0, (const void *)from, (j - i) << PAGE_SHIFT,
+					    false, &done);
 		uhmm__trace("*copy-home", s0, done, (uint64_t)(int64_t)ret);
 
 		/*
