@@ -183,11 +183,15 @@ TEST(kernel_maps_unmanaged_memory)
 	uhmm_close(h);
 }
 
-/* Device memory full: what does not fit is mapped. */
+/*
+ * Device memory full: what does not fit is mapped. One device thread, for
+ * an exact count (see kernel_migrates_on_first_touch: with two, a page can
+ * come home under the other's fault-in and migrate again).
+ */
 TEST(kernel_full_device_maps_the_rest)
 {
 	struct uhmm *h = uhmm_test_open_migrating();
-	struct uhmm_sim *sim = sim_new(h, NPAGES / 4, 0, 0);
+	struct uhmm_sim *sim = sim_new(h, NPAGES / 4, 0, 1);
 	uint64_t *p = managed(h, NPAGES);
 	struct kargs a = { p, 1 };
 

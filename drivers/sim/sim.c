@@ -201,7 +201,7 @@ int sim_devmem_add(struct uhmm_sim *sim)
 {
 	UHMM_OPTS(uhmm_devmem_desc, desc, .type = UHMM_MEMORY_DEVICE_PRIVATE,
 		  .npages = sim->npages, .owner = sim, .ops = &sim_ops, .driver_data = sim,
-		  .name = sim->name);
+		  .name = sim->name, .flags = UHMM_DEVMEM_NONBLOCKING);
 
 	return uhmm_devmem_add(sim->h, &desc, &sim->dm);
 }
