@@ -2,7 +2,6 @@
 #include "harness.h"
 
 #include <fcntl.h>
-#include <grp.h>
 #include <limits.h>
 #include <stddef.h>
 #include <linux/audit.h>
@@ -588,12 +587,6 @@ TEST(strerror_has_words_for_every_code)
 
 /* ---- the rule: nothing leaves the CPU without a way home ---- */
 
-#define NOBODY 65534
-
-static long long unpriv_sysctl(void)
-{
-	return harness_read_long_file("/proc/sys/vm/unprivileged_userfaultfd", -1);
-}
 
 /* uhmm_strerror(@err) is non-empty and contains each of the (up to three) words of the fix. */
 static void check_names_fix(int err, const char *w1, const char *w2, const char *w3)
@@ -609,17 +602,11 @@ static void check_names_fix(int err, const char *w1, const char *w2, const char 
 			  s);
 }
 
-/* Root drops every privilege and becomes nobody; anyone else stays as they are. */
+/* uhmm_test_become_nobody, and say where we stand. */
 static void become_unprivileged(void)
 {
-	if (geteuid() == 0) {
-		CHECK_EQ(setgroups(0, NULL), 0);
-		CHECK_EQ(setresgid(NOBODY, NOBODY, NOBODY), 0);
-		CHECK_EQ(setresuid(NOBODY, NOBODY, NOBODY), 0);
-	}
-	CHECK_NE(geteuid(), 0);
-	CHECK_NE(getegid(), 0);
-	NOTE("uid %d, vm.unprivileged_userfaultfd = %lld", (int)geteuid(), unpriv_sysctl());
+	uhmm_test_become_nobody();
+	NOTE("uid %d, vm.unprivileged_userfaultfd = %lld", (int)geteuid(), uhmm_test_unpriv_sysctl());
 }
 
 /* Run @fn(@arg) in a forked child (which drops privilege itself): its failure fails the test, its skip skips it. */
@@ -648,7 +635,7 @@ static void check_refused_without(uint64_t mask)
 	uhmm_test_open_opts(&h, &o);
 	CHECK_EQ(uhmm_features(h) & mask, 0);
 	/* Without privilege and with the sysctl off, the handle is user-mode-only and says so. */
-	if (geteuid() != 0 && unpriv_sysctl() == 0)
+	if (geteuid() != 0 && uhmm_test_unpriv_sysctl() == 0)
 		CHECK_EQ(uhmm_features(h) & UHMM_FEAT_KERNEL_FAULTS, 0);
 	CHECK_EQ(uhmm_can_migrate(h), -EOPNOTSUPP);
 	check_names_fix(-EOPNOTSUPP, "kernel", "Linux 6.8", "uhmm info");
@@ -738,7 +725,7 @@ static void unprivileged_unmasked_part(void *arg)
 	uhmm_test_open(&h);
 	feat = uhmm_features(h);
 	NOTE("features 0x%llx, fault mode %d", (unsigned long long)feat, uhmm_fault_mode(h));
-	if (unpriv_sysctl() == 0)
+	if (uhmm_test_unpriv_sysctl() == 0)
 		CHECK_EQ(feat & UHMM_FEAT_KERNEL_FAULTS, 0);
 	CHECK_EQ(feat & UHMM_FEAT_EVENT_FORK, 0);
 	if (env && !strcmp(env, "thread"))

@@ -37,22 +37,37 @@ static void check_page(struct fx *f, size_t i)
 	CHECK_MEM(f->buf + i * PAGE, exp, PAGE);
 }
 
+/* Check pages [from, to) from the CPU in order; what it took: the handle's counters' growth. */
+static struct uhmm_stats sweep(struct fx *f, size_t from, size_t to)
+{
+	struct uhmm_stats s0 = hstats(f->h), s;
+
+	for (size_t i = from; i < to; i++)
+		check_page(f, i);
+	s = hstats(f->h);
+	s.faults -= s0.faults;
+	s.faults_device -= s0.faults_device;
+	s.pages_home -= s0.pages_home;
+	s.pages_out -= s0.pages_out;
+	s.zero_fills -= s0.zero_fills;
+	s.poisoned -= s0.poisoned;
+	s.events -= s0.events;
+	return s;
+}
+
 TEST(sequential_sweep_doubles_the_window_up_to_2mib)
 {
 	struct fx f;
-	struct uhmm_stats s0, s;
+	struct uhmm_stats d;
 
 	fx_setup(&f);
-	s0 = hstats(f.h);
-	for (size_t i = 0; i < NPAGES; i++)
-		check_page(&f, i);
-	s = hstats(f.h);
+	d = sweep(&f, 0, NPAGES);
 	/*
 	 * Windows 1, 2, 4, ..., 256 cover 511 pages of the first 2 MiB, then
 	 * one page to its boundary; the next 2 MiB: 512 (the stream continues).
 	 */
-	CHECK_EQ(s.pages_home - s0.pages_home, NPAGES);
-	CHECK_EQ(s.faults_device - s0.faults_device, 11);
+	CHECK_EQ(d.pages_home, NPAGES);
+	CHECK_EQ(d.faults_device, 11);
 	CHECK_EQ(dmstats(uhmm_sim_devmem(f.sim)).in_use, 0);
 	fx_teardown(&f);
 }
@@ -153,7 +168,7 @@ TEST(prefetch_policy_is_chosen_per_region)
 {
 	struct fx f;
 	struct uhmm_devmem *dm;
-	struct uhmm_stats s0, s;
+	struct uhmm_stats d;
 	static const struct uhmm_prefetch_policy bad = { .abi = 99, .window = four_pages };
 	static const struct uhmm_prefetch_policy nowin = { .abi = UHMM_PREFETCH_POLICY_ABI };
 
@@ -165,29 +180,20 @@ TEST(prefetch_policy_is_chosen_per_region)
 
 	/* None: one fault per page of a sweep. */
 	CHECK_EQ(uhmm_devmem_set_prefetch(dm, &uhmm_prefetch_none), 0);
-	s0 = hstats(f.h);
-	for (size_t i = 0; i < 64; i++)
-		check_page(&f, i);
-	s = hstats(f.h);
-	CHECK_EQ(s.faults_device - s0.faults_device, 64);
-	CHECK_EQ(s.pages_home - s0.pages_home, 64);
+	d = sweep(&f, 0, 64);
+	CHECK_EQ(d.faults_device, 64);
+	CHECK_EQ(d.pages_home, 64);
 
 	/* A custom window of four pages: one fault per four. */
 	CHECK_EQ(uhmm_devmem_set_prefetch(dm, &four), 0);
-	s0 = hstats(f.h);
-	for (size_t i = 64; i < 128; i++)
-		check_page(&f, i);
-	s = hstats(f.h);
-	CHECK_EQ(s.faults_device - s0.faults_device, 16);
-	CHECK_EQ(s.pages_home - s0.pages_home, 64);
+	d = sweep(&f, 64, 128);
+	CHECK_EQ(d.faults_device, 16);
+	CHECK_EQ(d.pages_home, 64);
 
 	/* Back to the default (adaptive): the rest of the first 2 MiB in few faults. */
 	CHECK_EQ(uhmm_devmem_set_prefetch(dm, NULL), 0);
-	s0 = hstats(f.h);
-	for (size_t i = 128; i < 512; i++)
-		check_page(&f, i);
-	s = hstats(f.h);
-	CHECK_EQ(s.pages_home - s0.pages_home, 384);
-	CHECK_LT(s.faults_device - s0.faults_device, 16);
+	d = sweep(&f, 128, 512);
+	CHECK_EQ(d.pages_home, 384);
+	CHECK_LT(d.faults_device, 16);
 	fx_teardown(&f);
 }

@@ -37,6 +37,7 @@
 #endif
 
 #include <errno.h>
+#include <grp.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
@@ -711,6 +712,63 @@ static inline struct uhmm *uhmm_test_open_migrating(void)
 	uhmm_test_open(&h);
 	uhmm_test_require_migrate(h);
 	return h;
+}
+
+/* The uid and gid the unprivileged tests take: nobody. */
+#define UHMM_TEST_NOBODY 65534
+
+static inline long long uhmm_test_unpriv_sysctl(void)
+{
+	return harness_read_long_file("/proc/sys/vm/unprivileged_userfaultfd", -1);
+}
+
+/* Root drops every privilege and becomes nobody; anyone else stays as they are. */
+static inline void uhmm_test_become_nobody(void)
+{
+	if (geteuid() == 0) {
+		CHECK_EQ(setgroups(0, NULL), 0);
+		CHECK_EQ(setresgid(UHMM_TEST_NOBODY, UHMM_TEST_NOBODY, UHMM_TEST_NOBODY), 0);
+		CHECK_EQ(setresuid(UHMM_TEST_NOBODY, UHMM_TEST_NOBODY, UHMM_TEST_NOBODY), 0);
+	}
+	CHECK_NE(geteuid(), 0);
+	CHECK_NE(getegid(), 0);
+}
+
+/*
+ * A test driver's migrate_to_ram: the faulting page alone comes home
+ * through @copy, the driver's own copy_from_device (the kernel drivers'
+ * pattern, without fault-around). @owner: the region's pgmap owner.
+ */
+static inline int uhmm_test_migrate_one_home(struct uhmm_fault *vmf, void *owner,
+					     int (*copy)(struct uhmm_devmem *, void *const *,
+							 struct uhmm_page *const *, unsigned long))
+{
+	uint64_t src[1], dst[1];
+	struct uhmm_migrate a = {
+		.h = vmf->h,
+		.start = vmf->address,
+		.end = vmf->address + PAGE,
+		.src = src,
+		.dst = dst,
+		.pgmap_owner = owner,
+		.flags = UHMM_MIGRATE_SELECT_DEVICE_PRIVATE,
+		.fault_page = vmf->page,
+	};
+	struct uhmm_page *page;
+	void *buf;
+	int ret = uhmm_migrate_setup(&a);
+
+	if (ret)
+		return ret;
+	page = uhmm_migrate_entry_page(src[0]);
+	if ((src[0] & UHMM_MIGRATE_MIGRATE) && page) {
+		buf = uhmm_migrate_sysbuf(&a, 0);
+		ret = copy(vmf->page->devmem, &buf, &page, 1);
+		dst[0] = ret ? 0 : UHMM_MIGRATE_VALID;
+	}
+	uhmm_migrate_pages(&a);
+	uhmm_migrate_finalize(&a);
+	return ret;
 }
 
 static inline struct uhmm_sim *uhmm_test_sim(struct uhmm *h, unsigned long npages)

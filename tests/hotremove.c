@@ -230,33 +230,8 @@ static int gated_copy_from_device(struct uhmm_devmem *dm, void *const *dst,
 
 static int gated_migrate_to_ram(struct uhmm_fault *vmf)
 {
-	struct uhmm_devmem *dm = vmf->page->devmem;
-	uint64_t src[1], dst[1];
-	struct uhmm_migrate a = {
-		.h = vmf->h,
-		.start = vmf->address,
-		.end = vmf->address + PAGE,
-		.src = src,
-		.dst = dst,
-		.pgmap_owner = uhmm_devmem_driver_data(dm),
-		.flags = UHMM_MIGRATE_SELECT_DEVICE_PRIVATE,
-		.fault_page = vmf->page,
-	};
-	struct uhmm_page *page;
-	void *buf;
-	int ret = uhmm_migrate_setup(&a);
-
-	if (ret)
-		return ret;
-	page = uhmm_migrate_entry_page(src[0]);
-	if ((src[0] & UHMM_MIGRATE_MIGRATE) && page) {
-		buf = uhmm_migrate_sysbuf(&a, 0);
-		ret = gated_copy_from_device(dm, &buf, &page, 1);
-		dst[0] = ret ? 0 : UHMM_MIGRATE_VALID;
-	}
-	uhmm_migrate_pages(&a);
-	uhmm_migrate_finalize(&a);
-	return ret;
+	return uhmm_test_migrate_one_home(vmf, uhmm_devmem_driver_data(vmf->page->devmem),
+					  gated_copy_from_device);
 }
 
 static const struct uhmm_devmem_ops gated_ops = {

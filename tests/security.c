@@ -10,7 +10,6 @@
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 
-#define NOBODY 65534
 #define NP 16
 
 /* A handle in use: a device, a range with pages on it. */
@@ -484,15 +483,15 @@ static void unprivileged_child(void *arg)
 
 	(void)arg;
 	if (getuid() != 0 && geteuid() != 0)
-		SKIP("not root: cannot switch to uid %d", NOBODY);
+		SKIP("not root: cannot switch to uid %d", UHMM_TEST_NOBODY);
 	CHECK_EQ(setgroups(0, NULL), 0);
-	CHECK_EQ(setresgid(NOBODY, NOBODY, NOBODY), 0);
-	CHECK_EQ(setresuid(NOBODY, NOBODY, NOBODY), 0);
-	CHECK_EQ(geteuid(), NOBODY);
+	CHECK_EQ(setresgid(UHMM_TEST_NOBODY, UHMM_TEST_NOBODY, UHMM_TEST_NOBODY), 0);
+	CHECK_EQ(setresuid(UHMM_TEST_NOBODY, UHMM_TEST_NOBODY, UHMM_TEST_NOBODY), 0);
+	CHECK_EQ(geteuid(), UHMM_TEST_NOBODY);
 	creds_of("/proc/self/status", &before);
 	fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | UFFD_USER_MODE_ONLY);
 	if (fd < 0)
-		SKIP("the kernel gives uid %d no userfaultfd at all: %s", NOBODY, strerror(errno));
+		SKIP("the kernel gives uid %d no userfaultfd at all: %s", UHMM_TEST_NOBODY, strerror(errno));
 	close(fd);
 
 	for (size_t i = 0; i < sizeof(modes) / sizeof(modes[0]); i++) {
@@ -503,12 +502,12 @@ static void unprivileged_child(void *arg)
 		if (r == -EOPNOTSUPP && modes[i] == UHMM_FAULT_SIGNAL)
 			continue; /* no UFFD_FEATURE_SIGBUS: not a question of privilege */
 		if (r) {
-			NOTE("as uid %d, uhmm_open in %s mode: %d (%s)", NOBODY, names[i], r,
+			NOTE("as uid %d, uhmm_open in %s mode: %d (%s)", UHMM_TEST_NOBODY, names[i], r,
 			     uhmm_strerror(r));
 			bad++;
 			continue;
 		}
-		NOTE("as uid %d, %s mode: %s mode in force, kernel-mode faults %s", NOBODY, names[i],
+		NOTE("as uid %d, %s mode: %s mode in force, kernel-mode faults %s", UHMM_TEST_NOBODY, names[i],
 		     uhmm_fault_mode(h) == UHMM_FAULT_SIGNAL ? "signal" : "thread",
 		     uhmm_features(h) & UHMM_FEAT_KERNEL_FAULTS ? "served" :
 								  "not served (user-mode-only)");
@@ -523,7 +522,7 @@ static void unprivileged_child(void *arg)
 	}
 	creds_of("/proc/self/status", &after);
 	check_same_creds(&before, &after, "the unprivileged child");
-	CHECK_EQ(geteuid(), NOBODY);
+	CHECK_EQ(geteuid(), UHMM_TEST_NOBODY);
 	CHECK_EQ(bad, 0);
 }
 

@@ -1,15 +1,6 @@
 /* unpriv: without privilege (user-mode-only userfaultfd) migration and the 64 MiB data tests work and system calls into device pages fail with EFAULT; with privilege they are served. */
 #include "harness.h"
 
-#include <grp.h>
-
-#define NOBODY 65534
-
-static long long unpriv_sysctl(void)
-{
-	return harness_read_long_file("/proc/sys/vm/unprivileged_userfaultfd", -1);
-}
-
 /* read(2) from a pipe holding @n bytes of @src into @dst; returns read's result, errno in *err. */
 static ssize_t read_from_pipe(void *dst, const void *src, size_t n, int *err)
 {
@@ -78,18 +69,6 @@ static void user_mode_only_checks(struct uhmm *h)
 	CHECK_EQ(uhmm_sim_destroy(sim), 0);
 }
 
-/* Root drops every privilege and becomes nobody; anyone else stays as they are. */
-static void become_unprivileged(void)
-{
-	if (geteuid() == 0) {
-		CHECK_EQ(setgroups(0, NULL), 0);
-		CHECK_EQ(setresgid(NOBODY, NOBODY, NOBODY), 0);
-		CHECK_EQ(setresuid(NOBODY, NOBODY, NOBODY), 0);
-	}
-	CHECK_NE(geteuid(), 0);
-	CHECK_NE(getegid(), 0);
-}
-
 /*
  * Run @fn without privilege: as root in a forked child that becomes nobody
  * (its failure fails the test, its skip skips it), otherwise right here.
@@ -111,12 +90,12 @@ static void run_unprivileged(void (*fn)(void *), void *arg)
 
 static void unprivileged_part(void *arg)
 {
-	long long sysctl = unpriv_sysctl();
+	long long sysctl = uhmm_test_unpriv_sysctl();
 	struct uhmm *h;
 	uint64_t feat;
 
 	(void)arg;
-	become_unprivileged();
+	uhmm_test_become_nobody();
 	NOTE("uid %d, vm.unprivileged_userfaultfd = %lld", (int)geteuid(), sysctl);
 
 	uhmm_test_open(&h);
@@ -166,11 +145,11 @@ struct data_fix {
 static void data_setup(struct data_fix *f, uint64_t seed, const char *what)
 {
 	UHMM_OPTS(uhmm_open_opts, o, .fault_window = 1);
-	long long sysctl = unpriv_sysctl();
+	long long sysctl = uhmm_test_unpriv_sysctl();
 	struct uhmm_stats s0;
 	void *p = NULL;
 
-	become_unprivileged();
+	uhmm_test_become_nobody();
 	NOTE("uid %d, vm.unprivileged_userfaultfd = %lld", (int)geteuid(), sysctl);
 	uhmm_test_open_opts(&f->h, &o);
 	NOTE("features 0x%llx, fault mode %d", (unsigned long long)uhmm_features(f->h),
