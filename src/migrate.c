@@ -8,8 +8,9 @@
  * CPU access (a touch now faults and waits for the page lock), and zero-copy.
  * Only pages that hold data move (pagemap says which; never ALLOW_SRC_HOLES,
  * see take_system); pagemap of the staging chunk then tells which pages
- * carried data, so empty pages reach the device without a CPU copy. Pages come home with UFFDIO_COPY from a bounce chunk, which also
- * wakes a waiting toucher. Both are batched over contiguous runs.
+ * carried data, so empty pages reach the device without a CPU copy. Pages
+ * come home with UFFDIO_COPY from a bounce chunk, which also wakes a waiting
+ * toucher. Both are batched over contiguous runs.
  */
 #include <errno.h>
 #include <sched.h>
