@@ -323,6 +323,65 @@ void uhmm__events_settle(struct uhmm *h, uintptr_t start, uintptr_t end)
 }
 
 /*
+ * Putting pages home (UFFDIO_COPY) must not cross a discard. The kernel
+ * zaps a discarded range only after the service thread has read the
+ * event; a page installed between that read and the zap is zapped, but one
+ * installed after the zap would bring back data the program threw away.
+ * So: while a thread installs, the service thread reads no event (the
+ * kernel refuses the fill with EAGAIN while one is unread), and the events
+ * read before are seen here, pending until handled. Returns false when one
+ * of them changes [start, end): leave the pages where they are and let the
+ * event decide. Always pair with uhmm__install_end; never wait for an
+ * event in between (uhmm__nowait). Async-signal-safe.
+ */
+bool uhmm__install_begin(struct uhmm *h, uintptr_t start, uintptr_t end)
+{
+	/*
+	 * The service thread goes first: it flags a read, waits for the
+	 * installs under way (one UFFDIO_COPY each, at most 2 MiB), and new
+	 * ones wait for its read to end. Short; spin first.
+	 */
+	for (;;) {
+		atomic_fetch_add(&h->installing, 1);
+		if (uhmm__in_svc || !atomic_load(&h->reading))
+			break;
+		atomic_fetch_sub(&h->installing, 1);
+		for (int i = 0; atomic_load(&h->reading); i++) {
+			if (i < 200)
+				__builtin_ia32_pause();
+			else
+				sched_yield();
+		}
+	}
+	return !pev_overlaps(h, start, end);
+}
+
+void uhmm__install_end(struct uhmm *h)
+{
+	atomic_fetch_sub(&h->installing, 1);
+}
+
+/*
+ * After uhmm__install_end, when the fill was refused (an event unread): let
+ * the service thread read before the next try. Taking the gate again at
+ * once would keep it from ever reading. Bounded: the event may have been
+ * read already, and then nothing more comes.
+ */
+void uhmm__install_wait_read(struct uhmm *h, unsigned int seq)
+{
+	/*
+	 * Then try at once: another event (a thread in an mremap loop) may
+	 * come a few microseconds later, and refuse the fill again.
+	 */
+	for (int i = 0; i < 2000 && atomic_load(&h->read_seq) == seq; i++) {
+		if (i < 200)
+			__builtin_ia32_pause();
+		else
+			sched_yield();
+	}
+}
+
+/*
  * Wait until every unmap/remap event the kernel has begun for this
  * userfaultfd is read and handled. The kernel counts them from before the
  * address space changes until the event is read (its mmap_changing), and
@@ -630,7 +689,62 @@ struct work {
 	int pev;           /* an event's slot in h->pev, or -1 */
 	_Atomic uint64_t *nwords; /* remap: the new range's words */
 	size_t nlen;
+	uintptr_t zap_at;  /* remove: how far the kernel's zap is seen done */
+	int64_t zap_since; /* remove: since when it waits for the zap (ns) */
 };
+
+/*
+ * Whether the kernel has zapped the discarded range [wk->zap_at, wk->b). It
+ * zaps only after this thread has read the event, so for a moment the pages
+ * are still there, and a migration that took one then would carry its data
+ * past the zap (the page would come back with it). So a discard waits for
+ * its zap before its pages' states change, and until then it is pending:
+ * migrations do not begin there (uhmm__events_settle), pages go home only
+ * past uhmm__install_begin, a fault there waits behind it. Nothing but the
+ * zap changes the pages meanwhile. Bounded all the same: MADV_FREE sends
+ * the same event and zaps nothing (its pages stay until reclaim, and either
+ * content is right), and a zero page a fault installed just before the
+ * event was filed stays too. So after ZAP_WAIT_NS in which no page of the
+ * range went, the rest is taken as it is.
+ */
+#define ZAP_WAIT_NS (20 * 1000 * 1000LL)
+
+static bool zapped(struct uhmm *h, struct work *wk)
+{
+	unsigned char *vec = h->zap_vec;
+	struct timespec ts;
+	int64_t now;
+
+	if (!wk->zap_at)
+		wk->zap_at = wk->a;
+	for (int spin = 0; wk->zap_at < wk->b;) {
+		unsigned long n = (wk->b - wk->zap_at) >> PAGE_SHIFT, i;
+
+		if (n > ZAP_VEC)
+			n = ZAP_VEC;
+		if (uhmm__pages_with_data(wk->zap_at, n, vec))
+			return true; /* cannot tell: do not wait */
+		for (i = 0; i < n && !(vec[i] & 1); i++)
+			;
+		wk->zap_at += i << PAGE_SHIFT;
+		if (i)
+			wk->zap_since = 0; /* the zap is under way: wait on */
+		if (i < n) {
+			if (spin++ < 16) {
+				sched_yield(); /* the zap comes a moment after the read */
+				continue;
+			}
+			clock_gettime(CLOCK_MONOTONIC, &ts);
+			now = (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+			if (!wk->zap_since)
+				wk->zap_since = now;
+			if (now - wk->zap_since < ZAP_WAIT_NS)
+				return false;
+			wk->zap_at = wk->b; /* no zap is coming: give up on the rest */
+		}
+	}
+	return true;
+}
 
 #define MAX_WORK 1024
 
@@ -867,6 +981,8 @@ static int event_try(struct uhmm *h, struct work *wk)
 	case WK_UNMAP:
 		if (wk->type == WK_UNMAP && wk->at == wk->a && absorb_take(h, wk->a, wk->b))
 			return 0;
+		if (wk->type == WK_REMOVE && !zapped(h, wk))
+			return -EAGAIN; /* looked at again within a millisecond */
 		streams_forget(h->streams, wk->a, wk->b);
 		streams_forget(h->zstreams, wk->a, wk->b);
 		uhmm__rd_enter(h);
@@ -1161,6 +1277,18 @@ static void *svc_main(void *arg)
 
 			/* An event's thread runs again inside read(): flag it before. */
 			atomic_store(&h->reading, 1);
+			/*
+			 * Pages going home look at the events read so far: the
+			 * installs under way end first (new ones wait for this
+			 * read), so none crosses an event read in between.
+			 */
+			for (int i = 0; atomic_load(&h->installing); i++) {
+				if (i < 200)
+					__builtin_ia32_pause();
+				else
+					sched_yield();
+			}
+			atomic_fetch_add(&h->read_seq, 1);
 			got = read(h->uffd, msgs, sizeof(msgs));
 			for (size_t i = 0; got > 0 && i < (size_t)got / sizeof(msgs[0]); i++)
 				work_add(h, q, &nq, &msgs[i]);

@@ -167,6 +167,8 @@ struct stream {
 	atomic_ulong window;    /* its window, before clipping */
 };
 
+#define ZAP_VEC 512 /* pages of a discard looked at in one pagemap read */
+
 struct uhmm {
 	int uffd;
 	int uffd_stg; /* a second userfaultfd, without events, for the staging pool */
@@ -197,6 +199,7 @@ struct uhmm {
 	struct pool staging; /* registered: UFFDIO_MOVE destinations */
 	struct pool bounce;  /* unregistered: data on its way home */
 	char *svc_bounce;    /* the service thread's own bounce chunk */
+	unsigned char zap_vec[ZAP_VEC]; /* the service thread's look at pages a discard zaps */
 	char *zero_page;
 
 	/* Fault workers (thread mode): faults on device pages, served off the service thread. */
@@ -244,6 +247,8 @@ struct uhmm {
 	} pev[MAX_PEV];
 	atomic_int pev_overflow; /* events in hand without a slot: they hold up everyone */
 	atomic_int reading;        /* the service thread is inside read(2) of the uffd */
+	atomic_int installing;     /* threads putting pages home: the service thread reads no event */
+	atomic_uint read_seq;      /* the service thread's reads of the uffd, counted */
 
 	/* Recency for eviction, and the thrashing control (policy.c). */
 	_Atomic uint64_t tick;
@@ -359,6 +364,9 @@ int uhmm__for_each_word(struct uhmm *h, uintptr_t at, uintptr_t end,
 			int (*fn)(struct uhmm *, struct range *, uintptr_t, void *), void *arg);
 void uhmm__svc_kick(struct uhmm *h);
 void uhmm__events_settle(struct uhmm *h, uintptr_t start, uintptr_t end);
+bool uhmm__install_begin(struct uhmm *h, uintptr_t start, uintptr_t end);
+void uhmm__install_end(struct uhmm *h);
+void uhmm__install_wait_read(struct uhmm *h, unsigned int seq);
 void uhmm__events_drain(struct uhmm *h, uintptr_t addr);
 /*
  * What the events read and not yet handled did to @addr (a migration putting

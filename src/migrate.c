@@ -414,6 +414,48 @@ static void wake_run(struct uhmm_migrate *a, uintptr_t s, uintptr_t e)
 	}
 }
 
+/*
+ * UFFDIO_COPY of @len bytes from @from to @dst, never across a discard
+ * (uhmm__install_begin): an event read and not yet handled over the rest
+ * stops it with -EAGAIN, the pages staying where they are. *@done: bytes
+ * installed from @dst on.
+ */
+#define INSTALL_CHUNK (2UL << 20)
+
+static int install_home(struct uhmm *h, uintptr_t dst, uintptr_t from, size_t len, size_t *done)
+{
+	int ret = 0;
+
+	*done = 0;
+	while (*done < len) {
+		int nowait = uhmm__nowait, svc_eagain = uhmm__svc_eagain;
+		size_t got = 0;
+		/* The service thread waits for the gate: hold it for one 2 MiB copy at most. */
+		size_t chunk = len - *done < INSTALL_CHUNK ? len - *done : INSTALL_CHUNK;
+		bool clear = uhmm__install_begin(h, dst + *done, dst + *done + chunk);
+		unsigned int seq = atomic_load(&h->read_seq); /* no read while we hold the gate */
+
+		if (clear) {
+			/* An unread event refuses the fill: we must not wait for it here. */
+			uhmm__nowait = 1;
+			ret = uhmm__uffd_copy_n(h->uffd, dst + *done, (const void *)(from + *done),
+						chunk, false, &got);
+			uhmm__nowait = nowait;
+			uhmm__svc_eagain = svc_eagain || (ret == -EAGAIN && uhmm__in_svc);
+		}
+		uhmm__install_end(h);
+		*done += got;
+		if (!clear)
+			return -EAGAIN; /* the event first */
+		if (!ret)
+			continue;
+		if (ret != -EAGAIN || uhmm__in_svc || nowait)
+			return ret;
+		uhmm__install_wait_read(h, seq); /* the service thread reads the event; look again */
+	}
+	return ret;
+}
+
 void uhmm_migrate_pages(struct uhmm_migrate *a)
 {
 	unsigned long n, i, j;
@@ -455,9 +497,9 @@ void uhmm_migrate_pages(struct uhmm_migrate *a)
 		     j++)
 			;
 		uintptr_t s0 = page_addr(a, i);
-		size_t done;
-		int ret = uhmm__uffd_copy_n(a->h->uffd, s0, (const void *)from, (j - i) << PAGE_SHIFT,
-					    false, &done);
+		size_t done = 0;
+		int ret = install_home(a->h, s0, from, (j - i) << PAGE_SHIFT, &done);
+
 		uhmm__trace("*copy-home", s0, done, (uint64_t)(int64_t)ret);
 
 		/*
