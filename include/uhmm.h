@@ -405,6 +405,8 @@ enum uhmm_page_state {
 	UHMM_PAGE_SYSTEM = 2, /* in system memory */
 	UHMM_PAGE_DEVICE = 3, /* in a device's private memory */
 	UHMM_PAGE_POISON = 4, /* lost with a failed device: SIGBUS on touch */
+	UHMM_PAGE_DUPLICATED = 5, /* in system memory, write-protected, with a
+				     read-only copy on a device (uhmm_duplicate) */
 };
 
 /**
@@ -427,6 +429,8 @@ UHMM_API int uhmm_page_state(struct uhmm *h, const void *addr);
  *                 (fault-around, up to 64 pages; an isolated touch fills one).
  * @poisoned:      pages poisoned because their device failed.
  * @events:        unmap, remove and remap events handled.
+ * @dup_writes:    CPU writes to duplicated pages (uhmm_duplicate) that ended
+ *                 the duplication: the device's copy was dropped first.
  */
 struct uhmm_stats {
 	size_t sz;
@@ -437,6 +441,7 @@ struct uhmm_stats {
 	uint64_t zero_fills;
 	uint64_t poisoned;
 	uint64_t events;
+	uint64_t dup_writes;
 };
 
 /**

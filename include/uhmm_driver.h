@@ -229,6 +229,10 @@ UHMM_API struct uhmm_page *uhmm_devmem_page(struct uhmm_devmem *dm, unsigned lon
  * @prefetched: pages moved into it by uhmm_prefetch*().
  * @evictions:  pages evicted home to make room.
  * @thrash_events: pages pinned on the CPU because they bounced (uhmm_set_thrash).
+ * @duplicates: pages now holding read-only copies of system pages (uhmm_duplicate).
+ * @pages_duplicated: copies made, over time.
+ * @dup_drops:  copies dropped because someone wrote the page (or it moved, was
+ *              discarded, forked, or the region left).
  */
 struct uhmm_devmem_stats {
 	size_t sz;
@@ -245,6 +249,9 @@ struct uhmm_devmem_stats {
 	uint64_t prefetched;
 	uint64_t evictions;
 	uint64_t thrash_events;
+	uint64_t duplicates;
+	uint64_t pages_duplicated;
+	uint64_t dup_drops;
 };
 
 /** uhmm_devmem_stats() - read a region's counters. Return: 0, or -EINVAL, -E2BIG. */
@@ -486,6 +493,33 @@ static inline uint64_t uhmm_migrate_dst_device(struct uhmm_page *page)
  */
 UHMM_API int uhmm_migrate_to_device(struct uhmm_devmem *dm, void *addr, size_t len);
 
+/**
+ * uhmm_duplicate() - read duplication: give @dm read-only copies of the
+ * system pages of [addr, addr + len) while the CPU keeps its own.
+ * @dm: device-private memory. @addr, @len: a page-aligned managed range.
+ *
+ * Each page that can be copied ends in state UHMM_PAGE_DUPLICATED: its data
+ * in system memory, write-protected (UFFDIO_WRITEPROTECT), and a copy in a
+ * device page of @dm, which uhmm_range_fault() reports to @dm's owner as a
+ * device-private page without UHMM_PFN_WRITE (other devices see the system
+ * page, read-only). CPU reads cost nothing. A write by anyone ends the
+ * duplication before it lands: a CPU write faults, every device is told
+ * (UHMM_NOTIFY_UNDUPLICATE) and drops its translation, the copy is freed,
+ * the write goes on; a device asks for write access through
+ * uhmm_range_fault(), which does the same. Discard, unmap, mremap, fork,
+ * migration of the page and uhmm_devmem_remove() drop the copy too.
+ * Pages on @dm are duplicated where they are (they come home too); pages
+ * on other devices, and pages already duplicated on @dm, are left alone.
+ * Read duplication needs write-protect faults on anonymous memory
+ * (UHMM_FEAT_WP). In signal mode a kernel-mode write to a duplicated page
+ * (read(2) into it, say) fails with EFAULT, as for a device-resident page.
+ *
+ * Return: pages newly duplicated (0 when none could be), or -EINVAL (NULL,
+ * not device-private, unaligned), -ENOENT (not managed), -EOPNOTSUPP (no
+ * write-protection for this handle's memory), -ENODEV (region removed).
+ */
+UHMM_API int uhmm_duplicate(struct uhmm_devmem *dm, void *addr, size_t len);
+
 /* --- Interval notifiers (the kernel's mmu_interval_notifier) --- */
 
 /* Why the CPU side of a range changes. */
@@ -497,6 +531,7 @@ enum uhmm_notify_event {
 	UHMM_NOTIFY_UNMANAGE,  /* uhmm_unmanage/uhmm_close: the range leaves uhmm */
 	UHMM_NOTIFY_FORK,      /* fork: pages come home and become copy-on-write */
 	UHMM_NOTIFY_EXCLUSIVE, /* reserved, not sent: exclusive access is a migration (see uhmm_sim) */
+	UHMM_NOTIFY_UNDUPLICATE, /* read-only copies of the range (uhmm_duplicate) are dropped */
 };
 
 /*

@@ -126,6 +126,8 @@ UHMM_API int uhmm_sim_clear_faults(struct uhmm_sim *sim);
  *                fell back to base pages (the kernel's THP fallback).
  * @alloc_failures: device pages that could not be allocated (memory full, or
  *                FAIL_ALLOC consumed by a base page).
+ * @fault_duplicated: system pages a device read of READ_MOSTLY memory copied
+ *                to the device (uhmm_duplicate) instead of mapping them.
  */
 struct uhmm_sim_stats {
 	size_t sz;
@@ -145,6 +147,7 @@ struct uhmm_sim_stats {
 	uint64_t migrated_from;
 	uint64_t alloc_fallbacks;
 	uint64_t alloc_failures;
+	uint64_t fault_duplicated;
 };
 
 /** uhmm_sim_stats() - read the device's counters. Return: 0, or -EINVAL, -E2BIG. */

@@ -218,7 +218,8 @@ int uhmm_devmem_remove(struct uhmm_devmem *dm)
 	 * left; the state words are the truth, the descriptors say where to look.
 	 */
 	while (!atomic_load(&h->closed) && atomic_load(&dm->in_use)) {
-		for (unsigned long i = 0; i < dm->npages && atomic_load(&dm->resident); i++) {
+		for (unsigned long i = 0;
+		     i < dm->npages && (atomic_load(&dm->resident) || atomic_load(&dm->dups)); i++) {
 			uintptr_t a = uhmm_page_addr(&dm->pages[i]);
 			unsigned long p = 0;
 
@@ -304,6 +305,9 @@ int uhmm_devmem_stats(struct uhmm_devmem *dm, struct uhmm_devmem_stats *st)
 	s.prefetched = (uint64_t)atomic_load(&dm->st_prefetched);
 	s.evictions = (uint64_t)atomic_load(&dm->st_evictions);
 	s.thrash_events = (uint64_t)atomic_load(&dm->st_thrash);
+	s.duplicates = (uint64_t)atomic_load(&dm->dups);
+	s.pages_duplicated = (uint64_t)atomic_load(&dm->st_duplicated);
+	s.dup_drops = (uint64_t)atomic_load(&dm->st_dup_drops);
 	memcpy(st, &s, sz < sizeof(s) ? sz : sizeof(s));
 	st->sz = sz;
 	return 0;

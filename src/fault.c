@@ -20,19 +20,49 @@
 #include "internal.h"
 
 
-/* Release what a state word holds (its device page); the word is the caller's. */
+/* Release what a state word holds (its device page or copy); the word is the caller's. */
 void uhmm__release_word(struct uhmm *h, uint64_t w)
 {
 	struct uhmm_page *page;
 
-	if (w_kind(w) != W_DEVICE)
+	if (!w_has_page(w))
 		return;
 	page = uhmm__word_page(h, w);
 	if (!page)
 		return;
-	atomic_fetch_sub(&page->devmem->resident, 1);
+	if (w_kind(w) == W_DUP) {
+		atomic_fetch_sub(&page->devmem->dups, 1);
+		atomic_fetch_add(&page->devmem->st_dup_drops, 1);
+	} else {
+		atomic_fetch_sub(&page->devmem->resident, 1);
+	}
 	uhmm__page_set_addr(page, 0);
 	uhmm_page_put(page);
+}
+
+/*
+ * End read duplication of the page at @addr, whose word @w (holding @v,
+ * W_DUP) the caller holds locked: devices drop their translations of the
+ * copy, the word becomes W_CPU (the bounce history kept; still locked)
+ * before the invalidation ends, so that no device fault can find the copy
+ * again, the copy is freed, and the CPU's page may be written again. @wake: wake a toucher waiting on its
+ * write-protect fault (else the caller does, once the page is unlocked).
+ * Should lifting the protection fail (an event under way, -EAGAIN for the
+ * service thread), the next write faults and finds a W_CPU page still
+ * protected: uhmm__serve lifts it then. Async-signal-safe.
+ */
+uint64_t uhmm__dup_drop(struct uhmm *h, _Atomic uint64_t *w, uintptr_t addr, uint64_t v,
+			bool wake)
+{
+	bool inv = uhmm__invalidate_start(h, addr, addr + PAGE_SIZE, UHMM_NOTIFY_UNDUPLICATE, NULL);
+	uint64_t nv = W_CPU | (v & W_THRASH_MASK);
+
+	uhmm__word_set_locked(w, nv);
+	uhmm__release_word(h, v);
+	uhmm__invalidate_end(h, inv);
+	uhmm__uffd_unprotect(h->uffd, addr, PAGE_SIZE, wake);
+	uhmm__trace("dup-drop", addr, v, 0);
+	return nv;
 }
 
 /* Append @v in @base to @s at *n (async-signal-safe). */
@@ -440,6 +470,7 @@ again:
 	switch (w_kind(v)) {
 	case W_CPU:
 		/* A hole: its content is zeros. A write gets a private page at once. */
+		uhmm__fill_exists = 0;
 		if (write)
 			ret = uhmm__uffd_copy(h->uffd, addr, h->zero_page, PAGE_SIZE, false);
 		else
@@ -447,8 +478,26 @@ again:
 		uhmm__trace("zero-fill", addr, write, (uint64_t)ret);
 		if (ret == -EAGAIN)
 			break;
+		if (uhmm__fill_exists) {
+			/*
+			 * Present: a write-protect fault on a page whose copy
+			 * is gone and whose protection stayed (see
+			 * uhmm__dup_drop), or a fill that raced ours. Lift it.
+			 */
+			if (atomic_load(&h->wp) &&
+			    uhmm__uffd_unprotect(h->uffd, addr, PAGE_SIZE, false) == -EAGAIN) {
+				ret = -EAGAIN;
+				break;
+			}
+			break;
+		}
 		UHMM_STAT_ADD(h, zero_fills, 1);
 		zero_around(h, r, addr);
+		break;
+	case W_DUP:
+		/* A write to a duplicated page: the device's copy goes first. */
+		nv = uhmm__dup_drop(h, w, addr, v, false);
+		UHMM_STAT_ADD(h, dup_writes, 1);
 		break;
 	case W_POISON:
 		/* Counted when poisoned. A marker already there: the toucher's SIGBUS is real. */
@@ -668,6 +717,15 @@ static int remap_one(struct uhmm *h, struct range *r, uintptr_t addr, void *arg)
 
 		if (page)
 			uhmm__page_set_addr(page, naddr);
+	}
+	if (w_kind(v) == W_DUP) {
+		/*
+		 * The copy is not worth following: devices dropped the old
+		 * side already. The page at the new address keeps its
+		 * protection until its first write (uhmm__serve lifts it).
+		 */
+		uhmm__release_word(h, v);
+		v = W_CPU | (v & W_THRASH_MASK);
 	}
 	atomic_store(&ra->nwords[(naddr - ra->to) >> PAGE_SHIFT], v);
 	uhmm__unlock(w, W_CPU);

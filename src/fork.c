@@ -368,9 +368,19 @@ static int child_serve(struct uhmm *h, struct child *c, uintptr_t addr)
 		return child_fill(h, c, e);
 	}
 	/* A hole at fork (or discarded since): zeros, as in the parent. */
+	uhmm__fill_exists = 0;
 	ret = uhmm__uffd_zeropage(c->uffd, addr, PAGE_SIZE, true);
 	if (ret == -EAGAIN)
 		return ret;
+	if (uhmm__fill_exists) {
+		/*
+		 * Present: a write to a page the parent had duplicated at
+		 * fork (its write-protection came along). The child has no
+		 * copy to drop; lift the protection.
+		 */
+		return uhmm__uffd_unprotect(c->uffd, addr, PAGE_SIZE, true) == -EAGAIN ? -EAGAIN :
+											  0;
+	}
 	UHMM_STAT_ADD(h, zero_fills, 1);
 	return 0;
 }

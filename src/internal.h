@@ -52,6 +52,12 @@
 #define W_CPU 0ULL    /* on the CPU: present, or a hole (reads zeros) */
 #define W_DEVICE 1ULL /* in device memory: slot and pfn below */
 #define W_POISON 2ULL /* lost with a failed device: SIGBUS on touch */
+/*
+ * On the CPU, present and write-protected (uffd-wp), with a read-only copy
+ * in device memory (slot and pfn below): read duplication (uhmm_duplicate).
+ * A write by anyone drops the copy first (uhmm__dup_drop).
+ */
+#define W_DUP 3ULL
 #define W_LOCKED 0x4ULL
 #define W_WAITERS 0x8ULL
 #define W_SLOT_SHIFT 16
@@ -88,6 +94,12 @@ static inline unsigned long w_pfn(uint64_t w)
 static inline uint64_t w_device(unsigned slot, unsigned long pfn)
 {
 	return W_DEVICE | ((uint64_t)slot << W_SLOT_SHIFT) | ((uint64_t)pfn << W_PFN_SHIFT);
+}
+
+/* Whether the word names a device page: its data (W_DEVICE) or a read-only copy (W_DUP). */
+static inline bool w_has_page(uint64_t w)
+{
+	return w_kind(w) == W_DEVICE || w_kind(w) == W_DUP;
 }
 
 /* Counters of one managed range (uhmm_range_stats). */
@@ -148,12 +160,14 @@ struct uhmm_devmem {
 	_Atomic uint64_t free_head; /* (tag << 32) | (index + 1); 0: empty */
 	atomic_long in_use;
 	atomic_long resident;
+	atomic_long dups; /* pages holding read-only copies (W_DUP) */
 	atomic_long page_frees;
 	atomic_int dying;
 	struct owner_acct *acct;
 	_Atomic(const struct uhmm_evict_policy *) evict;
 	_Atomic(const struct uhmm_prefetch_policy *) prefetch;
 	atomic_long st_faults, st_to, st_from, st_prefetched, st_evictions, st_thrash;
+	atomic_long st_duplicated, st_dup_drops;
 };
 
 #define NSTREAMS 16
@@ -178,6 +192,7 @@ struct uhmm {
 	unsigned nomem_wait_ms; /* how long a fault waits for memory to bring a page home */
 	uint64_t uffd_feats; /* the kernel features negotiated */
 	uint64_t uffd_ioctls;
+	atomic_bool wp; /* managed ranges are registered for write-protection too (read duplication) */
 
 	pthread_mutex_t lock;
 	_Atomic(struct rtab *) rtab;
@@ -269,7 +284,7 @@ struct uhmm {
 
 	struct {
 		atomic_ulong faults, faults_device, pages_home, pages_out, zero_fills, poisoned,
-			events;
+			events, dup_writes;
 	} st;
 };
 
@@ -327,6 +342,8 @@ extern __thread int uhmm__nowait __attribute__((tls_model("initial-exec")));
  * or munmap event will carry or free the page), 0 (no install failed).
  */
 extern __thread int uhmm__fill_err __attribute__((tls_model("initial-exec")));
+/* Set by a zero fill or copy that found the page already present (EEXIST). */
+extern __thread int uhmm__fill_exists __attribute__((tls_model("initial-exec")));
 extern int uhmm__kick_fd;
 void uhmm__kick_init(void);
 
@@ -341,7 +358,9 @@ int uhmm__uffd_register(struct uhmm *h, uintptr_t start, size_t len);
 int uhmm__uffd_copy(int uffd, uintptr_t dst, const void *src, size_t len, bool wake);
 int uhmm__uffd_copy_n(int uffd, uintptr_t dst, const void *src, size_t len, bool wake,
 		      size_t *donep);
+int uhmm__uffd_copy_wp_n(int uffd, uintptr_t dst, const void *src, size_t len, size_t *donep);
 int uhmm__uffd_zeropage(int uffd, uintptr_t dst, size_t len, bool wake);
+int uhmm__uffd_unprotect(int uffd, uintptr_t dst, size_t len, bool wake);
 int uhmm__uffd_poison(int uffd, uintptr_t dst, size_t len, bool wake);
 long uhmm__uffd_move(int uffd, uintptr_t dst, uintptr_t src, size_t len);
 void uhmm__uffd_wake(int uffd, uintptr_t start, size_t len);
@@ -380,6 +399,8 @@ int uhmm__svc_start(struct uhmm *h);
 void uhmm__svc_stop(struct uhmm *h);
 int uhmm__sync(struct uhmm *h);
 void uhmm__release_word(struct uhmm *h, uint64_t w);
+uint64_t uhmm__dup_drop(struct uhmm *h, _Atomic uint64_t *w, uintptr_t addr, uint64_t v,
+			bool wake);
 
 static inline void uhmm__page_set_addr(struct uhmm_page *page, uintptr_t addr)
 {

@@ -29,14 +29,17 @@
 #define S_DONE S_AUX
 #define S_SHARED S_AUX
 
-/* Internal selection flag: any owner (the core's own helpers). */
+/* Internal selection flags: any owner (the core's own helpers). */
 #define SELECT_ANY_OWNER (1U << 30)
+/* Leave duplicated pages of this device (or owner) duplicated (uhmm_duplicate). */
+#define SELECT_KEEP_DUP (1U << 29)
 
 enum { P_STAGING, P_BOUNCE, P_RANGE, P_STATE, P_ONLY, P_FAULT };
 /* priv[P_STATE] bits */
 #define ST_SETUP 1UL /* between setup and finalize */
 #define ST_INV 2UL   /* an invalidation was started: finalize ends it */
 #define ST_OUT 4UL   /* counted as a migration to a device (a fork waits for it) */
+#define ST_DUP 8UL   /* device to system keeps the device page as a read-only copy */
 
 static uintptr_t page_addr(const struct uhmm_migrate *a, unsigned long i)
 {
@@ -235,7 +238,7 @@ int uhmm_migrate_setup(struct uhmm_migrate *a)
 	dev = a->flags & UHMM_MIGRATE_SELECT_DEVICE_PRIVATE;
 	if (((a->start | a->end) & ~PAGE_MASK) || a->start >= a->end || (!sys && !dev) ||
 	    (a->flags & ~(UHMM_MIGRATE_SELECT_SYSTEM | UHMM_MIGRATE_SELECT_DEVICE_PRIVATE |
-			  SELECT_ANY_OWNER)))
+			  SELECT_ANY_OWNER | SELECT_KEEP_DUP)))
 		return -EINVAL;
 	n = (a->end - a->start) >> PAGE_SHIFT;
 	if (n > UHMM_MIGRATE_MAX_PAGES)
@@ -291,11 +294,33 @@ int uhmm_migrate_setup(struct uhmm_migrate *a)
 			continue;
 		}
 		/* Look before locking: untouched words stay untouched. */
-		if (!(sys && w_kind(v) == W_CPU) && !(dev && w_kind(v) == W_DEVICE))
+		if (!(sys && w_kind(v) == W_CPU) && !(dev && w_kind(v) == W_DEVICE) &&
+		    w_kind(v) != W_DUP)
 			continue;
 		if (!uhmm__trylock(w, &v)) {
 			a->src[i] = UHMM_MIGRATE_BUSY;
 			continue;
+		}
+		if (w_kind(v) == W_DUP) {
+			/*
+			 * A duplicated page: its data is home already. Taking
+			 * it away, or bringing home (evicting) its copy's
+			 * region, ends the duplication; otherwise it stays.
+			 */
+			page = uhmm__word_page(h, v);
+			if ((a->flags & SELECT_KEEP_DUP) && page &&
+			    (only ? page->devmem == only : page->owner == a->pgmap_owner)) {
+				uhmm__unlock(w, v);
+				continue;
+			}
+			if (sys || (page && (!only || page->devmem == only) &&
+				    ((a->flags & SELECT_ANY_OWNER) || page->owner == a->pgmap_owner))) {
+				v = uhmm__dup_drop(h, w, page_addr(a, i), v, true);
+			}
+			if (!sys || w_kind(v) != W_CPU) {
+				uhmm__unlock(w, v);
+				continue;
+			}
 		}
 		if (sys && w_kind(v) == W_CPU) {
 			/* A page pinned for thrashing stays; devices reach it where it is. */
@@ -399,6 +424,24 @@ static void commit_system(struct uhmm_migrate *a, unsigned long i)
 	uhmm__trace("commit-sys", page_addr(a, i), old, 0);
 }
 
+/*
+ * Page i is home, write-protected, and its device page stays as a read-only
+ * copy (uhmm_duplicate): W_DUP, the same device page.
+ */
+static void commit_dup(struct uhmm_migrate *a, unsigned long i)
+{
+	_Atomic uint64_t *w = mig_word(a, i);
+	uint64_t old = atomic_load(w);
+	struct uhmm_page *page = uhmm__word_page(a->h, old);
+
+	atomic_fetch_sub(&page->devmem->resident, 1);
+	atomic_fetch_add(&page->devmem->dups, 1);
+	atomic_fetch_add(&page->devmem->st_duplicated, 1);
+	uhmm__word_set_locked(w, (old & ~W_KIND_MASK) | W_DUP);
+	a->src[i] |= S_DONE;
+	uhmm__trace("commit-dup", page_addr(a, i), old, 0);
+}
+
 /* Wake touchers of [s, e); the fault path wakes its own toucher once its page is unlocked. */
 static void wake_run(struct uhmm_migrate *a, uintptr_t s, uintptr_t e)
 {
@@ -422,7 +465,8 @@ static void wake_run(struct uhmm_migrate *a, uintptr_t s, uintptr_t e)
  */
 #define INSTALL_CHUNK (2UL << 20)
 
-static int install_home(struct uhmm *h, uintptr_t dst, uintptr_t from, size_t len, size_t *done)
+static int install_home(struct uhmm *h, uintptr_t dst, uintptr_t from, size_t len, size_t *done,
+			bool wp)
 {
 	int ret = 0;
 
@@ -438,8 +482,11 @@ static int install_home(struct uhmm *h, uintptr_t dst, uintptr_t from, size_t le
 		if (clear) {
 			/* An unread event refuses the fill: we must not wait for it here. */
 			uhmm__nowait = 1;
-			ret = uhmm__uffd_copy_n(h->uffd, dst + *done, (const void *)(from + *done),
-						chunk, false, &got);
+			ret = wp ? uhmm__uffd_copy_wp_n(h->uffd, dst + *done,
+							(const void *)(from + *done), chunk, &got) :
+				   uhmm__uffd_copy_n(h->uffd, dst + *done,
+						     (const void *)(from + *done), chunk, false,
+						     &got);
 			uhmm__nowait = nowait;
 			uhmm__svc_eagain = svc_eagain || (ret == -EAGAIN && uhmm__in_svc);
 		}
@@ -498,7 +545,13 @@ void uhmm_migrate_pages(struct uhmm_migrate *a)
 			;
 		uintptr_t s0 = page_addr(a, i);
 		size_t done = 0;
-		int ret = install_home(a->h, s0, from, (j - i) << PAGE_SHIFT, &done);
+		bool dup = a->priv[P_STATE] & ST_DUP;
+		int ret;
+
+		uhmm__fill_exists = 0;
+		ret = install_home(a->h, s0, from, (j - i) << PAGE_SHIFT, &done, dup);
+		/* A page found present is not the copy's twin: no duplication of this run. */
+		dup = dup && !uhmm__fill_exists;
 
 		uhmm__trace("*copy-home", s0, done, (uint64_t)(int64_t)ret);
 
@@ -511,7 +564,9 @@ void uhmm_migrate_pages(struct uhmm_migrate *a)
 		if (ret)
 			uhmm__fill_err = ret == -EINVAL ? -ENOENT : ret;
 		for (; i < j; i++) {
-			if (page_addr(a, i) < s0 + done)
+			if (page_addr(a, i) < s0 + done && dup)
+				commit_dup(a, i);
+			else if (page_addr(a, i) < s0 + done)
 				commit_system(a, i);
 			else
 				a->src[i] &= ~UHMM_MIGRATE_MIGRATE;
@@ -721,6 +776,7 @@ static int with_retries(void *ctx, uintptr_t s, uintptr_t e, int passes, pass_fn
 struct to_device {
 	struct uhmm_devmem *dm;
 	bool full;
+	bool keep_dups; /* uhmm_duplicate: pages already copied to it stay so */
 };
 
 /*
@@ -745,7 +801,7 @@ static unsigned long room_wanted(struct uhmm_devmem *dm, uintptr_t s, uintptr_t 
 			continue;
 		}
 		v = atomic_load(uhmm__word(r, a));
-		if (w_kind(v) != W_DEVICE || uhmm__word_page(h, v)->devmem != dm)
+		if (!w_has_page(v) || uhmm__word_page(h, v)->devmem != dm)
 			n++;
 	}
 	uhmm__rd_exit(h);
@@ -768,6 +824,8 @@ static int pass_to_device(void *ctx, uintptr_t s, uintptr_t e, unsigned long off
 
 	if (td->full)
 		return 0;
+	if (td->keep_dups)
+		a.flags |= SELECT_KEEP_DUP;
 	/* Full region with an eviction policy: make room first, holding no lock. */
 	uhmm__evict(dm, room_wanted(dm, s, e));
 	ret = uhmm_migrate_setup(&a);
@@ -822,7 +880,14 @@ static int pass_to_device(void *ctx, uintptr_t s, uintptr_t e, unsigned long off
 	return ret;
 }
 
+static int to_device(struct uhmm_devmem *dm, void *addr, size_t len, bool keep_dups);
+
 int uhmm_migrate_to_device(struct uhmm_devmem *dm, void *addr, size_t len)
+{
+	return to_device(dm, addr, len, false);
+}
+
+static int to_device(struct uhmm_devmem *dm, void *addr, size_t len, bool keep_dups)
 {
 	uintptr_t s = (uintptr_t)addr, e = s + len, ce;
 	struct uhmm *h;
@@ -847,7 +912,7 @@ int uhmm_migrate_to_device(struct uhmm_devmem *dm, void *addr, size_t len)
 		ce = chunk_end(h, s, e, &managed);
 		if (!managed)
 			break;
-		struct to_device td = { .dm = dm };
+		struct to_device td = { .dm = dm, .keep_dups = keep_dups };
 
 		ret = with_retries(&td, s, ce, BUSY_PASSES, pass_to_device);
 		full = td.full;
@@ -878,6 +943,7 @@ static void mig_poison(struct uhmm_migrate *a, unsigned long i)
 struct to_ram {
 	struct uhmm *h;
 	struct uhmm_devmem *only;
+	bool dup; /* keep read-only copies (uhmm_duplicate) */
 	bool busy;
 	unsigned long poisoned;
 };
@@ -891,7 +957,8 @@ static int pass_home(void *ctx, uintptr_t s, uintptr_t e, unsigned long off, uns
 	void *bufs[CHUNK_PAGES];
 	bool failed[CHUNK_PAGES] = { false };
 	struct uhmm_migrate a = { .h = h, .start = s, .end = e, .src = src, .dst = dst,
-				  .flags = UHMM_MIGRATE_SELECT_DEVICE_PRIVATE | SELECT_ANY_OWNER };
+				  .flags = UHMM_MIGRATE_SELECT_DEVICE_PRIVATE | SELECT_ANY_OWNER |
+					   (tr->dup ? SELECT_KEEP_DUP : 0) };
 	unsigned long i, j, k, m;
 	int ret;
 
@@ -899,6 +966,8 @@ static int pass_home(void *ctx, uintptr_t s, uintptr_t e, unsigned long off, uns
 	ret = uhmm_migrate_setup(&a);
 	if (ret)
 		return ret;
+	if (tr->dup)
+		a.priv[P_STATE] |= ST_DUP;
 	for (i = 0; i < a.npages;) {
 		struct uhmm_devmem *dm;
 
@@ -966,9 +1035,9 @@ static bool words_touched(struct uhmm *h, uintptr_t s, uintptr_t e)
 }
 
 static long home_pass(struct uhmm *h, uintptr_t s, uintptr_t e, struct uhmm_devmem *only,
-		      bool *busy, unsigned long *poisoned, int passes)
+		      bool dup, bool *busy, unsigned long *poisoned, int passes)
 {
-	struct to_ram tr = { .h = h, .only = only };
+	struct to_ram tr = { .h = h, .only = only, .dup = dup };
 	uintptr_t ce;
 	bool managed;
 	long total = 0;
@@ -999,7 +1068,7 @@ int uhmm__home_range(struct uhmm *h, uintptr_t start, uintptr_t end, struct uhmm
 
 	do {
 		busy = false;
-		total += home_pass(h, start, end, only, &busy, poisoned, 1);
+		total += home_pass(h, start, end, only, false, &busy, poisoned, 1);
 		if (busy)
 			sched_yield();
 	} while (busy);
@@ -1022,6 +1091,40 @@ int uhmm_migrate_to_ram(struct uhmm *h, void *addr, size_t len)
 		return ret;
 	if (!range_managed(h, s, s + len))
 		return -ENOENT;
-	total = home_pass(h, s, s + len, NULL, &busy, &poisoned, BUSY_PASSES);
+	total = home_pass(h, s, s + len, NULL, false, &busy, &poisoned, BUSY_PASSES);
+	return total > INT32_MAX ? INT32_MAX : (int)total;
+}
+
+int uhmm_duplicate(struct uhmm_devmem *dm, void *addr, size_t len)
+{
+	uintptr_t s = (uintptr_t)addr;
+	unsigned long poisoned = 0;
+	struct uhmm *h;
+	bool busy = false;
+	long total;
+	int ret;
+
+	if (!dm || dm->type != UHMM_MEMORY_DEVICE_PRIVATE)
+		return -EINVAL;
+	h = dm->h;
+	ret = uhmm__usable(h);
+	if (ret)
+		return ret;
+	ret = uhmm__check_range(addr, len);
+	if (ret)
+		return ret;
+	if (!range_managed(h, s, s + len))
+		return -ENOENT;
+	if (!atomic_load(&h->wp) || !(h->features & UHMM_FEAT_WP))
+		return -EOPNOTSUPP;
+	/*
+	 * The copy is made the safe way: the pages move to the device (taken
+	 * atomically, as any migration), then come home write-protected
+	 * (UFFDIO_COPY_MODE_WP) while their device pages stay as the copies.
+	 */
+	ret = to_device(dm, addr, len, true);
+	if (ret < 0 && ret != -ENOMEM)
+		return ret;
+	total = home_pass(h, s, s + len, dm, true, &busy, &poisoned, BUSY_PASSES);
 	return total > INT32_MAX ? INT32_MAX : (int)total;
 }

@@ -509,7 +509,8 @@ static int walk_batch(struct uhmm_range *range, struct uhmm *h, int pagemap, con
 				uhmm__rd_exit(h);
 				return -EPERM;
 			}
-			if (r && (w & W_LOCKED) && !(pm[i] & PM_PRESENT)) {
+			if (r && (w & W_LOCKED) &&
+			    (!(pm[i] & PM_PRESENT) || (w_kind(w) == W_DUP && req))) {
 				/*
 				 * A migration (or a CPU fault) holds a page that is
 				 * not on the CPU: the kernel's migration entry. Not
@@ -531,6 +532,22 @@ static int walk_batch(struct uhmm_range *range, struct uhmm *h, int pagemap, con
 				out[i] = UHMM_PFN_DEVICE_REMOTE | m;
 				if (req)
 					need[i] = req & UHMM_PFN_REQ_WRITE ? NEED_WRITE : NEED_READ;
+			} else if (r && w_kind(w) == W_DUP && (pm[i] & PM_PRESENT) &&
+				   !(req & UHMM_PFN_REQ_WRITE)) {
+				/*
+				 * Duplicated (uhmm_duplicate): the copy's owner
+				 * reads its copy; everyone else the system page.
+				 * Neither is writable: a write asks for the fault
+				 * that ends the duplication (below).
+				 */
+				struct uhmm_page *page = uhmm__word_page(h, w);
+
+				if (page && range->dev_private_owner &&
+				    page->owner == range->dev_private_owner)
+					out[i] = UHMM_PFN_VALID | UHMM_PFN_DEVICE_PRIVATE | m |
+						 (uintptr_t)page;
+				else
+					out[i] = UHMM_PFN_VALID | m | a;
 			} else if (r && w_kind(w) == W_POISON) {
 				if (req) {
 					uhmm__rd_exit(h);
@@ -539,7 +556,7 @@ static int walk_batch(struct uhmm_range *range, struct uhmm *h, int pagemap, con
 				out[i] = m;
 			} else if (pm[i] & PM_PRESENT) {
 				/* Writable as the kernel's PTE would be: not zero, not COW. */
-				bool wr = v->write && !zero[i] &&
+				bool wr = v->write && !zero[i] && !(r && w_kind(w) == W_DUP) &&
 					  (v->shared || (!(pm[i] & PM_FILE) && (pm[i] & PM_EXCLUSIVE)));
 
 				out[i] = UHMM_PFN_VALID | m | (wr ? UHMM_PFN_WRITE : 0) |

@@ -141,6 +141,7 @@ int uhmm__probe_open(struct uhmm *h, unsigned int flags, uint64_t mask, int mode
 			avail &= ~(uint64_t)UFFD_FEATURE_MOVE;
 	}
 	h->uffd_feats = got;
+	atomic_store(&h->wp, (got & UFFD_FEATURE_PAGEFAULT_FLAG_WP) != 0 && !(mask & UHMM_FEAT_WP));
 	h->uffd_ioctls = ioctls;
 	h->features = UHMM_FEAT_MISSING | (kf ? UHMM_FEAT_KERNEL_FAULTS : 0);
 	/* What the kernel has; fork events only where in force. */
@@ -152,14 +153,27 @@ int uhmm__probe_open(struct uhmm *h, unsigned int flags, uint64_t mask, int mode
 	return 0;
 }
 
+/*
+ * Register [start, start + len) for missing faults, and for write-protect
+ * faults where the kernel has them (h->wp: read duplication write-protects
+ * the CPU's page). A kernel that refuses the second mode for some memory
+ * turns read duplication off for the handle.
+ */
 int uhmm__uffd_register(struct uhmm *h, uintptr_t start, size_t len)
 {
+	bool wp = atomic_load(&h->wp);
 	struct uffdio_register reg = {
 		.range = { .start = start, .len = len },
-		.mode = UFFDIO_REGISTER_MODE_MISSING,
+		.mode = UFFDIO_REGISTER_MODE_MISSING | (wp ? UFFDIO_REGISTER_MODE_WP : 0),
 	};
+	int ret = ioctl(h->uffd, UFFDIO_REGISTER, &reg);
 
-	if (ioctl(h->uffd, UFFDIO_REGISTER, &reg))
+	if (ret && wp && errno == EINVAL) {
+		atomic_store(&h->wp, false);
+		reg.mode = UFFDIO_REGISTER_MODE_MISSING;
+		ret = ioctl(h->uffd, UFFDIO_REGISTER, &reg);
+	}
+	if (ret)
 		return errno == ENOMEM ? -EFAULT : -errno;
 	return 0;
 }
@@ -187,9 +201,8 @@ int uhmm__uffd_copy(int uffd, uintptr_t dst, const void *src, size_t len, bool w
 	return uhmm__uffd_copy_n(uffd, dst, src, len, wake, &done);
 }
 
-/* As uhmm__uffd_copy; *@donep: the bytes installed (or found present) from the start. */
-int uhmm__uffd_copy_n(int uffd, uintptr_t dst, const void *src, size_t len, bool wake,
-		      size_t *donep)
+static int copy_n_mode(int uffd, uintptr_t dst, const void *src, size_t len, uint64_t mode,
+		       size_t *donep)
 {
 	size_t done = 0;
 
@@ -199,7 +212,7 @@ int uhmm__uffd_copy_n(int uffd, uintptr_t dst, const void *src, size_t len, bool
 			.dst = dst + done,
 			.src = (uintptr_t)src + done,
 			.len = len - done,
-			.mode = wake ? 0 : UFFDIO_COPY_MODE_DONTWAKE,
+			.mode = mode,
 		};
 		if (ioctl(uffd, UFFDIO_COPY, &c) == 0) {
 			done = len;
@@ -218,6 +231,7 @@ int uhmm__uffd_copy_n(int uffd, uintptr_t dst, const void *src, size_t len, bool
 		}
 		if (errno == EEXIST) {
 			/* Someone filled it first: skip the page, keep its data. */
+			uhmm__fill_exists = 1;
 			uhmm__uffd_wake(uffd, dst + done, PAGE_SIZE);
 			done += PAGE_SIZE;
 			continue;
@@ -229,6 +243,42 @@ int uhmm__uffd_copy_n(int uffd, uintptr_t dst, const void *src, size_t len, bool
 	return 0;
 }
 
+/* As uhmm__uffd_copy; *@donep: the bytes installed (or found present) from the start. */
+int uhmm__uffd_copy_n(int uffd, uintptr_t dst, const void *src, size_t len, bool wake,
+		      size_t *donep)
+{
+	return copy_n_mode(uffd, dst, src, len, wake ? 0 : UFFDIO_COPY_MODE_DONTWAKE, donep);
+}
+
+/* The same, the pages installed write-protected (read duplication); never wakes. */
+int uhmm__uffd_copy_wp_n(int uffd, uintptr_t dst, const void *src, size_t len, size_t *donep)
+{
+	return copy_n_mode(uffd, dst, src, len, UFFDIO_COPY_MODE_DONTWAKE | UFFDIO_COPY_MODE_WP,
+			   donep);
+}
+
+/*
+ * Lift write-protection from [dst, dst + len) (a range registered for it;
+ * pages not protected are left as they are). Waits for events like the
+ * fills (eagain()). Async-signal-safe.
+ */
+int uhmm__uffd_unprotect(int uffd, uintptr_t dst, size_t len, bool wake)
+{
+	for (;;) {
+		struct uffdio_writeprotect p = {
+			.range = { .start = dst, .len = len },
+			.mode = wake ? 0 : UFFDIO_WRITEPROTECT_MODE_DONTWAKE,
+		};
+
+		if (!ioctl(uffd, UFFDIO_WRITEPROTECT, &p))
+			return 0;
+		if (errno != EAGAIN)
+			return -errno;
+		if (eagain())
+			return -EAGAIN;
+	}
+}
+
 int uhmm__uffd_zeropage(int uffd, uintptr_t dst, size_t len, bool wake)
 {
 	for (;;) {
@@ -238,6 +288,7 @@ int uhmm__uffd_zeropage(int uffd, uintptr_t dst, size_t len, bool wake)
 		if (ioctl(uffd, UFFDIO_ZEROPAGE, &z) == 0 || z.zeropage > 0)
 			return 0; /* a partial fill stopped at a present page: that is fine */
 		if (errno == EEXIST) {
+			uhmm__fill_exists = 1;
 			uhmm__uffd_wake(uffd, dst, len);
 			return 0;
 		}

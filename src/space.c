@@ -103,6 +103,7 @@ __thread int uhmm__in_svc __attribute__((tls_model("initial-exec")));
 __thread int uhmm__svc_eagain __attribute__((tls_model("initial-exec")));
 __thread int uhmm__nowait __attribute__((tls_model("initial-exec")));
 __thread int uhmm__fill_err __attribute__((tls_model("initial-exec")));
+__thread int uhmm__fill_exists __attribute__((tls_model("initial-exec")));
 int uhmm__kick_fd = -1;
 static pthread_once_t kick_once = PTHREAD_ONCE_INIT;
 
@@ -1056,6 +1057,8 @@ int uhmm_page_state(struct uhmm *h, const void *addr)
 		return UHMM_PAGE_DEVICE;
 	if (w_kind(w) == W_POISON)
 		return UHMM_PAGE_POISON;
+	if (w_kind(w) == W_DUP)
+		return UHMM_PAGE_DUPLICATED;
 	if (uhmm__pages_with_data(a, 1, &vec) || vec)
 		return UHMM_PAGE_SYSTEM;
 	return UHMM_PAGE_EMPTY;
@@ -1080,6 +1083,7 @@ int uhmm_stats(struct uhmm *h, struct uhmm_stats *st)
 	s.zero_fills = atomic_load(&h->st.zero_fills);
 	s.poisoned = atomic_load(&h->st.poisoned);
 	s.events = atomic_load(&h->st.events);
+	s.dup_writes = atomic_load(&h->st.dup_writes);
 	memcpy(st, &s, sz < sizeof(s) ? sz : sizeof(s));
 	st->sz = sz;
 	return 0;

@@ -420,9 +420,10 @@ struct fill {
 	uint64_t req;
 	long req_page;
 	bool migrate;
+	bool duplicate; /* READ_MOSTLY read: copy system pages here (uhmm_duplicate) */
 	bool local_only;
 	bool install;
-	unsigned long migrated, mapped;
+	unsigned long migrated, mapped, duplicated;
 };
 
 static void set_requests(const struct fill *f, uint64_t *pfns)
@@ -504,6 +505,38 @@ static unsigned long migrate_window(struct uhmm_sim *sim, const struct fill *f, 
 	return total;
 }
 
+/*
+ * Read duplication: runs of the window's system pages that hold data get a
+ * read-only copy here (uhmm_duplicate); the CPU keeps its pages. Holes and
+ * the zero page are mapped as they are. Returns the pages copied.
+ */
+static unsigned long duplicate_window(struct uhmm_sim *sim, const struct fill *f,
+				      const uint64_t *pfns)
+{
+	unsigned long i, j, total = 0, lo = 0, hi = f->n;
+
+	if (f->req_page >= 0)
+		window_run(f, pfns, &lo, &hi);
+	for (i = lo; i < hi; i = j) {
+		int ret;
+
+		for (j = i; j < hi && (pfns[j] & UHMM_PFN_MANAGED) && (pfns[j] & UHMM_PFN_VALID) &&
+			    !(pfns[j] & (UHMM_PFN_ERROR | UHMM_PFN_ZERO | UHMM_PFN_DEVICE_PRIVATE |
+					 UHMM_PFN_DEVICE_REMOTE));
+		     j++)
+			;
+		if (j == i) {
+			j++;
+			continue;
+		}
+		ret = uhmm_duplicate(sim->dm, (void *)(f->s + (i << SIM_PAGE_SHIFT)),
+				     (j - i) << SIM_PAGE_SHIFT);
+		if (ret > 0)
+			total += (unsigned long)ret;
+	}
+	return total;
+}
+
 static int fill_round(struct uhmm_sim_ctx *ctx, struct fill *f)
 {
 	struct uhmm_sim *sim = ctx->sim;
@@ -517,7 +550,7 @@ static int fill_round(struct uhmm_sim_ctx *ctx, struct fill *f)
 		.pfn_flags_mask = UHMM_PFN_REQ_FAULT | UHMM_PFN_REQ_WRITE,
 		.dev_private_owner = sim,
 	};
-	bool fresh = true, migrated = false;
+	bool fresh = true, migrated = false, duplicated = false;
 	int ret;
 
 	for (;;) {
@@ -546,6 +579,18 @@ static int fill_round(struct uhmm_sim_ctx *ctx, struct fill *f)
 			migrated = true;
 			if (migrate_window(sim, f, pfns, &f->migrated)) {
 				/* What is the window now? Look again, from the start. */
+				fresh = true;
+				continue;
+			}
+		}
+		if (f->duplicate && !duplicated) {
+			unsigned long got;
+
+			/* Once: pages that could not be copied (device full) are mapped. */
+			duplicated = true;
+			got = duplicate_window(sim, f, pfns);
+			if (got) {
+				f->duplicated += got;
 				fresh = true;
 				continue;
 			}
@@ -659,8 +704,11 @@ static int device_fault(struct uhmm_sim_ctx *ctx, uintptr_t va, bool write)
 	if (f.migrate && !uhmm_advice_get(sim->h, (void *)page, sim->dm, &adv) &&
 	    ((adv.preferred == UHMM_PREFER_CPU) ||
 	     (adv.preferred == UHMM_PREFER_DEVICE && adv.preferred_device != sim->dm) ||
-	     adv.accessed_by || (adv.read_mostly && !write)))
+	     adv.accessed_by || (adv.read_mostly && !write))) {
 		f.migrate = false;
+		/* A read of read-mostly memory: a copy of its own, as CUDA's driver does. */
+		f.duplicate = adv.read_mostly && !write && sim->dm;
+	}
 	ret = fill_round(ctx, &f);
 
 	if (ret)
@@ -668,6 +716,7 @@ static int device_fault(struct uhmm_sim_ctx *ctx, uintptr_t va, bool write)
 	atomic_fetch_add_explicit(&sim->device_faults, 1, memory_order_relaxed);
 	atomic_fetch_add_explicit(&sim->fault_migrated, f.migrated, memory_order_relaxed);
 	atomic_fetch_add_explicit(&sim->fault_mapped, f.mapped, memory_order_relaxed);
+	atomic_fetch_add_explicit(&sim->fault_duplicated, f.duplicated, memory_order_relaxed);
 	return 0;
 }
 

@@ -632,6 +632,7 @@ int uhmm_sim_stats(struct uhmm_sim *sim, struct uhmm_sim_stats *st)
 	s.migrated_from = atomic_load(&sim->migrated_from);
 	s.alloc_fallbacks = atomic_load(&sim->alloc_fallbacks);
 	s.alloc_failures = atomic_load(&sim->alloc_failures);
+	s.fault_duplicated = atomic_load(&sim->fault_duplicated);
 	memcpy(st, &s, sz < sizeof(s) ? sz : sizeof(s));
 	st->sz = sz;
 	return 0;

@@ -124,7 +124,7 @@ struct uhmm_sim {
 	atomic_ulong copies_to, copies_from, copy_errors, page_frees, faults;
 	atomic_ulong launches, device_faults, fault_migrated, fault_mapped, fault_retries,
 		invalidations, revalidations, migrated_to, migrated_from, alloc_fallbacks,
-		alloc_failures;
+		alloc_failures, fault_duplicated;
 
 	/* The device page table (pt.c). */
 	struct uhmm_interval_notifier notifier;
