@@ -1078,7 +1078,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		case 13:
 			a = pick_addr(&in);
 			r = uhmm_page_state(W.h, a);
-			ENSURE(r == -EINVAL || r == -ENOENT || (r >= UHMM_PAGE_EMPTY && r <= UHMM_PAGE_POISON));
+			ENSURE(r == -EINVAL || r == -ENOENT || (r >= UHMM_PAGE_EMPTY && r <= UHMM_PAGE_DUPLICATED));
 			break;
 		case 14:
 			ENSURE(uhmm_sync(W.h) == 0);

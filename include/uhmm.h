@@ -347,10 +347,11 @@ enum uhmm_advice {
  *   brings it home.
  * ACCESSED_BY: the device's faults on the range map system pages in place
  *   instead of migrating them (its mapping stays established across CPU use).
- * READ_MOSTLY: a device read maps the CPU's page in place (the CPU keeps it;
- *   no copy moves); a write migrates as usual. (Separate device copies kept
- *   coherent by write-protection are not implemented: the sim device reads
- *   system memory directly, which gives the same effect without copies.)
+ * READ_MOSTLY: a device read gets a read-only copy of its own while the CPU
+ *   keeps its page, write-protected (uhmm_duplicate, read duplication); a
+ *   write by anyone drops the copies before it lands, and a device write then
+ *   migrates as usual. Where write-protect faults are missing the device maps
+ *   the CPU's page in place instead.
  * Later advice for the same kind and range replaces earlier; UNSET removes it.
  * Drivers read it with uhmm_advice_get().
  * Return: 0, or -EINVAL (bad range, unknown advice, ACCESSED_BY without a

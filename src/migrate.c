@@ -437,6 +437,10 @@ static void commit_dup(struct uhmm_migrate *a, unsigned long i)
 	atomic_fetch_sub(&page->devmem->resident, 1);
 	atomic_fetch_add(&page->devmem->dups, 1);
 	atomic_fetch_add(&page->devmem->st_duplicated, 1);
+	/* The data did come home (a copy stayed): counted as any page home. */
+	atomic_fetch_add(&page->devmem->st_from, 1);
+	uhmm__ctr_add((struct range *)a->priv[P_RANGE], CTR_FROM, 1);
+	UHMM_STAT_ADD(a->h, pages_home, 1);
 	uhmm__word_set_locked(w, (old & ~W_KIND_MASK) | W_DUP);
 	a->src[i] |= S_DONE;
 	uhmm__trace("commit-dup", page_addr(a, i), old, 0);
