@@ -1014,7 +1014,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 				after_free(a, l);
 			break;
 		case 6:
-		case 7:
 			a = pick_addr(&in);
 			l = pick_len(&in, a);
 			{
@@ -1022,6 +1021,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 				TRACE("uhmm_migrate_to_device(%p, res%+lld, %#zx)...\n", (void *)dm, RES_OFF(a), l);
 				r = uhmm_migrate_to_device(dm, a, l);
+			}
+			TRACE("  = %d\n", r);
+			ENSURE_RET(r);
+			break;
+		case 7: /* read duplication: the data stays where the program sees it */
+			a = pick_addr(&in);
+			l = pick_len(&in, a);
+			{
+				struct uhmm_devmem *dm = pick_dm(&in);
+
+				TRACE("uhmm_duplicate(%p, res%+lld, %#zx)...\n", (void *)dm, RES_OFF(a), l);
+				r = uhmm_duplicate(dm, a, l);
 			}
 			TRACE("  = %d\n", r);
 			ENSURE_RET(r);
