@@ -452,6 +452,42 @@ TEST(device_sees_a_cpu_write_made_during_its_launch_signal_mode)
 	device_sees_write_in_flight(UHMM_FAULT_SIGNAL);
 }
 
+/*
+ * A system call writing into a duplicated page (read(2) from a pipe): in
+ * thread mode the kernel's write-protect fault is served like the CPU's,
+ * and the copy is dropped first; in signal mode it fails with EFAULT, as
+ * for a device-resident page, and nothing changes.
+ */
+TEST(syscall_write_into_a_duplicated_page)
+{
+	struct fx f;
+	int fds[2];
+	char msg[] = "written by the kernel";
+	ssize_t got;
+
+	fx_setup(&f, UHMM_FAULT_AUTO);
+	CHECK_EQ(pipe(fds), 0);
+	CHECK_EQ(write(fds[1], msg, sizeof(msg)), (ssize_t)sizeof(msg));
+	got = read(fds[0], (char *)(f.p + 2 * WORDS), sizeof(msg));
+	if (uhmm_fault_mode(f.h) == UHMM_FAULT_THREAD) {
+		CHECK_EQ(got, (ssize_t)sizeof(msg));
+		CHECK_EQ(memcmp(f.p + 2 * WORDS, msg, sizeof(msg)), 0);
+		CHECK_EQ(uhmm_page_state(f.h, f.p + 2 * WORDS), UHMM_PAGE_SYSTEM);
+		CHECK_EQ(dmstats(f.dm).duplicates, NP - 1);
+		CHECK_EQ(uhmm_sim_launch(f.sim, k_sum, NP, &f.ka), 0);
+		CHECK_EQ(f.out[2], page_sum(f.p, 2));
+	} else {
+		CHECK_EQ(got, -1);
+		CHECK_EQ(errno, EFAULT);
+		CHECK_EQ(uhmm_page_state(f.h, f.p + 2 * WORDS), UHMM_PAGE_DUPLICATED);
+		for (size_t i = 2 * WORDS; i < 3 * WORDS; i++)
+			CHECK_EQ(f.p[i], i);
+	}
+	close(fds[0]);
+	close(fds[1]);
+	fx_teardown(&f);
+}
+
 TEST(duplicate_refuses_bad_input)
 {
 	struct fx f;
