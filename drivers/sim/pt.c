@@ -102,12 +102,15 @@ static void drop_walk(void *node, int level, uint64_t base, uint64_t s, uint64_t
 {
 	unsigned shift = PT_BITS * (PT_LEVELS - 1 - level);
 	uint64_t span = 1ULL << shift;
+	/* Only the children overlapping [s, e): a one-page drop visits one per level. */
+	uint64_t i0 = s > base ? (s - base) >> shift : 0;
+	uint64_t i1 = e > base ? ((e - base - 1) >> shift) + 1 : 0;
 
-	for (unsigned i = 0; i < PT_FAN; i++) {
-		uint64_t lo = base + i * span, hi = lo + span;
+	if (i1 > PT_FAN)
+		i1 = PT_FAN;
+	for (unsigned i = (unsigned)i0; i < i1; i++) {
+		uint64_t lo = base + i * span;
 
-		if (hi <= s || lo >= e)
-			continue;
 		if (level == PT_LEVELS - 1) {
 			uint64_t *pte = &((struct pt_leaf *)node)->e[i];
 
