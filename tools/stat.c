@@ -93,9 +93,11 @@ enum {
 	C_DM_PREFETCHED,
 	C_DM_EVICTIONS,
 	C_DM_THRASH,
+	C_DM_DUPS,
 	C_SIM_FAULTS,
 	C_SIM_MIGRATED,
 	C_SIM_MAPPED,
+	C_SIM_DUPLICATED,
 	/* Per range (uhmm_range_stats): the input, then the output, in this order. */
 	C_R_FAULTS,
 	C_R_TO,
@@ -125,9 +127,11 @@ static const struct {
 	[C_DM_PREFETCHED] = { "device", "pages prefetched", false },
 	[C_DM_EVICTIONS] = { "device", "evictions", false },
 	[C_DM_THRASH] = { "device", "thrash events", false },
+	[C_DM_DUPS] = { "device", "read-only copies made", false },
 	[C_SIM_FAULTS] = { "sim", "device faults", false },
 	[C_SIM_MIGRATED] = { "sim", "pages migrated by them", false },
 	[C_SIM_MAPPED] = { "sim", "pages mapped in place", false },
+	[C_SIM_DUPLICATED] = { "sim", "pages copied for reads", false },
 	[C_R_FAULTS] = { "input", "CPU faults home", false },
 	[C_R_TO] = { "input", "pages to devices", false },
 	[C_R_HOME] = { "input", "pages home", false },
@@ -177,9 +181,11 @@ static void sample(struct job *j, double v[C_N])
 	v[C_DM_PREFETCHED] = (double)ds.prefetched;
 	v[C_DM_EVICTIONS] = (double)ds.evictions;
 	v[C_DM_THRASH] = (double)ds.thrash_events;
+	v[C_DM_DUPS] = (double)ds.pages_duplicated;
 	v[C_SIM_FAULTS] = (double)ss.device_faults;
 	v[C_SIM_MIGRATED] = (double)ss.fault_migrated;
 	v[C_SIM_MAPPED] = (double)ss.fault_mapped;
+	v[C_SIM_DUPLICATED] = (double)ss.fault_duplicated;
 	sample_range(j->h, j->in, v + C_R_FAULTS);
 	sample_range(j->h, j->out, v + C_OUT_FAULTS);
 }
