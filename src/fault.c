@@ -515,9 +515,20 @@ again:
 		 * the toucher is woken, as in the kernel's fault path.
 		 */
 		uhmm__fill_err = 0;
+		/*
+		 * A CPU read of read-mostly memory: the page comes home as a
+		 * read-only duplicate, the device keeping its copy (CUDA's
+		 * driver does the same), if the handle can write-protect.
+		 */
+		uhmm__fault_dup = !write && atomic_load(&h->wp) && uhmm__read_mostly(h, addr);
 		ret = page ? page->devmem->ops->migrate_to_ram(&vmf) : -ENODEV;
+		uhmm__fault_dup = 0;
 		nv = atomic_load(w);
 		uhmm__trace("serve-dev", addr, nv, (uint64_t)ret);
+		if (w_kind(nv) == W_DUP) {
+			atomic_fetch_add(&page->devmem->st_faults, 1);
+			uhmm__ctr_add(r, CTR_FAULTS, 1);
+		}
 		if (w_kind(nv) == W_CPU) {
 			atomic_fetch_add(&page->devmem->st_faults, 1);
 			nv = uhmm__thrash_home(h, page->devmem, v, nv);
@@ -777,13 +788,19 @@ static bool zapped(struct uhmm *h, struct work *wk)
 		wk->zap_at = wk->a;
 	for (int spin = 0; wk->zap_at < wk->b;) {
 		unsigned long n = (wk->b - wk->zap_at) >> PAGE_SHIFT, i;
+		uintptr_t first;
 
 		if (n > ZAP_VEC)
 			n = ZAP_VEC;
-		if (uhmm__pages_with_data(wk->zap_at, n, vec))
-			return true; /* cannot tell: do not wait */
-		for (i = 0; i < n && !(vec[i] & 1); i++)
-			;
+		if (!uhmm__first_data_page(wk->zap_at, wk->zap_at + (n << PAGE_SHIFT), &first)) {
+			/* The zero page a fault-around mapped after the zap does not count. */
+			i = (first - wk->zap_at) >> PAGE_SHIFT;
+		} else {
+			if (uhmm__pages_with_data(wk->zap_at, n, vec))
+				return true; /* cannot tell: do not wait */
+			for (i = 0; i < n && !(vec[i] & 1); i++)
+				;
+		}
 		wk->zap_at += i << PAGE_SHIFT;
 		if (i)
 			wk->zap_since = 0; /* the zap is under way: wait on */

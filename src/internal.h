@@ -271,9 +271,9 @@ struct uhmm {
 		atomic_uint window16, threshold, pin16; /* 16 ms units; threshold 0: off */
 	} thrash;
 	struct prefetcher *pf; /* the async prefetch worker, started on first use */
-	pthread_mutex_t advice_lock;
-	struct advice *advice; /* records, latest last; under advice_lock */
-	size_t nadvice, capadvice;
+	pthread_mutex_t advice_lock; /* writers of the table */
+	/* Advice records, latest last: published whole, read lock-free (rd_enter). */
+	_Atomic(struct advtab *) advtab;
 
 	/* Fault streams (fault.c): device faults (uhmm_fault_window), zero fills. */
 	struct stream streams[NSTREAMS], zstreams[NSTREAMS];
@@ -448,6 +448,7 @@ bool uhmm__invalidate_start(struct uhmm *h, uintptr_t start, uintptr_t end, int 
 void uhmm__invalidate_end(struct uhmm *h, bool started);
 void uhmm__mirror_fini(struct uhmm *h);
 int uhmm__vma_prot(uintptr_t addr, uintptr_t *end);
+int uhmm__first_data_page(uintptr_t s, uintptr_t e, uintptr_t *first);
 
 /* policy.c */
 uint64_t uhmm__thrash_home(struct uhmm *h, struct uhmm_devmem *dm, uint64_t old, uint64_t nw);
@@ -457,6 +458,9 @@ long uhmm__evict(struct uhmm_devmem *dm, unsigned long need);
 void uhmm__prefetch_stop(struct uhmm *h);
 void uhmm__prefetch_drain(struct uhmm *h);
 void uhmm__advice_fini(struct uhmm *h);
+bool uhmm__read_mostly(struct uhmm *h, uintptr_t addr);
+/* Set by the fault path around migrate_to_ram: a CPU read of read-mostly memory. */
+extern __thread int uhmm__fault_dup __attribute__((tls_model("initial-exec")));
 
 /* migrate.c */
 int uhmm__home_range(struct uhmm *h, uintptr_t start, uintptr_t end, struct uhmm_devmem *only,

@@ -277,6 +277,9 @@ int uhmm_migrate_setup(struct uhmm_migrate *a)
 				    ST_INV :
 				    0);
 	a->priv[P_FAULT] = a->fault_page ? uhmm_page_addr(a->fault_page) : 0;
+	/* The fault path asked for a read-only duplicate (a read of read-mostly memory). */
+	if (a->fault_page && uhmm__fault_dup)
+		a->priv[P_STATE] |= ST_DUP;
 
 	for (i = 0; i < n; i++) {
 		_Atomic uint64_t *w = mig_word(a, i);
@@ -304,8 +307,9 @@ int uhmm_migrate_setup(struct uhmm_migrate *a)
 		if (w_kind(v) == W_DUP) {
 			/*
 			 * A duplicated page: its data is home already. Taking
-			 * it away, or bringing home (evicting) its copy's
-			 * region, ends the duplication; otherwise it stays.
+			 * it away, or the core bringing its copy's region home
+			 * (eviction, removal, unmanage, uhmm_migrate_to_ram),
+			 * ends the duplication; otherwise it stays.
 			 */
 			page = uhmm__word_page(h, v);
 			if ((a->flags & SELECT_KEEP_DUP) && page &&
@@ -313,8 +317,9 @@ int uhmm_migrate_setup(struct uhmm_migrate *a)
 				uhmm__unlock(w, v);
 				continue;
 			}
+			/* Drivers' own migrations home (a fault's window) leave copies be. */
 			if (sys || (page && (!only || page->devmem == only) &&
-				    ((a->flags & SELECT_ANY_OWNER) || page->owner == a->pgmap_owner))) {
+				    (a->flags & SELECT_ANY_OWNER) && !a->fault_page)) {
 				v = uhmm__dup_drop(h, w, page_addr(a, i), v, true);
 			}
 			if (!sys || w_kind(v) != W_CPU) {

@@ -241,6 +241,7 @@ struct pm_scan_arg_v1 {
 };
 #define Q_PAGEMAP_SCAN _IOWR('f', 16, struct pm_scan_arg_v1)
 #define Q_PAGE_IS_PRESENT (1 << 3)
+#define Q_PAGE_IS_SWAPPED (1 << 4)
 #define Q_PAGE_IS_PFNZERO (1 << 5)
 
 /* /proc/self/pagemap entries */
@@ -290,6 +291,46 @@ static int proc_fds(int *maps, int *pagemap)
 	*pagemap = proc_pagemap; /* may be -1: then mincore tells presence */
 	pthread_mutex_unlock(&proc_lock);
 	return ret;
+}
+
+/*
+ * Where the first page of [s, e) holding data other than the shared zero
+ * page is (present or swapped out): *@first, or @e when none. PAGEMAP_SCAN
+ * (Linux 6.7+); -EOPNOTSUPP without it. A discard's zap looks here: a zero
+ * page a fault mapped after the zap is as good as the hole it filled.
+ */
+int uhmm__first_data_page(uintptr_t s, uintptr_t e, uintptr_t *first)
+{
+	struct page_region_v1 reg;
+	struct pm_scan_arg_v1 a = {
+		.size = sizeof(a),
+		.start = s,
+		.end = e,
+		.vec = (uintptr_t)&reg,
+		.vec_len = 1,
+		.max_pages = 1,
+		.category_inverted = Q_PAGE_IS_PFNZERO,
+		.category_mask = Q_PAGE_IS_PFNZERO,
+		.category_anyof_mask = Q_PAGE_IS_PRESENT | Q_PAGE_IS_SWAPPED,
+	};
+	int pagemap;
+	long got;
+
+	if (atomic_load_explicit(&no_scan, memory_order_relaxed))
+		return -EOPNOTSUPP;
+	/* Opened for the call, as uhmm__pages_with_data does: the handle keeps no descriptor. */
+	pagemap = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+	if (pagemap < 0)
+		return -EOPNOTSUPP;
+	got = ioctl(pagemap, Q_PAGEMAP_SCAN, &a);
+	close(pagemap);
+	if (got < 0) {
+		if (errno == ENOTTY || errno == EINVAL)
+			atomic_store(&no_scan, 1);
+		return -EOPNOTSUPP;
+	}
+	*first = got > 0 ? (uintptr_t)reg.start : e;
+	return 0;
 }
 
 struct vma {

@@ -459,6 +459,22 @@ struct advice {
 	struct uhmm_devmem *dm; /* PREFERRED: NULL for the CPU; ACCESSED_BY: the device */
 };
 
+/*
+ * The records, published whole: a writer copies, appends and swaps (under
+ * advice_lock, the old table retired), so that readers, the fault path in
+ * a signal handler among them, take no lock.
+ */
+struct advtab {
+	size_t n;
+	struct advice a[];
+};
+
+static void advtab_free(struct uhmm *h, void *p)
+{
+	(void)h;
+	free(p);
+}
+
 int uhmm_advise(struct uhmm *h, void *addr, size_t len, enum uhmm_advice advice,
 		struct uhmm_devmem *device)
 {
@@ -494,18 +510,27 @@ int uhmm_advise(struct uhmm *h, void *addr, size_t len, enum uhmm_advice advice,
 		return -EINVAL;
 	}
 	pthread_mutex_lock(&h->advice_lock);
-	if (h->nadvice == h->capadvice) {
-		size_t cap = h->capadvice ? 2 * h->capadvice : 16;
-		struct advice *n = realloc(h->advice, cap * sizeof(*n));
+	{
+		struct advtab *old = atomic_load(&h->advtab);
+		size_t n = old ? old->n : 0;
+		struct advtab *t = malloc(sizeof(*t) + (n + 1) * sizeof(t->a[0]));
 
-		if (!n) {
+		if (!t) {
 			pthread_mutex_unlock(&h->advice_lock);
 			return -ENOMEM;
 		}
-		h->advice = n;
-		h->capadvice = cap;
+		if (n)
+			memcpy(t->a, old->a, n * sizeof(t->a[0]));
+		t->a[n] = a;
+		t->n = n + 1;
+		atomic_store(&h->advtab, t);
+		if (old) {
+			pthread_mutex_lock(&h->lock);
+			uhmm__retire(h, advtab_free, old);
+			uhmm__reclaim(h);
+			pthread_mutex_unlock(&h->lock);
+		}
 	}
-	h->advice[h->nadvice++] = a;
 	pthread_mutex_unlock(&h->advice_lock);
 	return 0;
 }
@@ -515,14 +540,16 @@ int uhmm_advice_get(struct uhmm *h, const void *addr, struct uhmm_devmem *device
 {
 	uintptr_t x = (uintptr_t)addr;
 	bool pref_seen = false, acc_seen = false, rm_seen = false;
+	struct advtab *t;
 
 	if (!h || !out)
 		return -EINVAL;
 	memset(out, 0, sizeof(*out));
-	pthread_mutex_lock(&h->advice_lock);
+	uhmm__rd_enter(h);
+	t = atomic_load(&h->advtab);
 	/* Newest first: the first record of each kind that covers x decides it. */
-	for (size_t i = h->nadvice; i-- > 0;) {
-		const struct advice *a = &h->advice[i];
+	for (size_t i = t ? t->n : 0; i-- > 0;) {
+		const struct advice *a = &t->a[i];
 
 		if (x < a->s || x >= a->e)
 			continue;
@@ -540,13 +567,29 @@ int uhmm_advice_get(struct uhmm *h, const void *addr, struct uhmm_devmem *device
 			out->read_mostly = a->set;
 		}
 	}
-	pthread_mutex_unlock(&h->advice_lock);
+	uhmm__rd_exit(h);
 	return 0;
+}
+
+/* Whether READ_MOSTLY is in force at @addr. Lock-free, async-signal-safe. */
+bool uhmm__read_mostly(struct uhmm *h, uintptr_t addr)
+{
+	struct advtab *t;
+	bool rm = false;
+
+	uhmm__rd_enter(h);
+	t = atomic_load(&h->advtab);
+	for (size_t i = t ? t->n : 0; i-- > 0;) {
+		if (addr >= t->a[i].s && addr < t->a[i].e && t->a[i].kind == ADV_READ_MOSTLY) {
+			rm = t->a[i].set;
+			break;
+		}
+	}
+	uhmm__rd_exit(h);
+	return rm;
 }
 
 void uhmm__advice_fini(struct uhmm *h)
 {
-	free(h->advice);
-	h->advice = NULL;
-	h->nadvice = h->capadvice = 0;
+	free(atomic_exchange(&h->advtab, NULL));
 }

@@ -104,6 +104,7 @@ __thread int uhmm__svc_eagain __attribute__((tls_model("initial-exec")));
 __thread int uhmm__nowait __attribute__((tls_model("initial-exec")));
 __thread int uhmm__fill_err __attribute__((tls_model("initial-exec")));
 __thread int uhmm__fill_exists __attribute__((tls_model("initial-exec")));
+__thread int uhmm__fault_dup __attribute__((tls_model("initial-exec")));
 int uhmm__kick_fd = -1;
 static pthread_once_t kick_once = PTHREAD_ONCE_INIT;
 

@@ -177,10 +177,11 @@ static void device_write_drops_copy(enum uhmm_fault_mode mode)
 	/* At least one each; a read of a neighbour by the other device thread may copy again. */
 	CHECK(dmstats(f.dm).dup_drops >= NP);
 	CHECK_EQ(count_state(f.h, f.p, NP, UHMM_PAGE_DEVICE), NP);
+	/* The CPU reads them (still read-mostly: each comes home as a duplicate). */
 	for (size_t i = 0; i < NP * WORDS; i++)
 		CHECK_EQ(f.p[i], i + 5);
-	CHECK_EQ(count_state(f.h, f.p, NP, UHMM_PAGE_SYSTEM), NP);
-	CHECK_EQ(dm_in_use(f.dm), 0);
+	CHECK_EQ(count_state(f.h, f.p, NP, UHMM_PAGE_DUPLICATED), NP);
+	CHECK_EQ(dm_in_use(f.dm), NP);
 	fx_teardown(&f);
 }
 
@@ -228,6 +229,10 @@ TEST(migrating_duplicated_pages_moves_them)
 	CHECK_EQ(dm_in_use(f.dm), NP);
 	for (size_t i = 0; i < NP * WORDS; i++)
 		CHECK_EQ(f.p[i], i);
+	CHECK_EQ(count_state(f.h, f.p, NP, UHMM_PAGE_DUPLICATED), NP); /* read-mostly reads */
+	/* Bringing the range home moves nothing and drops the copies. */
+	CHECK_EQ(uhmm_migrate_to_ram(f.h, f.p, NP * PAGE), 0);
+	CHECK_EQ(count_state(f.h, f.p, NP, UHMM_PAGE_SYSTEM), NP);
 	CHECK_EQ(dm_in_use(f.dm), 0);
 	/* uhmm_duplicate again, directly: pages already copied are left alone. */
 	CHECK_EQ(uhmm_duplicate(f.dm, f.p, NP * PAGE), NP);
@@ -450,6 +455,61 @@ TEST(device_sees_a_cpu_write_made_during_its_launch_thread_mode)
 TEST(device_sees_a_cpu_write_made_during_its_launch_signal_mode)
 {
 	device_sees_write_in_flight(UHMM_FAULT_SIGNAL);
+}
+
+/*
+ * A CPU read of a read-mostly page that lives on the device brings it home
+ * as a duplicate: the device keeps its copy (and reads it without copying
+ * again); without the advice the page comes home and leaves the device.
+ */
+static void cpu_read_duplicates(enum uhmm_fault_mode mode)
+{
+	struct fx f;
+	struct uhmm_sim_stats s0;
+	uint64_t *q;
+
+	fx_setup(&f, mode);
+	CHECK_EQ(uhmm_migrate_to_device(f.dm, f.p, NP * PAGE), NP);
+	CHECK_EQ(count_state(f.h, f.p, NP, UHMM_PAGE_DEVICE), NP);
+	CHECK_EQ(dmstats(f.dm).duplicates, 0);
+	/* Read page 5 only: it (and whatever the fault brings along) comes home duplicated. */
+	CHECK_EQ(f.p[5 * WORDS + 7], 5 * WORDS + 7);
+	CHECK_EQ(uhmm_page_state(f.h, f.p + 5 * WORDS), UHMM_PAGE_DUPLICATED);
+	CHECK(dmstats(f.dm).duplicates >= 1);
+	CHECK_EQ(dm_in_use(f.dm), NP); /* no device page freed, none added */
+	for (size_t i = 0; i < NP * WORDS; i++)
+		CHECK_EQ(f.p[i], i);
+	CHECK_EQ(count_state(f.h, f.p, NP, UHMM_PAGE_DUPLICATED), NP);
+	/* The device reads its copies: nothing is copied to it again. */
+	s0 = simstats(f.sim);
+	CHECK_EQ(uhmm_sim_launch(f.sim, k_sum, NP, &f.ka), 0);
+	for (size_t i = 0; i < NP; i++)
+		CHECK_EQ(f.out[i], page_sum(f.p, i));
+	CHECK_EQ(simstats(f.sim).copies_to, s0.copies_to);
+	/* A write still drops the copy first. */
+	f.p[5 * WORDS] = 99;
+	CHECK_EQ(uhmm_sim_launch(f.sim, k_sum, NP, &f.ka), 0);
+	CHECK_EQ(f.out[5], page_sum(f.p, 5));
+
+	/* Without the advice: a read brings the page home, off the device. */
+	q = map_anon(NP * PAGE);
+	CHECK_EQ(uhmm_manage(f.h, q, NP * PAGE), 0);
+	for (size_t i = 0; i < NP * WORDS; i++)
+		q[i] = i;
+	CHECK_EQ(uhmm_migrate_to_device(f.dm, q, 4 * PAGE), 4);
+	CHECK_EQ(q[1], 1);
+	CHECK_EQ(uhmm_page_state(f.h, q), UHMM_PAGE_SYSTEM);
+	fx_teardown(&f);
+}
+
+TEST(cpu_read_of_a_read_mostly_device_page_duplicates_it_thread_mode)
+{
+	cpu_read_duplicates(UHMM_FAULT_THREAD);
+}
+
+TEST(cpu_read_of_a_read_mostly_device_page_duplicates_it_signal_mode)
+{
+	cpu_read_duplicates(UHMM_FAULT_SIGNAL);
 }
 
 /*
