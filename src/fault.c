@@ -471,7 +471,12 @@ again:
 	case W_CPU:
 		/* A hole: its content is zeros. A write gets a private page at once. */
 		uhmm__fill_exists = 0;
-		if (write)
+		/*
+		 * Not under a discard read and pending (a fault queued before
+		 * it): a page of zeros there would look like data to zapped(),
+		 * which waits for the zap; the zero page does not.
+		 */
+		if (write && !pev_overlaps(h, addr, addr + PAGE_SIZE))
 			ret = uhmm__uffd_copy(h->uffd, addr, h->zero_page, PAGE_SIZE, false);
 		else
 			ret = uhmm__uffd_zeropage(h->uffd, addr, PAGE_SIZE, false);
