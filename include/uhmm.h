@@ -349,9 +349,11 @@ enum uhmm_advice {
  *   instead of migrating them (its mapping stays established across CPU use).
  * READ_MOSTLY: a device read gets a read-only copy of its own while the CPU
  *   keeps its page, write-protected (uhmm_duplicate, read duplication); a
- *   write by anyone drops the copies before it lands, and a device write then
- *   migrates as usual. Where write-protect faults are missing the device maps
- *   the CPU's page in place instead.
+ *   CPU read of such a page that lives on a device brings it home as a copy
+ *   while the device keeps its own. A write by anyone drops the copies
+ *   before it lands, and a device write then migrates as usual. Where
+ *   write-protect faults are missing the device maps the CPU's page in place
+ *   and a CPU read brings the page home, as without advice.
  * Later advice for the same kind and range replaces earlier; UNSET removes it.
  * Drivers read it with uhmm_advice_get().
  * Return: 0, or -EINVAL (bad range, unknown advice, ACCESSED_BY without a

@@ -510,6 +510,9 @@ UHMM_API int uhmm_migrate_to_device(struct uhmm_devmem *dm, void *addr, size_t l
  * migration of the page and uhmm_devmem_remove() drop the copy too.
  * Pages on @dm are duplicated where they are (they come home too); pages
  * on other devices, and pages already duplicated on @dm, are left alone.
+ * The fault path does the same for a CPU read of a device page advised
+ * UHMM_ADVISE_SET_READ_MOSTLY. A driver's own migrations home leave copies
+ * alone; the core's (uhmm_migrate_to_ram, eviction, removal) drop them.
  * Read duplication needs write-protect faults on anonymous memory
  * (UHMM_FEAT_WP). In signal mode a kernel-mode write to a duplicated page
  * (read(2) into it, say) fails with EFAULT, as for a device-resident page.
