@@ -1084,46 +1084,48 @@ int uhmm__home_range(struct uhmm *h, uintptr_t start, uintptr_t end, struct uhmm
 	return total > INT32_MAX ? INT32_MAX : (int)total;
 }
 
-int uhmm_migrate_to_ram(struct uhmm *h, void *addr, size_t len)
+/* What the helpers over a managed range check first: 0, or their -errno. */
+static int managed_args(struct uhmm *h, void *addr, size_t len)
 {
-	uintptr_t s = (uintptr_t)addr;
-	unsigned long poisoned = 0;
-	bool busy = false;
-	long total;
-	int ret;
+	int ret = uhmm__usable(h);
 
-	ret = uhmm__usable(h);
 	if (ret)
 		return ret;
 	ret = uhmm__check_range(addr, len);
 	if (ret)
 		return ret;
-	if (!range_managed(h, s, s + len))
-		return -ENOENT;
-	total = home_pass(h, s, s + len, NULL, false, &busy, &poisoned, BUSY_PASSES);
+	return range_managed(h, (uintptr_t)addr, (uintptr_t)addr + len) ? 0 : -ENOENT;
+}
+
+/* Bring [addr, addr + len) home, waiting out busy pages; copies kept with @dup. */
+static int home_all(struct uhmm *h, void *addr, size_t len, struct uhmm_devmem *only, bool dup)
+{
+	uintptr_t s = (uintptr_t)addr;
+	unsigned long poisoned = 0;
+	bool busy = false;
+	long total = home_pass(h, s, s + len, only, dup, &busy, &poisoned, BUSY_PASSES);
+
 	return total > INT32_MAX ? INT32_MAX : (int)total;
+}
+
+int uhmm_migrate_to_ram(struct uhmm *h, void *addr, size_t len)
+{
+	int ret = managed_args(h, addr, len);
+
+	return ret ? ret : home_all(h, addr, len, NULL, false);
 }
 
 int uhmm_duplicate(struct uhmm_devmem *dm, void *addr, size_t len)
 {
-	uintptr_t s = (uintptr_t)addr;
-	unsigned long poisoned = 0;
 	struct uhmm *h;
-	bool busy = false;
-	long total;
 	int ret;
 
 	if (!dm || dm->type != UHMM_MEMORY_DEVICE_PRIVATE)
 		return -EINVAL;
 	h = dm->h;
-	ret = uhmm__usable(h);
+	ret = managed_args(h, addr, len);
 	if (ret)
 		return ret;
-	ret = uhmm__check_range(addr, len);
-	if (ret)
-		return ret;
-	if (!range_managed(h, s, s + len))
-		return -ENOENT;
 	if (!atomic_load(&h->wp) || !(h->features & UHMM_FEAT_WP))
 		return -EOPNOTSUPP;
 	/*
@@ -1134,6 +1136,5 @@ int uhmm_duplicate(struct uhmm_devmem *dm, void *addr, size_t len)
 	ret = to_device(dm, addr, len, true);
 	if (ret < 0 && ret != -ENOMEM)
 		return ret;
-	total = home_pass(h, s, s + len, dm, true, &busy, &poisoned, BUSY_PASSES);
-	return total > INT32_MAX ? INT32_MAX : (int)total;
+	return home_all(h, addr, len, dm, true);
 }
