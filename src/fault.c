@@ -392,26 +392,6 @@ void uhmm__install_end(struct uhmm *h)
 }
 
 /*
- * After uhmm__install_end, when the fill was refused (an event unread): let
- * the service thread read before the next try. Taking the gate again at
- * once would keep it from ever reading. Bounded: the event may have been
- * read already, and then nothing more comes.
- */
-void uhmm__install_wait_read(struct uhmm *h, unsigned int seq)
-{
-	/*
-	 * Then try at once: another event (a thread in an mremap loop) may
-	 * come a few microseconds later, and refuse the fill again.
-	 */
-	for (int i = 0; i < 2000 && atomic_load(&h->read_seq) == seq; i++) {
-		if (i < 200)
-			__builtin_ia32_pause();
-		else
-			sched_yield();
-	}
-}
-
-/*
  * Wait until every unmap/remap event the kernel has begun for this
  * userfaultfd is read and handled. The kernel counts them from before the
  * address space changes until the event is read (its mmap_changing), and
@@ -1368,7 +1348,6 @@ static void *svc_main(void *arg)
 				else
 					sched_yield();
 			}
-			atomic_fetch_add(&h->read_seq, 1);
 			got = read(h->uffd, msgs, sizeof(msgs));
 			for (size_t i = 0; got > 0 && i < (size_t)got / sizeof(msgs[0]); i++)
 				work_add(h, q, &nq, &msgs[i]);

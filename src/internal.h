@@ -263,7 +263,6 @@ struct uhmm {
 	atomic_int pev_overflow; /* events in hand without a slot: they hold up everyone */
 	atomic_int reading;        /* the service thread is inside read(2) of the uffd */
 	atomic_int installing;     /* threads putting pages home: the service thread reads no event */
-	atomic_uint read_seq;      /* the service thread's reads of the uffd, counted */
 
 	/* Recency for eviction, and the thrashing control (policy.c). */
 	_Atomic uint64_t tick;
@@ -385,7 +384,6 @@ void uhmm__svc_kick(struct uhmm *h);
 void uhmm__events_settle(struct uhmm *h, uintptr_t start, uintptr_t end);
 bool uhmm__install_begin(struct uhmm *h, uintptr_t start, uintptr_t end);
 void uhmm__install_end(struct uhmm *h);
-void uhmm__install_wait_read(struct uhmm *h, unsigned int seq);
 void uhmm__events_drain(struct uhmm *h, uintptr_t addr);
 /*
  * What the events read and not yet handled did to @addr (a migration putting
