@@ -1332,9 +1332,20 @@ static void *svc_main(void *arg)
 		 */
 		if (atomic_load(&h->fork_pending) && !atomic_load(&h->fork_quiet))
 			atomic_store(&h->fork_quiet, 1);
-		while (nq + 64 <= MAX_WORK) {
+		for (bool ready = pfd[0].revents & POLLIN; nq + 64 <= MAX_WORK; ready = false) {
 			ssize_t got;
 
+			/*
+			 * Read only what is there: each read holds up pages
+			 * going home for a moment (below), and one that finds
+			 * nothing would hold them up for nothing.
+			 */
+			if (!ready) {
+				struct pollfd one = { .fd = h->uffd, .events = POLLIN };
+
+				if (poll(&one, 1, 0) != 1 || !(one.revents & POLLIN))
+					break;
+			}
 			/* An event's thread runs again inside read(): flag it before. */
 			atomic_store(&h->reading, 1);
 			/*
