@@ -376,12 +376,17 @@ bool uhmm__install_begin(struct uhmm *h, uintptr_t start, uintptr_t end)
 		if (uhmm__in_svc || !atomic_load(&h->reading))
 			break;
 		atomic_fetch_sub(&h->installing, 1);
-		for (int i = 0; atomic_load(&h->reading); i++) {
-			if (i < 200)
-				__builtin_ia32_pause();
-			else
-				sched_yield();
-		}
+		/*
+		 * Yield, never spin: the read wakes the event's thread, which
+		 * may be queued on this very CPU, and the kernel refuses every
+		 * fill until that thread has run to end its event. Spinning
+		 * here kept it from running, so the fill right after the read
+		 * was refused every time: beside a thread that mremaps in a
+		 * loop a signal-mode fault took up to 12 s.
+		 */
+		while (atomic_load(&h->reading))
+			sched_yield();
+		sched_yield();
 	}
 	return !pev_overlaps(h, start, end);
 }
