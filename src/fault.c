@@ -369,7 +369,7 @@ bool uhmm__install_begin(struct uhmm *h, uintptr_t start, uintptr_t end)
 	/*
 	 * The service thread goes first: it flags a read, waits for the
 	 * installs under way (one UFFDIO_COPY each, at most 2 MiB), and new
-	 * ones wait for its read to end. Short; spin first.
+	 * ones wait for its read to end. Short.
 	 */
 	for (;;) {
 		atomic_fetch_add(&h->installing, 1);
@@ -379,10 +379,10 @@ bool uhmm__install_begin(struct uhmm *h, uintptr_t start, uintptr_t end)
 		/*
 		 * Yield, never spin: the read wakes the event's thread, which
 		 * may be queued on this very CPU, and the kernel refuses every
-		 * fill until that thread has run to end its event. Spinning
-		 * here kept it from running, so the fill right after the read
-		 * was refused every time: beside a thread that mremaps in a
-		 * loop a signal-mode fault took up to 12 s.
+		 * fill until that thread has run to end its event; spinning
+		 * keeps it from running. Fills still line up behind reads:
+		 * beside a thread that mremaps in a loop a signal-mode fault
+		 * can take seconds (tests/slowdriver.c, mremap_flood_*).
 		 */
 		while (atomic_load(&h->reading))
 			sched_yield();
