@@ -45,11 +45,12 @@ void uhmm__release_word(struct uhmm *h, uint64_t w)
  * W_DUP) the caller holds locked: devices drop their translations of the
  * copy, the word becomes W_CPU (the bounce history kept; still locked)
  * before the invalidation ends, so that no device fault can find the copy
- * again, the copy is freed, and the CPU's page may be written again. @wake: wake a toucher waiting on its
- * write-protect fault (else the caller does, once the page is unlocked).
- * Should lifting the protection fail (an event under way, -EAGAIN for the
- * service thread), the next write faults and finds a W_CPU page still
- * protected: uhmm__serve lifts it then. Async-signal-safe.
+ * again, the copy is freed, and the CPU's page may be written again.
+ * @wake: wake a toucher waiting on its write-protect fault (else the caller
+ * does, once the page is unlocked). Should lifting the protection fail (an
+ * event under way, -EAGAIN for the service thread), the next write faults
+ * and finds a W_CPU page still protected: uhmm__serve lifts it then.
+ * Returns the new word. Async-signal-safe.
  */
 uint64_t uhmm__dup_drop(struct uhmm *h, _Atomic uint64_t *w, uintptr_t addr, uint64_t v,
 			bool wake)
@@ -281,6 +282,9 @@ static bool set_waiters(_Atomic uint64_t *w)
  */
 static bool pev_overlaps(struct uhmm *h, uintptr_t start, uintptr_t end)
 {
+	/* Counted before its slot is filled, uncounted once handled: none, nothing to scan. */
+	if (!atomic_load(&h->events_pending))
+		return false;
 	if (atomic_load(&h->pev_overflow))
 		return true;
 	for (int i = 0; i < MAX_PEV; i++) {
@@ -475,10 +479,8 @@ again:
 			 * uhmm__dup_drop), or a fill that raced ours. Lift it.
 			 */
 			if (atomic_load(&h->wp) &&
-			    uhmm__uffd_unprotect(h->uffd, addr, PAGE_SIZE, false) == -EAGAIN) {
+			    uhmm__uffd_unprotect(h->uffd, addr, PAGE_SIZE, false) == -EAGAIN)
 				ret = -EAGAIN;
-				break;
-			}
 			break;
 		}
 		UHMM_STAT_ADD(h, zero_fills, 1);

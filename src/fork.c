@@ -378,8 +378,8 @@ static int child_serve(struct uhmm *h, struct child *c, uintptr_t addr)
 		 * fork (its write-protection came along). The child has no
 		 * copy to drop; lift the protection.
 		 */
-		return uhmm__uffd_unprotect(c->uffd, addr, PAGE_SIZE, true) == -EAGAIN ? -EAGAIN :
-											  0;
+		ret = uhmm__uffd_unprotect(c->uffd, addr, PAGE_SIZE, true);
+		return ret == -EAGAIN ? ret : 0;
 	}
 	UHMM_STAT_ADD(h, zero_fills, 1);
 	return 0;

@@ -468,8 +468,9 @@ static void wake_run(struct uhmm_migrate *a, uintptr_t s, uintptr_t e)
 
 /*
  * UFFDIO_COPY of @len bytes from @from to @dst, never across a discard
- * (uhmm__install_begin): an event read and not yet handled over the rest
- * stops it with -EAGAIN, the pages staying where they are. *@done: bytes
+ * (uhmm__install_begin): an event read and not yet handled over a chunk
+ * stops it with -EAGAIN, the pages staying where they are. With @wp the
+ * pages are installed write-protected (read duplication). *@done: bytes
  * installed from @dst on.
  */
 #define INSTALL_CHUNK (2UL << 20)
