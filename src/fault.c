@@ -305,6 +305,21 @@ static bool pev_overlaps(struct uhmm *h, uintptr_t start, uintptr_t end)
 }
 
 /*
+ * Wait for the read under way, if any, to end: an event it takes from the
+ * kernel is in a slot then (work_add runs before). Only that one: an event
+ * read later was caused after this call began, so nothing this thread did
+ * or saw depends on it, and a stream of reads (a thread that mremaps in a
+ * loop) must not hold the caller up for as long as the stream lasts.
+ */
+static void read_wait(struct uhmm *h)
+{
+	unsigned int g = atomic_load(&h->read_gen);
+
+	while ((g & 1) && atomic_load(&h->read_gen) == g)
+		sched_yield();
+}
+
+/*
  * Wait until every unmap/remove/remap event the kernel has delivered that
  * changes [start, end) is handled. The thread that caused one is released
  * when the service thread reads it, before the page states are updated; a
@@ -320,9 +335,8 @@ int uhmm__pending_fate(struct uhmm *h, uintptr_t addr, uintptr_t *now)
 	int fate = FATE_HERE;
 
 	*now = addr;
-	/* An event just read is in a slot once reading ends (work_add runs before). */
-	while (!uhmm__in_svc && atomic_load(&h->reading))
-		sched_yield();
+	if (!uhmm__in_svc)
+		read_wait(h);
 	for (int hop = 0; hop < 4; hop++) {
 		bool moved = false;
 
@@ -352,7 +366,8 @@ void uhmm__events_settle(struct uhmm *h, uintptr_t start, uintptr_t end)
 {
 	if (uhmm__in_svc)
 		return;
-	while (atomic_load(&h->reading) || pev_overlaps(h, start, end))
+	read_wait(h);
+	while (pev_overlaps(h, start, end))
 		sched_yield();
 }
 
@@ -1354,6 +1369,7 @@ static void *svc_main(void *arg)
 					break;
 			}
 			/* An event's thread runs again inside read(): flag it before. */
+			atomic_fetch_add(&h->read_gen, 1);
 			atomic_store(&h->reading, 1);
 			/*
 			 * Pages going home look at the events read so far: the
@@ -1370,7 +1386,15 @@ static void *svc_main(void *arg)
 			for (size_t i = 0; got > 0 && i < (size_t)got / sizeof(msgs[0]); i++)
 				work_add(h, q, &nq, &msgs[i]);
 			atomic_store(&h->reading, 0);
-			if (got <= 0)
+			atomic_fetch_add(&h->read_gen, 1);
+			/*
+			 * Events in hand: handle them before reading more. Each
+			 * read releases the event's thread, which may cause the
+			 * next at once (mremap in a loop); reading on would pile
+			 * up events unhandled past their slots, and a fault waits
+			 * behind every event whose range it cannot see.
+			 */
+			if (got <= 0 || atomic_load(&h->events_pending))
 				break;
 		}
 		events_left = work_run(h, q, &nq, atomic_load(&h->fork_pending));

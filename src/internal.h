@@ -262,6 +262,7 @@ struct uhmm {
 	} pev[MAX_PEV];
 	atomic_int pev_overflow; /* events in hand without a slot: they hold up everyone */
 	atomic_int reading;        /* the service thread is inside read(2) of the uffd */
+	atomic_uint read_gen;      /* odd from a read's flag until its events are in slots */
 	atomic_int installing;     /* threads putting pages home: the service thread reads no event */
 
 	/* Recency for eviction, and the thrashing control (policy.c). */
