@@ -248,8 +248,13 @@ static size_t in_page(uintptr_t a, size_t left)
 	return left < room ? left : room;
 }
 
-/* Device memory is copied through the bounce page: @dst may be memory that faults. */
-static int load_piece(struct uhmm_sim_ctx *ctx, void *dst, uintptr_t va, size_t n)
+/*
+ * Device memory is copied through the bounce page when the other side may be
+ * memory that faults (a fault must not wait for an invalidation while this
+ * thread holds its slot, which the invalidation waits for). @safe: the other
+ * side is this thread's own scratch, which never faults: copy directly.
+ */
+static int load_piece(struct uhmm_sim_ctx *ctx, void *dst, uintptr_t va, size_t n, bool safe)
 {
 	char *mem;
 	int r = sim_translate(ctx, va, false, true, &mem);
@@ -257,28 +262,63 @@ static int load_piece(struct uhmm_sim_ctx *ctx, void *dst, uintptr_t va, size_t 
 	if (r < 0)
 		return r;
 	if (r == 0) {
-		memcpy(ctx->bounce, mem, n);
+		memcpy(safe ? dst : ctx->bounce, mem, n);
 		sim_slot_exit(ctx);
-		memcpy(dst, ctx->bounce, n);
+		if (!safe)
+			memcpy(dst, ctx->bounce, n);
 	} else {
 		memcpy(dst, mem, n);
 	}
 	return 0;
 }
 
-static int store_piece(struct uhmm_sim_ctx *ctx, uintptr_t va, const void *src, size_t n)
+static int store_piece(struct uhmm_sim_ctx *ctx, uintptr_t va, const void *src, size_t n, bool safe)
 {
 	char *mem;
 	int r;
 
-	memcpy(ctx->bounce, src, n);
+	if (!safe) {
+		memcpy(ctx->bounce, src, n);
+		src = ctx->bounce;
+	}
 	r = sim_translate(ctx, va, true, true, &mem);
 	if (r < 0)
 		return r;
-	memcpy(mem, ctx->bounce, n);
+	memcpy(mem, src, n);
 	if (r == 0)
 		sim_slot_exit(ctx);
 	return 0;
+}
+
+/*
+ * Device memory to device memory, both resident here: one copy under the
+ * source's slot. Returns 1 when done, 0 to take the way through scratch.
+ */
+static int copy_local(struct uhmm_sim_ctx *ctx, uintptr_t d, uintptr_t s, size_t n, int *err)
+{
+	char *from, *to;
+	int r = sim_translate(ctx, s, false, true, &from);
+
+	if (r < 0) {
+		*err = r;
+		return 1;
+	}
+	if (r == 1)
+		return 0;
+	if (sim_translate_held(ctx, d, true, &to)) {
+		sim_slot_exit(ctx);
+		return 0;
+	}
+	if (n == SIM_PAGE) {
+		/* Streaming stores, fenced before the slot is let go (sim.c). */
+		sim_copy_page(to, from, true);
+		sim_copy_fence();
+	} else {
+		memcpy(to, from, n);
+	}
+	sim_slot_exit(ctx);
+	*err = 0;
+	return 1;
 }
 
 int uhmm_sim_load(struct uhmm_sim_ctx *ctx, void *dst, const void *va, size_t len)
@@ -289,7 +329,7 @@ int uhmm_sim_load(struct uhmm_sim_ctx *ctx, void *dst, const void *va, size_t le
 	while (!ret && len) {
 		size_t n = in_page(a, len);
 
-		ret = load_piece(ctx, dst, a, n);
+		ret = load_piece(ctx, dst, a, n, false);
 		dst = (char *)dst + n;
 		a += n;
 		len -= n;
@@ -305,7 +345,7 @@ int uhmm_sim_store(struct uhmm_sim_ctx *ctx, void *va, const void *src, size_t l
 	while (!ret && len) {
 		size_t n = in_page(a, len);
 
-		ret = store_piece(ctx, a, src, n);
+		ret = store_piece(ctx, a, src, n, false);
 		src = (const char *)src + n;
 		a += n;
 		len -= n;
@@ -322,9 +362,11 @@ int uhmm_sim_memcpy(struct uhmm_sim_ctx *ctx, void *dst, const void *src, size_t
 	while (!ret && len) {
 		size_t n = in_page(d, in_page(s, len));
 
-		ret = load_piece(ctx, tmp, s, n);
-		if (!ret)
-			ret = store_piece(ctx, d, tmp, n);
+		if (!copy_local(ctx, d, s, n, &ret)) {
+			ret = load_piece(ctx, tmp, s, n, true);
+			if (!ret)
+				ret = store_piece(ctx, d, tmp, n, true);
+		}
 		d += n;
 		s += n;
 		len -= n;

@@ -805,6 +805,34 @@ static bool page_shared(struct uhmm_sim *sim, uint64_t pte)
 }
 
 /*
+ * Translate @va under the slot a sim_translate() that returned 0 holds: only
+ * an entry that is present, current and in this device's memory (writable
+ * and not shared, for @write) counts. An invalidation begun meanwhile waits
+ * for the slot, so the page stays while it is held. 0 with *mem, or -ENOENT:
+ * release the slot and take the general way.
+ */
+int sim_translate_held(struct uhmm_sim_ctx *ctx, uintptr_t va, bool write, char **mem)
+{
+	struct uhmm_sim *sim = ctx->sim;
+	uint64_t vpn = va >> SIM_PAGE_SHIFT, epoch = atomic_load(&sim->vepoch) & 0xffff;
+	uint64_t g = atomic_load(&sim->slots[ctx->slot]), pte;
+	struct sim_tlb *t = &ctx->tlb[vpn % SIM_TLB];
+
+	if (t->vpn == vpn && t->gen == g && (t->pte & PTE_P)) {
+		pte = t->pte;
+	} else {
+		pte = sim_pt_lookup(sim, vpn, &t->gen);
+		t->vpn = vpn;
+		t->pte = pte;
+	}
+	if (!(pte & PTE_P) || !(pte & PTE_L) || pte_epoch(pte) != epoch ||
+	    (write && (!(pte & PTE_W) || page_shared(sim, pte))))
+		return -ENOENT;
+	*mem = sim_pool_page(sim, pte_pfn(pte)) + (va & (SIM_PAGE - 1));
+	return 0;
+}
+
+/*
  * Translate @va for an access. Returns 0 with *mem in the device's memory and
  * the slot held (finish touching it, without touching anything else that may
  * fault, then sim_slot_exit), 1 with *mem == va for a system page (nothing

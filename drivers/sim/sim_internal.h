@@ -180,6 +180,10 @@ uint64_t sim_pt_lookup(struct uhmm_sim *sim, uint64_t vpn, uint64_t *gen);
 struct uhmm_sim_ctx *sim_ctx_new(struct uhmm_sim *sim, bool external, unsigned int thread);
 void sim_ctx_free(struct uhmm_sim_ctx *ctx);
 int sim_translate(struct uhmm_sim_ctx *ctx, uintptr_t va, bool write, bool fault, char **mem);
+/* One device page's worth (SIM_PAGE), streaming into device memory with @stream; then sim_copy_fence(). */
+void sim_copy_page(void *dst, const void *src, bool stream);
+void sim_copy_fence(void);
+int sim_translate_held(struct uhmm_sim_ctx *ctx, uintptr_t va, bool write, char **mem);
 void sim_slot_exit(struct uhmm_sim_ctx *ctx);
 void sim_tlb_forget(struct uhmm_sim_ctx *ctx, uintptr_t va);
 int sim_revalidate(struct uhmm_sim_ctx *ctx, uintptr_t va);
