@@ -4,7 +4,9 @@
  *
  * A device with its own memory: a pool of pages in a separate mapping, never
  * part of any managed range, registered as UHMM_MEMORY_DEVICE_PRIVATE device
- * memory with its own owner. Copies are memcpy. It can inject failures: fail
+ * memory with its own owner. Copies are CPU copies, into device memory with
+ * streaming stores as a DMA engine writes (no cache pollution, no read for
+ * ownership), out of it with ordinary ones. It can inject failures: fail
  * the next N copies, fail every copy of a given page, or die (every later
  * copy fails), so tests can check what a failing device does to the pages it
  * holds. Several sim devices may live in one process, each its own owner.
