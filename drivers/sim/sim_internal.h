@@ -122,6 +122,8 @@ struct uhmm_sim {
 	uintptr_t *excl;
 	size_t nexcl, capexcl;
 	atomic_ulong copies_to, copies_from, copy_errors, page_frees, faults;
+	_Atomic uintptr_t stream_next; /* where the last copy to the device ended (CPU address) */
+	atomic_ulong stream_bytes;     /* bytes copied in a run of adjoining batches (sim_streaming) */
 	atomic_ulong launches, device_faults, fault_migrated, fault_mapped, fault_retries,
 		invalidations, revalidations, migrated_to, migrated_from, alloc_fallbacks,
 		alloc_failures, fault_duplicated;
