@@ -1392,9 +1392,12 @@ static void *svc_main(void *arg)
 			 * read releases the event's thread, which may cause the
 			 * next at once (mremap in a loop); reading on would pile
 			 * up events unhandled past their slots, and a fault waits
-			 * behind every event whose range it cannot see.
+			 * behind every event whose range it cannot see. A read
+			 * that did not fill the buffer took all there was: what
+			 * comes next wakes the poll above (no second poll per
+			 * fault to find nothing).
 			 */
-			if (got <= 0 || atomic_load(&h->events_pending))
+			if (got < (ssize_t)sizeof(msgs) || atomic_load(&h->events_pending))
 				break;
 		}
 		events_left = work_run(h, q, &nq, atomic_load(&h->fork_pending));

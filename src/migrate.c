@@ -130,6 +130,19 @@ static void take_system(struct uhmm_migrate *a)
 	unsigned char vec[UHMM_MIGRATE_MAX_PAGES];
 
 	a->priv[P_STAGING] = (uintptr_t)stg;
+	/*
+	 * Move only the pages that hold data, never with ALLOW_SRC_HOLES: on
+	 * Linux 6.18 a MOVE that allows holes, racing an MADV_DONTNEED of its
+	 * source, can spin in the kernel for ever (tools/repro/move_vs_dontneed.c;
+	 * without holes it does not). A hole stays a hole (a touch of it faults
+	 * and waits for our lock) and reaches the device as an empty page; a
+	 * page discarded since pagemap looked is a hole by the time MOVE finds
+	 * it (ENOENT). One look at the whole chunk: pages held apart from each
+	 * other (every other one on the device already, say) would otherwise
+	 * cost an open of pagemap each.
+	 */
+	if (uhmm__pages_with_data(page_addr(a, 0), n, vec))
+		memset(vec, 1, n); /* cannot tell: try every page */
 	while (i < n) {
 		if (a->src[i] != (S_HELD | UHMM_MIGRATE_MIGRATE)) {
 			i++;
@@ -137,18 +150,6 @@ static void take_system(struct uhmm_migrate *a)
 		}
 		for (j = i; j < n && a->src[j] == (S_HELD | UHMM_MIGRATE_MIGRATE); j++)
 			;
-		/*
-		 * Move only the pages that hold data, never with
-		 * ALLOW_SRC_HOLES: on Linux 6.18 a MOVE that allows holes,
-		 * racing an MADV_DONTNEED of its source, can spin in the
-		 * kernel for ever (tools/repro/move_vs_dontneed.c; without
-		 * holes it does not). A hole stays a hole (a touch of it
-		 * faults and waits for our lock) and reaches the device as
-		 * an empty page; a page discarded since pagemap looked is a
-		 * hole by the time MOVE finds it (ENOENT).
-		 */
-		if (uhmm__pages_with_data(page_addr(a, i), j - i, vec + i))
-			memset(vec + i, 1, j - i); /* cannot tell: try every page */
 		while (i < j) {
 			unsigned long k;
 			long got;
