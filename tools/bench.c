@@ -1155,6 +1155,149 @@ static void bench_other_mode(struct bench *b)
 }
 
 /* ---------------------------------------------------------------------------
+ * h. Metadata: fault-back latency with 16 GiB managed vs 16 MiB managed (the
+ * state words of a large range must not make a fault slower), and the memory
+ * that managing 1 TiB adds while it is untouched.
+ */
+#define META_BIG (16ULL << 30)
+#define META_SMALL (16ULL << 20)
+#define META_HUGE (1ULL << 40)
+
+/* Resident and mapped bytes of this process (/proc/self/statm), or -1s. */
+static void statm_bytes(long long *resident, long long *size)
+{
+	FILE *f = fopen("/proc/self/statm", "r");
+	long long sz = -1, rs = -1;
+
+	if (f) {
+		if (fscanf(f, "%lld %lld", &sz, &rs) != 2)
+			sz = rs = -1;
+		fclose(f);
+	}
+	*size = sz < 0 ? -1 : sz * (long long)PAGE;
+	*resident = rs < 0 ? -1 : rs * (long long)PAGE;
+}
+
+/* One timed fault-back of page @i of @base (@npages): write, migrate, touch. */
+static int meta_sample(struct bench *b, char *base, size_t npages, unsigned long i, double *us)
+{
+	/* Spread over the whole range: a different page of state words each time. */
+	char *p = base + ((i * 2654435761UL) % npages) * PAGE;
+	char want = (char)(i | 1);
+	uint64_t t0, t1;
+	int ret;
+
+	*(volatile char *)p = want;
+	ret = uhmm_migrate_to_device(b->dm, p, PAGE);
+	if (ret != 1)
+		return ret < 0 ? ret : -EAGAIN;
+	t0 = now_ns();
+	char c = *(volatile char *)p;
+	t1 = now_ns();
+	*us = (double)(t1 - t0) * 1e-3;
+	return c == want ? 0 : -EIO;
+}
+
+static void bench_metadata(struct bench *b)
+{
+	struct row *lat = row_addm(b, "fault_latency_16gib_vs_16mib",
+				   "fault-back latency 4 KiB, median, 16 GiB managed", b->mode, "us",
+				   "the same, 16 MiB managed");
+	struct row *res = row_add(b, "metadata_1tib_untouched",
+				  "resident memory added by managing 1 TiB, untouched", "KiB",
+				  "the target's limit, 4 MiB (ratio: the share of it)");
+	int per = b->samples / b->reps, n = per * b->reps, nb = 0, ns = 0, ret = 0;
+	double *big_t = calloc((size_t)n, sizeof(double)), *small_t = calloc((size_t)n, sizeof(double));
+	char *big = mmap(NULL, META_BIG, PROT_READ | PROT_WRITE,
+			 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	char *small = map_anon(META_SMALL), *huge = NULL;
+	bool big_in = false, small_in = false, huge_in = false;
+	long long rss0, rss1, vsz0, vsz1;
+
+	progress(b, "metadata: 16 GiB vs 16 MiB managed, 1 TiB untouched");
+	if (!big_t || !small_t || big == MAP_FAILED || !small) {
+		row_fail(lat, "cannot map 16 GiB of address space", NULL);
+		goto resident;
+	}
+	madvise(big, META_BIG, MADV_NOHUGEPAGE);
+	ret = uhmm_manage(b->h, big, META_BIG);
+	big_in = !ret;
+	if (!ret)
+		ret = uhmm_manage(b->h, small, META_SMALL);
+	small_in = big_in && !ret;
+	if (ret) {
+		row_fail(lat, "uhmm_manage", uhmm_strerror(ret));
+		goto resident;
+	}
+	/* Blocks of floor and figure alternate, so that drift hits both alike. */
+	for (int rep = 0; rep < b->reps && !ret; rep++) {
+		for (int i = -WARMUP * !rep; i < per && !ret; i++) {
+			unsigned long k = (unsigned long)(rep * per + i + WARMUP);
+			double us;
+
+			ret = meta_sample(b, small, META_SMALL / PAGE, k, &us);
+			if (!ret && i >= 0)
+				small_t[ns++] = us;
+			if (!ret)
+				ret = meta_sample(b, big, META_BIG / PAGE, k, &us);
+			if (!ret && i >= 0)
+				big_t[nb++] = us;
+		}
+	}
+	if (ret) {
+		row_fail(lat, ret == -EIO ? "a page came home with wrong data" : "uhmm_migrate_to_device",
+			 ret == -EIO ? NULL : uhmm_strerror(ret));
+		goto resident;
+	}
+	lat->value = quantile(big_t, (size_t)nb, 0.5);
+	lat->floor_value = quantile(small_t, (size_t)ns, 0.5);
+	lat->ratio = lat->value / lat->floor_value;
+
+resident:
+	/* Managing 1 TiB of untouched memory: the state words are reserved, not resident. */
+	huge = mmap(NULL, META_HUGE, PROT_READ | PROT_WRITE,
+		    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (huge == MAP_FAILED) {
+		huge = NULL;
+		res->na = "cannot map 1 TiB of address space here";
+		goto out;
+	}
+	statm_bytes(&rss0, &vsz0);
+	ret = uhmm_manage(b->h, huge, META_HUGE);
+	statm_bytes(&rss1, &vsz1);
+	huge_in = !ret;
+	if (ret) {
+		row_fail(res, "uhmm_manage of 1 TiB", uhmm_strerror(ret));
+		goto out;
+	}
+	if (rss0 < 0 || rss1 < 0) {
+		res->na = "/proc/self/statm cannot be read";
+		goto out;
+	}
+	res->value = (double)(rss1 - rss0) / 1024;
+	res->floor_value = 4096;
+	res->ratio = res->value / res->floor_value;
+	snprintf(res->note, sizeof(res->note),
+		 "address space reserved for metadata: %.1f bytes per managed 4 KiB page",
+		 (double)(vsz1 - vsz0) / (double)(META_HUGE / PAGE));
+out:
+	if (huge_in)
+		uhmm_unmanage(b->h, huge, META_HUGE);
+	if (huge)
+		munmap(huge, META_HUGE);
+	if (big_in)
+		uhmm_unmanage(b->h, big, META_BIG);
+	if (small_in)
+		uhmm_unmanage(b->h, small, META_SMALL);
+	if (big != MAP_FAILED)
+		munmap(big, META_BIG);
+	if (small)
+		munmap(small, META_SMALL);
+	free(big_t);
+	free(small_t);
+}
+
+/* ---------------------------------------------------------------------------
  * f. Prefetch must not hurt random access: random 4 KiB touches over
  * device-resident memory with the default fault window vs the same with the
  * fault window at 1 page (fault-around off), per touch.
@@ -1733,10 +1876,12 @@ static void bench_usage(FILE *f)
 		   "  memcpy, 2 toucher threads vs 1, a device kernel copy vs memcpy; signal-mode\n"
 		   "  fault-back vs a raw SIGBUS handler (and thread mode vs the raw round trip in\n"
 		   "  a signal-mode run), random touches with the default fault window vs a window\n"
-		   "  of 1 page, and the demo's workload (device kernels compute a stencil) on\n"
-		   "  demand, prefetched, and with device memory half the working set (LRU, FIFO,\n"
-		   "  LRU + prefetch, LRU + input READ_MOSTLY) vs explicit copies. Rows name the\n"
-		   "  fault mode they ran in.\n"
+		   "  of 1 page, fault-back with 16 GiB managed vs 16 MiB managed, the memory\n"
+		   "  that managing 1 TiB adds while untouched (vs the 4 MiB limit), and the\n"
+		   "  demo's workload (device kernels compute a stencil) on demand, prefetched,\n"
+		   "  and with device memory half the working set (LRU, FIFO, LRU + prefetch,\n"
+		   "  LRU + input READ_MOSTLY) vs explicit copies. Rows name the fault mode they\n"
+		   "  ran in.\n"
 		   "  --size MiB  memory per figure (default 256; 32 with --quick)\n"
 		   "  --bulk MiB  memory the bulk migration figure moves (default 1024; with\n"
 		   "              --quick or --size, the same as --size)\n"
@@ -1807,7 +1952,7 @@ int cmd_bench(int argc, char **argv)
 	b.reps = quick ? 3 : 5;
 	b.samples = quick ? 900 : 5000;
 	b.progress = isatty(STDERR_FILENO);
-	b.nsteps = 12;
+	b.nsteps = 13;
 
 	/*
 	 * On a VM, a wake-up that crosses to a halted vCPU costs tens of
@@ -1869,6 +2014,7 @@ int cmd_bench(int argc, char **argv)
 	bench_kernel(&b);
 	bench_other_mode(&b);
 	bench_window(&b);
+	bench_metadata(&b);
 	bench_oversub(&b);
 	if (b.progress)
 		fprintf(stderr, "\r\033[K");
