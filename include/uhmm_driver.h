@@ -523,6 +523,45 @@ UHMM_API int uhmm_migrate_to_device(struct uhmm_devmem *dm, void *addr, size_t l
  */
 UHMM_API int uhmm_duplicate(struct uhmm_devmem *dm, void *addr, size_t len);
 
+/**
+ * uhmm_make_exclusive() - give a device exclusive access to pages, for atomics.
+ * @h: the handle. @addr, @len: page-aligned, managed.
+ * @owner: the calling device's owner cookie (non-NULL).
+ * @pages: out: one entry per page; where the device reaches the page (a CPU
+ *         address of its memory), or NULL for a page that could not be taken.
+ *
+ * The kernel's make_device_exclusive(). Pages in any device's memory come
+ * home first and holes become pages of zeros, as the kernel faults the pages
+ * in writable; then every page moves into host memory uhmm keeps for this (a
+ * device-private region of its own, "exclusive" in uhmm stat: no device's
+ * memory is spent). The CPU's accesses fault from then on: devices mirroring
+ * the range are told first (UHMM_NOTIFY_EXCLUSIVE with @owner: the caller
+ * ignores its own), and a CPU access revokes the page: it comes back with
+ * everything the device wrote, after an invalidation (UHMM_NOTIFY_MIGRATE,
+ * owner: the region's) that tells the device to stop using @pages[i].
+ * Each page with a non-NULL @pages[i] is returned locked, as the kernel
+ * returns the folio locked: program the device's mapping, then call
+ * uhmm_exclusive_unlock(); until then a CPU access to the page, or an event
+ * that changes it, waits, so no revocation can come before the mapping is
+ * in place. Discard, unmap, mremap, fork, unmanage and migration treat the
+ * pages as device pages of that region. Up to 64 MiB may be exclusive at
+ * once per handle.
+ *
+ * Return: pages made exclusive, or -EINVAL (NULL, unaligned), -ENOENT (not
+ * managed), -ENOMEM (the exclusive region is full and nothing could be
+ * taken), or the error of bringing pages home.
+ */
+UHMM_API int uhmm_make_exclusive(struct uhmm *h, void *addr, size_t len, void *owner,
+				 void **pages);
+
+/**
+ * uhmm_exclusive_unlock() - let go of the pages uhmm_make_exclusive() locked.
+ * @h, @addr, @len, @pages: as given to and filled by uhmm_make_exclusive().
+ * Call once the device's mapping of every page is in place, in the thread
+ * that made them exclusive, without touching them from the CPU before.
+ */
+UHMM_API void uhmm_exclusive_unlock(struct uhmm *h, void *addr, size_t len, void *const *pages);
+
 /* --- Interval notifiers (the kernel's mmu_interval_notifier) --- */
 
 /* Why the CPU side of a range changes. */
@@ -533,7 +572,7 @@ enum uhmm_notify_event {
 	UHMM_NOTIFY_MIGRATE,   /* pages migrate, either way; owner says whose migration */
 	UHMM_NOTIFY_UNMANAGE,  /* uhmm_unmanage/uhmm_close: the range leaves uhmm */
 	UHMM_NOTIFY_FORK,      /* fork: pages come home and become copy-on-write */
-	UHMM_NOTIFY_EXCLUSIVE, /* reserved, not sent: exclusive access is a migration (see uhmm_sim) */
+	UHMM_NOTIFY_EXCLUSIVE, /* uhmm_make_exclusive: the CPU loses access; owner: whose */
 	UHMM_NOTIFY_UNDUPLICATE, /* read-only copies of the range (uhmm_duplicate) are dropped */
 };
 

@@ -301,10 +301,11 @@ enum uhmm_dmirror_op {
 	/*
 	 * EXCLUSIVE: the device takes the range for atomics (the kernel's
 	 * make_device_exclusive) and reads it into @ptr; @cpages: pages read.
-	 * uhmm has no device-exclusive entry: the pages move to the device,
-	 * and the CPU fault that brings one home revokes it (the CPU sees the
-	 * device's writes). CHECK_EXCLUSIVE: -EPERM while a page of the range
-	 * is still held exclusively, 0 once every one was revoked.
+	 * The pages move to uhmm's exclusive region (uhmm_make_exclusive), not
+	 * to the device's memory, and the device maps them there; the CPU fault
+	 * that brings one back revokes it (the CPU sees the device's writes).
+	 * CHECK_EXCLUSIVE: -EPERM while a page of the range is still held
+	 * exclusively, 0 once every one was revoked.
 	 */
 	UHMM_DMIRROR_EXCLUSIVE,
 	UHMM_DMIRROR_CHECK_EXCLUSIVE,

@@ -193,6 +193,10 @@ struct uhmm {
 	uint64_t uffd_feats; /* the kernel features negotiated */
 	uint64_t uffd_ioctls;
 	atomic_bool wp; /* managed ranges are registered for write-protection too (read duplication) */
+	/* Exclusive access (exclusive.c): its region and host memory, made on first use. */
+	_Atomic(struct uhmm_devmem *) excl_dm;
+	char *excl_mem;
+	pthread_mutex_t excl_lock;
 
 	pthread_mutex_t lock;
 	_Atomic(struct rtab *) rtab;
@@ -440,6 +444,10 @@ static inline void uhmm__word_set_locked(_Atomic uint64_t *w, uint64_t nv)
 struct uhmm_devmem *uhmm__devmem(struct uhmm *h, unsigned slot);
 struct uhmm_page *uhmm__word_page(struct uhmm *h, uint64_t w);
 void uhmm__devmem_orphan_all(struct uhmm *h);
+/* exclusive.c */
+int uhmm__to_device_exclusive(struct uhmm_devmem *dm, void *addr, size_t len, void *owner);
+bool uhmm__is_exclusive(struct uhmm *h, const struct uhmm_devmem *dm);
+void uhmm__exclusive_fini(struct uhmm *h);
 
 /* mirror.c */
 bool uhmm__invalidate_start(struct uhmm *h, uintptr_t start, uintptr_t end, int event,

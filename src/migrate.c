@@ -33,6 +33,12 @@
 #define SELECT_ANY_OWNER (1U << 30)
 /* Leave duplicated pages of this device (or owner) duplicated (uhmm_duplicate). */
 #define SELECT_KEEP_DUP (1U << 29)
+/*
+ * Exclusive access (uhmm_make_exclusive): the invalidation says EXCLUSIVE
+ * with pgmap_owner, the caller's owner; pages pinned by the thrashing control
+ * are taken too (the device asked for them, not a fault).
+ */
+#define SELECT_EXCLUSIVE (1U << 28)
 
 enum { P_STAGING, P_BOUNCE, P_RANGE, P_STATE, P_ONLY, P_FAULT };
 /* priv[P_STATE] bits */
@@ -239,7 +245,7 @@ int uhmm_migrate_setup(struct uhmm_migrate *a)
 	dev = a->flags & UHMM_MIGRATE_SELECT_DEVICE_PRIVATE;
 	if (((a->start | a->end) & ~PAGE_MASK) || a->start >= a->end || (!sys && !dev) ||
 	    (a->flags & ~(UHMM_MIGRATE_SELECT_SYSTEM | UHMM_MIGRATE_SELECT_DEVICE_PRIVATE |
-			  SELECT_ANY_OWNER | SELECT_KEEP_DUP)))
+			  SELECT_ANY_OWNER | SELECT_KEEP_DUP | SELECT_EXCLUSIVE)))
 		return -EINVAL;
 	n = (a->end - a->start) >> PAGE_SHIFT;
 	if (n > UHMM_MIGRATE_MAX_PAGES)
@@ -273,7 +279,9 @@ int uhmm_migrate_setup(struct uhmm_migrate *a)
 	a->priv[P_RANGE] = (uintptr_t)r;
 	/* Devices mirroring the range drop their view before pages move. */
 	a->priv[P_STATE] = ST_SETUP | (sys ? ST_OUT : 0) |
-			   (uhmm__invalidate_start(h, a->start, a->end, UHMM_NOTIFY_MIGRATE,
+			   (uhmm__invalidate_start(h, a->start, a->end,
+						   a->flags & SELECT_EXCLUSIVE ? UHMM_NOTIFY_EXCLUSIVE :
+										 UHMM_NOTIFY_MIGRATE,
 						   a->pgmap_owner) ?
 				    ST_INV :
 				    0);
@@ -330,7 +338,7 @@ int uhmm_migrate_setup(struct uhmm_migrate *a)
 		}
 		if (sys && w_kind(v) == W_CPU) {
 			/* A page pinned for thrashing stays; devices reach it where it is. */
-			if (uhmm__thrash_pinned(h, v)) {
+			if (!(a->flags & SELECT_EXCLUSIVE) && uhmm__thrash_pinned(h, v)) {
 				uhmm__unlock(w, v);
 				continue;
 			}
@@ -797,6 +805,7 @@ struct to_device {
 	struct uhmm_devmem *dm;
 	bool full;
 	bool keep_dups; /* uhmm_duplicate: pages already copied to it stay so */
+	void *excl_owner; /* uhmm_make_exclusive: the caller's owner, or NULL */
 };
 
 /*
@@ -846,6 +855,10 @@ static int pass_to_device(void *ctx, uintptr_t s, uintptr_t e, unsigned long off
 		return 0;
 	if (td->keep_dups)
 		a.flags |= SELECT_KEEP_DUP;
+	if (td->excl_owner) {
+		a.flags |= SELECT_EXCLUSIVE;
+		a.pgmap_owner = td->excl_owner;
+	}
 	/* Full region with an eviction policy: make room first, holding no lock. */
 	uhmm__evict(dm, room_wanted(dm, s, e));
 	ret = uhmm_migrate_setup(&a);
@@ -900,14 +913,21 @@ static int pass_to_device(void *ctx, uintptr_t s, uintptr_t e, unsigned long off
 	return ret;
 }
 
-static int to_device(struct uhmm_devmem *dm, void *addr, size_t len, bool keep_dups);
+static int to_device(struct uhmm_devmem *dm, void *addr, size_t len, bool keep_dups,
+		     void *excl_owner);
 
 int uhmm_migrate_to_device(struct uhmm_devmem *dm, void *addr, size_t len)
 {
-	return to_device(dm, addr, len, false);
+	return to_device(dm, addr, len, false, NULL);
 }
 
-static int to_device(struct uhmm_devmem *dm, void *addr, size_t len, bool keep_dups)
+int uhmm__to_device_exclusive(struct uhmm_devmem *dm, void *addr, size_t len, void *owner)
+{
+	return to_device(dm, addr, len, false, owner);
+}
+
+static int to_device(struct uhmm_devmem *dm, void *addr, size_t len, bool keep_dups,
+		     void *excl_owner)
 {
 	uintptr_t s = (uintptr_t)addr, e = s + len, ce;
 	struct uhmm *h;
@@ -932,7 +952,7 @@ static int to_device(struct uhmm_devmem *dm, void *addr, size_t len, bool keep_d
 		ce = chunk_end(h, s, e, &managed);
 		if (!managed)
 			break;
-		struct to_device td = { .dm = dm, .keep_dups = keep_dups };
+		struct to_device td = { .dm = dm, .keep_dups = keep_dups, .excl_owner = excl_owner };
 
 		ret = with_retries(&td, s, ce, BUSY_PASSES, pass_to_device);
 		full = td.full;
@@ -1144,7 +1164,7 @@ int uhmm_duplicate(struct uhmm_devmem *dm, void *addr, size_t len)
 	 * atomically, as any migration), then come home write-protected
 	 * (UFFDIO_COPY_MODE_WP) while their device pages stay as the copies.
 	 */
-	ret = to_device(dm, addr, len, true);
+	ret = to_device(dm, addr, len, true, NULL);
 	if (ret < 0 && ret != -ENOMEM)
 		return ret;
 	return home_all(h, addr, len, dm, true);

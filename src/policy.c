@@ -65,7 +65,8 @@ uint64_t uhmm__thrash_home(struct uhmm *h, struct uhmm_devmem *dm, uint64_t old,
 	uint64_t count = (old & W_TCOUNT_MASK) >> W_TCOUNT_SHIFT;
 
 	nw &= ~W_THRASH_MASK;
-	if (!thr)
+	/* Revoking exclusive access is no bounce: the device asked, the CPU took back. */
+	if (!thr || uhmm__is_exclusive(h, dm))
 		return nw;
 	if (since16(old) > atomic_load(&h->thrash.window16))
 		return nw; /* it stayed long enough: the streak ends */

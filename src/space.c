@@ -593,6 +593,7 @@ int uhmm_open(struct uhmm **hp, const struct uhmm_open_opts *opts)
 		return -EMFILE;
 	}
 	pthread_mutex_init(&h->lock, NULL);
+	pthread_mutex_init(&h->excl_lock, NULL);
 	pthread_mutex_init(&h->fork_lock, NULL);
 	pthread_mutex_init(&h->advice_lock, NULL);
 	pthread_mutex_init(&h->sync_lock, NULL);
@@ -691,6 +692,7 @@ void uhmm__put(struct uhmm *h)
 	uhmm__pool_fini(&h->bounce);
 	munmap(h->svc_bounce, CHUNK_SIZE);
 	pthread_mutex_destroy(&h->lock);
+	pthread_mutex_destroy(&h->excl_lock);
 	pthread_mutex_destroy(&h->fork_lock);
 	uhmm__advice_fini(h);
 	pthread_mutex_destroy(&h->advice_lock);
@@ -758,6 +760,7 @@ void uhmm_close(struct uhmm *h)
 	}
 	uhmm__svc_stop(h);
 	uhmm__devmem_orphan_all(h);
+	uhmm__exclusive_fini(h);
 	close(h->uffd);
 	h->uffd = -1;
 	if (h->uffd_stg >= 0)

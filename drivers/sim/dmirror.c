@@ -346,55 +346,59 @@ static int dm_migrate_to_sys(struct uhmm_sim *sim, uintptr_t s, uintptr_t e, str
 
 /*
  * The kernel's make_device_exclusive: the device takes the pages for atomics
- * and reads them back (cpages). Here the pages move to the device, which is
- * what makes any CPU access fault; the fault that brings a page home is the
- * revocation, and the CPU then sees everything the device wrote.
+ * and reads them back (cpages). uhmm_make_exclusive moves them into uhmm's
+ * exclusive region and returns them locked; the device's entries point there
+ * (PTE_X) before they are let go, so any CPU access, which revokes, finds the
+ * entries in place to drop; the CPU then sees everything the device wrote.
  */
 static int dm_exclusive(struct uhmm_sim *sim, uintptr_t s, uintptr_t e, void *ptr,
 			struct result *res)
 {
-	size_t n = (e - s) >> SIM_PAGE_SHIFT;
-	int ret = dm_migrate_to_dev(sim, s, e, ptr, res);
+	unsigned long npages = (e - s) >> SIM_PAGE_SHIFT, done;
+	struct uhmm_sim_ctx *ctx = NULL;
+	void **pages = NULL;
+	uint64_t *pfns = NULL;
+	char *bounce = NULL;
+	int ret;
 
+	ret = migrate_check(sim, s, e, &pfns);
 	if (ret)
 		return ret;
-	pthread_mutex_lock(&sim->excl_lock);
-	if (sim->nexcl + n > sim->capexcl) {
-		size_t cap = (sim->nexcl + n) * 2;
-		uintptr_t *x = realloc(sim->excl, cap * sizeof(*x));
-
-		if (!x) {
-			pthread_mutex_unlock(&sim->excl_lock);
-			return -ENOMEM;
-		}
-		sim->excl = x;
-		sim->capexcl = cap;
+	ret = -ENOMEM;
+	ctx = sim_ctx_new(sim, true, 0);
+	bounce = bounce_alloc(npages);
+	pages = calloc(npages, sizeof(*pages));
+	if (!ctx || !bounce || !pages)
+		goto out;
+	ret = uhmm_make_exclusive(sim->h, (void *)s, e - s, sim, pages);
+	if (ret < 0)
+		goto out;
+	sim_new_epoch(sim);
+	sim_pt_set_exclusive(ctx, s, npages, pages);
+	uhmm_exclusive_unlock(sim->h, (void *)s, e - s, pages);
+	/* As the kernel's driver: a page that could not be taken fails the command. */
+	if ((unsigned long)ret < npages) {
+		ret = -EBUSY;
+		goto out;
 	}
-	for (uintptr_t a = s; a < e; a += SIM_PAGE)
-		sim->excl[sim->nexcl++] = a;
-	pthread_mutex_unlock(&sim->excl_lock);
-	return 0;
+	/* Read back through the entries just made, without faulting. */
+	ret = do_copy(ctx, s, e, bounce, false, &done);
+	if (!ret) {
+		memcpy(ptr, bounce, npages * SIM_PAGE);
+		res->cpages = npages;
+	}
+out:
+	free(pages);
+	bounce_free(bounce, npages);
+	sim_ctx_free(ctx);
+	free(pfns);
+	return ret;
 }
 
 /* -EPERM while a page of the range is still the device's exclusively (not revoked). */
 static int dm_check_exclusive(struct uhmm_sim *sim, uintptr_t s, uintptr_t e)
 {
-	int ret = 0;
-
-	pthread_mutex_lock(&sim->excl_lock);
-	for (size_t i = 0; i < sim->nexcl;) {
-		uintptr_t a = sim->excl[i];
-
-		if (uhmm_page_state(sim->h, (void *)a) != UHMM_PAGE_DEVICE) {
-			sim->excl[i] = sim->excl[--sim->nexcl]; /* revoked: forget it */
-			continue;
-		}
-		if (a >= s && a < e)
-			ret = -EPERM;
-		i++;
-	}
-	pthread_mutex_unlock(&sim->excl_lock);
-	return ret;
+	return sim_pt_exclusive_in(sim, s, e) ? -EPERM : 0;
 }
 
 /* Device removal with pages resident: evict everything, unregister, register afresh. */

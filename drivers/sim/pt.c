@@ -243,7 +243,6 @@ int sim_pt_init(struct uhmm_sim *sim)
 	int ret;
 
 	pthread_mutex_init(&sim->lock, NULL);
-	pthread_mutex_init(&sim->excl_lock, NULL);
 	atomic_store(&sim->gen, 1);
 	atomic_store(&sim->vepoch, 1);
 	/* The whole address space, as the kernel's test driver does. */
@@ -251,7 +250,6 @@ int sim_pt_init(struct uhmm_sim *sim)
 					    &sim_notifier_ops);
 	if (ret) {
 		pthread_mutex_destroy(&sim->lock);
-		pthread_mutex_destroy(&sim->excl_lock);
 		return ret;
 	}
 	sim->notifier_in = true;
@@ -276,9 +274,6 @@ void sim_pt_fini(struct uhmm_sim *sim)
 		free_walk(sim->root, 0);
 	sim->root = NULL;
 	pthread_mutex_destroy(&sim->lock);
-	pthread_mutex_destroy(&sim->excl_lock);
-	free(sim->excl);
-	sim->excl = NULL;
 }
 
 /* --- contexts and slots --- */
@@ -805,6 +800,51 @@ static bool page_shared(struct uhmm_sim *sim, uint64_t pte)
 }
 
 /*
+ * Enter exclusive entries for the pages of [s, s + n pages) that have a host
+ * address in @pages (uhmm_make_exclusive, which holds them locked: no
+ * revocation can come before the entry is in). Out of memory for the table,
+ * an entry stays missing: a device access then faults, which revokes.
+ */
+void sim_pt_set_exclusive(struct uhmm_sim_ctx *ctx, uintptr_t s, unsigned long n,
+			  void *const *pages)
+{
+	struct uhmm_sim *sim = ctx->sim;
+	uint64_t epoch = atomic_load(&sim->vepoch);
+
+	for (unsigned long i = 0; i < n; i++) {
+		uint64_t vpn = (s >> SIM_PAGE_SHIFT) + i;
+		struct pt_leaf *l;
+
+		if (!pages[i] || ctx_topup(ctx))
+			continue;
+		pthread_mutex_lock(&sim->lock);
+		l = leaf_get(sim, vpn, ctx);
+		if (l)
+			l->e[vpn & (PT_FAN - 1)] = PTE_P | PTE_W | PTE_X |
+						   ((uintptr_t)pages[i] & PTE_PFN_MASK) |
+						   epoch_bits(epoch);
+		atomic_fetch_add(&sim->gen, 1); /* a cached entry may be the old one */
+		pthread_mutex_unlock(&sim->lock);
+	}
+}
+
+/* Whether an exclusive entry is left in [s, e): not yet revoked. */
+bool sim_pt_exclusive_in(struct uhmm_sim *sim, uintptr_t s, uintptr_t e)
+{
+	bool any = false;
+
+	pthread_mutex_lock(&sim->lock);
+	for (uintptr_t a = s; a < e && !any; a += SIM_PAGE) {
+		uint64_t vpn = a >> SIM_PAGE_SHIFT;
+		struct pt_leaf *l = leaf_get(sim, vpn, NULL);
+
+		any = l && (l->e[vpn & (PT_FAN - 1)] & (PTE_P | PTE_X)) == (PTE_P | PTE_X);
+	}
+	pthread_mutex_unlock(&sim->lock);
+	return any;
+}
+
+/*
  * Translate @va under the slot a sim_translate() that returned 0 holds: only
  * an entry that is present, current and in this device's memory (writable
  * and not shared, for @write) counts. An invalidation begun meanwhile waits
@@ -825,10 +865,12 @@ int sim_translate_held(struct uhmm_sim_ctx *ctx, uintptr_t va, bool write, char 
 		t->vpn = vpn;
 		t->pte = pte;
 	}
-	if (!(pte & PTE_P) || !(pte & PTE_L) || pte_epoch(pte) != epoch ||
-	    (write && (!(pte & PTE_W) || page_shared(sim, pte))))
+	if (!(pte & PTE_P) || !(pte & (PTE_L | PTE_X)) || pte_epoch(pte) != epoch ||
+	    (write && (!(pte & PTE_W) || ((pte & PTE_L) && page_shared(sim, pte)))))
 		return -ENOENT;
-	*mem = sim_pool_page(sim, pte_pfn(pte)) + (va & (SIM_PAGE - 1));
+	*mem = ((pte & PTE_X) ? (char *)(uintptr_t)(pte & PTE_PFN_MASK) :
+				sim_pool_page(sim, pte_pfn(pte))) +
+	       (va & (SIM_PAGE - 1));
 	return 0;
 }
 
@@ -862,6 +904,11 @@ int sim_translate(struct uhmm_sim_ctx *ctx, uintptr_t va, bool write, bool fault
 		}
 		cow = false;
 		if ((pte & PTE_P) && pte_epoch(pte) == epoch && (!write || (pte & PTE_W))) {
+			if (pte & PTE_X) {
+				/* Held like a local page: revocation waits for the slot. */
+				*mem = (char *)(uintptr_t)(pte & PTE_PFN_MASK) + (va & (SIM_PAGE - 1));
+				return 0;
+			}
 			if (!(pte & PTE_L)) {
 				sim_slot_exit(ctx);
 				*mem = (char *)va;

@@ -59,6 +59,11 @@
 #define PTE_P 0x1ULL
 #define PTE_W 0x2ULL
 #define PTE_L 0x4ULL
+/*
+ * Exclusive (uhmm_make_exclusive): the page lives in uhmm's exclusive region,
+ * and the frame field holds its host address; reached there like a local page.
+ */
+#define PTE_X 0x8ULL
 #define PTE_PFN_SHIFT 12
 #define PTE_PFN_MASK (((1ULL << 36) - 1) << PTE_PFN_SHIFT)
 #define PTE_EPOCH_SHIFT 48
@@ -113,14 +118,6 @@ struct uhmm_sim {
 	atomic_uint fail_next;
 	_Atomic uintptr_t fail_addr[SIM_FAIL_PAGES];
 	_Atomic uint64_t dflags; /* UHMM_DMIRROR_FLAG_* */
-	/*
-	 * Pages the device holds for atomics (UHMM_DMIRROR_EXCLUSIVE), under
-	 * excl_lock. uhmm has no device-exclusive entry: the page moves to the
-	 * device, and any CPU touch brings it home, which revokes it.
-	 */
-	pthread_mutex_t excl_lock;
-	uintptr_t *excl;
-	size_t nexcl, capexcl;
 	atomic_ulong copies_to, copies_from, copy_errors, page_frees, faults;
 	_Atomic uintptr_t stream_next; /* where the last copy to the device ended (CPU address) */
 	atomic_ulong stream_bytes;     /* bytes copied in a run of adjoining batches (sim_streaming) */
@@ -185,6 +182,9 @@ int sim_translate(struct uhmm_sim_ctx *ctx, uintptr_t va, bool write, bool fault
 /* One device page's worth (SIM_PAGE), streaming into device memory with @stream; then sim_copy_fence(). */
 void sim_copy_page(void *dst, const void *src, bool stream);
 void sim_copy_fence(void);
+void sim_pt_set_exclusive(struct uhmm_sim_ctx *ctx, uintptr_t s, unsigned long n,
+			  void *const *pages);
+bool sim_pt_exclusive_in(struct uhmm_sim *sim, uintptr_t s, uintptr_t e);
 int sim_translate_held(struct uhmm_sim_ctx *ctx, uintptr_t va, bool write, char **mem);
 void sim_slot_exit(struct uhmm_sim_ctx *ctx);
 void sim_tlb_forget(struct uhmm_sim_ctx *ctx, uintptr_t va);
