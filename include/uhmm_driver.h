@@ -547,9 +547,10 @@ UHMM_API int uhmm_duplicate(struct uhmm_devmem *dm, void *addr, size_t len);
  * pages as device pages of that region. Up to 64 MiB may be exclusive at
  * once per handle.
  *
- * Return: pages made exclusive, or -EINVAL (NULL, unaligned), -ENOENT (not
- * managed), -ENOMEM (the exclusive region is full and nothing could be
- * taken), or the error of bringing pages home.
+ * Return: pages made exclusive, or -EINVAL (NULL, unaligned), -EFAULT
+ * (nothing mapped there), -EPERM (a read-only mapping: atomics write, as in
+ * the kernel), -ENOENT (not managed), -ENOMEM (the exclusive region is full
+ * and nothing could be taken), or the error of bringing pages home.
  */
 UHMM_API int uhmm_make_exclusive(struct uhmm *h, void *addr, size_t len, void *owner,
 				 void **pages);

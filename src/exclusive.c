@@ -200,6 +200,15 @@ int uhmm_make_exclusive(struct uhmm *h, void *addr, size_t len, void *owner, voi
 	ret = uhmm_can_migrate(h);
 	if (ret)
 		return ret;
+	/* As the kernel: only pages the CPU may write (a device's atomics write). */
+	for (uintptr_t a = s, end; a < s + len; a = end) {
+		int prot = uhmm__vma_prot(a, &end);
+
+		if (prot < 0)
+			return prot == -ENOENT ? -EFAULT : prot;
+		if (!(prot & PROT_WRITE))
+			return -EPERM;
+	}
 	dm = excl_region(h, &err);
 	if (!dm)
 		return err;

@@ -362,6 +362,10 @@ TEST(make_exclusive_refuses_bad_input)
 	CHECK_EQ(uhmm_make_exclusive(f.h, f.p + 1, PAGE, &f.d, f.pages), -EINVAL);
 	CHECK_EQ(uhmm_make_exclusive(f.h, f.p, 0, &f.d, f.pages), -EINVAL);
 	CHECK_EQ(uhmm_make_exclusive(f.h, plain, PAGE, &f.d, f.pages), -ENOENT);
+	/* Atomics write: a read-only mapping is refused, as the kernel does. */
+	CHECK_EQ(mprotect(f.p, PAGE, PROT_READ), 0);
+	CHECK_EQ(uhmm_make_exclusive(f.h, f.p, 2 * PAGE, &f.d, f.pages), -EPERM);
+	CHECK_EQ(mprotect(f.p, PAGE, PROT_READ | PROT_WRITE), 0);
 	/* Nothing was taken: the pages are where they were. */
 	CHECK_EQ(count_state(f.h, f.p, NP, UHMM_PAGE_SYSTEM), NP);
 	uhmm_exclusive_unlock(NULL, f.p, PAGE, f.pages);
