@@ -558,8 +558,12 @@ UHMM_API int uhmm_make_exclusive(struct uhmm *h, void *addr, size_t len, void *o
 /**
  * uhmm_exclusive_unlock() - let go of the pages uhmm_make_exclusive() locked.
  * @h, @addr, @len, @pages: as given to and filled by uhmm_make_exclusive().
- * Call once the device's mapping of every page is in place, in the thread
- * that made them exclusive, without touching them from the CPU before.
+ * Call once the device's mapping of every page is in place. Until then the
+ * calling thread must not touch the pages from the CPU, fork, migrate or
+ * unmanage them, make them exclusive again or close the handle: each waits
+ * for the locks it holds. A page whose lock is no longer the one that call
+ * took (unlocked already, revoked since) is left alone, so a second call is
+ * harmless; pass the array that call filled, not an older one.
  */
 UHMM_API void uhmm_exclusive_unlock(struct uhmm *h, void *addr, size_t len, void *const *pages);
 

@@ -17,6 +17,7 @@
  */
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <string.h>
 #include <sys/mman.h>
 
@@ -108,6 +109,10 @@ static struct uhmm_devmem *excl_region(struct uhmm *h, int *err)
 	dm = atomic_load(&h->excl_dm);
 	if (dm)
 		goto out;
+	if (atomic_load(&h->closed)) {
+		*err = -ESHUTDOWN;
+		goto out;
+	}
 	mem = mmap(NULL, EXCL_PAGES << PAGE_SHIFT, PROT_READ | PROT_WRITE,
 		   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 	if (mem == MAP_FAILED) {
@@ -143,8 +148,12 @@ bool uhmm__is_exclusive(struct uhmm *h, const struct uhmm_devmem *dm)
 
 /*
  * Lock the word of @a if it names a page of the exclusive region backing @a:
- * returns the page (word locked), or NULL (nothing held).
+ * returns the page (word locked), or NULL (nothing held). Try-locks only, as
+ * every multi-page locker must (this call holds the pages before @a): a page
+ * someone holds for long (a slow migration) is left out.
  */
+#define EXCL_LOCK_TRIES 1000
+
 static struct uhmm_page *lock_exclusive(struct uhmm *h, struct uhmm_devmem *dm, uintptr_t a)
 {
 	struct uhmm_page *page = NULL;
@@ -154,13 +163,18 @@ static struct uhmm_page *lock_exclusive(struct uhmm *h, struct uhmm_devmem *dm, 
 	r = uhmm__lookup(h, a);
 	if (r) {
 		_Atomic uint64_t *w = uhmm__word(r, a);
-		uint64_t v = uhmm__lock(w);
+		uint64_t v;
+		int tries = 0;
 
-		if (w_kind(v) == W_DEVICE)
-			page = uhmm__word_page(h, v);
-		if (!page || page->devmem != dm || uhmm_page_addr(page) != a) {
-			uhmm__unlock(w, v);
-			page = NULL;
+		while (!uhmm__trylock(w, &v) && ++tries < EXCL_LOCK_TRIES)
+			sched_yield();
+		if (tries < EXCL_LOCK_TRIES) {
+			if (w_kind(v) == W_DEVICE)
+				page = uhmm__word_page(h, v);
+			if (!page || page->devmem != dm || uhmm_page_addr(page) != a) {
+				uhmm__unlock(w, v);
+				page = NULL;
+			}
 		}
 	}
 	uhmm__rd_exit(h);
@@ -182,6 +196,9 @@ static bool any_on_devices(struct uhmm *h, uintptr_t s, uintptr_t e)
 	return any;
 }
 
+static long make_locked(struct uhmm *h, struct uhmm_devmem *dm, uintptr_t s, size_t len,
+			void *owner, void **pages);
+
 int uhmm_make_exclusive(struct uhmm *h, void *addr, size_t len, void *owner, void **pages)
 {
 	uintptr_t s = (uintptr_t)addr;
@@ -197,6 +214,7 @@ int uhmm_make_exclusive(struct uhmm *h, void *addr, size_t len, void *owner, voi
 		return ret;
 	if (!owner || !pages)
 		return -EINVAL;
+	memset(pages, 0, (len >> PAGE_SHIFT) * sizeof(*pages));
 	ret = uhmm_can_migrate(h);
 	if (ret)
 		return ret;
@@ -212,6 +230,23 @@ int uhmm_make_exclusive(struct uhmm *h, void *addr, size_t len, void *owner, voi
 	dm = excl_region(h, &err);
 	if (!dm)
 		return err;
+	/*
+	 * One caller at a time: pages another caller made exclusive between
+	 * our migrations would otherwise be handed to two devices at once.
+	 */
+	pthread_mutex_lock(&h->excl_lock);
+	n = make_locked(h, dm, s, len, owner, pages);
+	pthread_mutex_unlock(&h->excl_lock);
+	return n > INT32_MAX ? INT32_MAX : (int)n;
+}
+
+static long make_locked(struct uhmm *h, struct uhmm_devmem *dm, uintptr_t s, size_t len,
+			void *owner, void **pages)
+{
+	void *addr = (void *)s;
+	long n = 0;
+	int ret;
+
 	/*
 	 * As the kernel faults the pages in writable first: pages in any
 	 * device's memory (exclusive ones included) come home, then all move
@@ -232,7 +267,7 @@ int uhmm_make_exclusive(struct uhmm *h, void *addr, size_t len, void *owner, voi
 		pages[i] = page ? excl_mem(dm, page) : NULL;
 		n += !!page;
 	}
-	return n > INT32_MAX ? INT32_MAX : (int)n;
+	return n;
 }
 
 void uhmm_exclusive_unlock(struct uhmm *h, void *addr, size_t len, void *const *pages)
@@ -248,8 +283,13 @@ void uhmm_exclusive_unlock(struct uhmm *h, void *addr, size_t len, void *const *
 
 		if (r) {
 			_Atomic uint64_t *w = uhmm__word(r, a);
+			uint64_t v = atomic_load(w);
+			struct uhmm_page *page = w_kind(v) == W_DEVICE ? uhmm__word_page(h, v) : NULL;
 
-			uhmm__unlock(w, atomic_load(w));
+			/* Only a lock this page's make_exclusive took: never twice, never another's. */
+			if ((v & W_LOCKED) && page && uhmm__is_exclusive(h, page->devmem) &&
+			    excl_mem(page->devmem, page) == pages[i] && uhmm_page_addr(page) == a)
+				uhmm__unlock(w, v);
 		}
 	}
 	uhmm__rd_exit(h);
@@ -258,7 +298,11 @@ void uhmm_exclusive_unlock(struct uhmm *h, void *addr, size_t len, void *const *
 /* At close: the region's pages are home (uhmm_close brought everything back). */
 void uhmm__exclusive_fini(struct uhmm *h)
 {
-	struct uhmm_devmem *dm = atomic_exchange(&h->excl_dm, NULL);
+	struct uhmm_devmem *dm;
+
+	pthread_mutex_lock(&h->excl_lock); /* after a first use under way, if any */
+	dm = atomic_exchange(&h->excl_dm, NULL);
+	pthread_mutex_unlock(&h->excl_lock);
 
 	if (!dm)
 		return;

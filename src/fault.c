@@ -527,7 +527,8 @@ again:
 		 * read-only duplicate, the device keeping its copy (CUDA's
 		 * driver does the same), if the handle can write-protect.
 		 */
-		uhmm__fault_dup = !write && atomic_load(&h->wp) && uhmm__read_mostly(h, addr);
+		uhmm__fault_dup = !write && atomic_load(&h->wp) && page &&
+				  !uhmm__is_exclusive(h, page->devmem) && uhmm__read_mostly(h, addr);
 		ret = page ? page->devmem->ops->migrate_to_ram(&vmf) : -ENODEV;
 		uhmm__fault_dup = 0;
 		nv = atomic_load(w);

@@ -362,6 +362,9 @@ TEST(make_exclusive_refuses_bad_input)
 	CHECK_EQ(uhmm_make_exclusive(f.h, f.p + 1, PAGE, &f.d, f.pages), -EINVAL);
 	CHECK_EQ(uhmm_make_exclusive(f.h, f.p, 0, &f.d, f.pages), -EINVAL);
 	CHECK_EQ(uhmm_make_exclusive(f.h, plain, PAGE, &f.d, f.pages), -ENOENT);
+	CHECK_EQ(munmap(plain, PAGE), 0); /* nothing mapped there now */
+	CHECK_EQ(uhmm_make_exclusive(f.h, plain, PAGE, &f.d, f.pages), -EFAULT);
+	plain = map_anon(PAGE);
 	/* Atomics write: a read-only mapping is refused, as the kernel does. */
 	CHECK_EQ(mprotect(f.p, PAGE, PROT_READ), 0);
 	CHECK_EQ(uhmm_make_exclusive(f.h, f.p, 2 * PAGE, &f.d, f.pages), -EPERM);
@@ -424,6 +427,7 @@ static void atomics_race_cpu(enum uhmm_fault_mode mode)
 	for (size_t i = 0; i < NP; i++)
 		total += *(uint64_t *)(f.p + i * PAGE);
 	NOTE("%lu CPU increments, %lu device increments", cpu, r.rounds);
+	CHECK_GT(r.rounds, 0);
 	CHECK_EQ(total, cpu + r.rounds);
 	fx_teardown(&f);
 }
@@ -436,4 +440,50 @@ TEST(device_atomics_race_cpu_increments_thread_mode)
 TEST(device_atomics_race_cpu_increments_signal_mode)
 {
 	atomics_race_cpu(UHMM_FAULT_SIGNAL);
+}
+
+/*
+ * uhmm_exclusive_unlock lets go only of the locks its make_exclusive took:
+ * a second call, or one with a stale array, must not unlock a page someone
+ * else holds (here: the pages made exclusive again, still held).
+ */
+static void unlock_twice(enum uhmm_fault_mode mode)
+{
+	static struct toucher t;
+	struct fx f;
+	void *old[NP];
+	double t0;
+
+	fx_setup(&f, mode);
+	make_all(&f);
+	memcpy(old, f.pages, sizeof(old));
+	uhmm_exclusive_unlock(f.h, f.p, NP * PAGE, f.pages); /* again: nothing held */
+	CHECK_PATTERN_PAGE(f.p, 0, 0xe8c1); /* revokes page 0 */
+	CHECK_EQ(uhmm_make_exclusive(f.h, f.p, NP * PAGE, &f.d, f.pages), NP);
+	/* Page 0 came back elsewhere in the region; the others stayed where they were. */
+	uhmm_exclusive_unlock(f.h, f.p, NP * PAGE, old);
+	t.p = f.p + PAGE;
+	atomic_store(&t.done, 0);
+	CHECK_EQ(pthread_create(&t.tid, NULL, toucher_main, &t), 0);
+	t0 = harness_now();
+	while (harness_now() - t0 < 0.1 && !atomic_load(&t.done))
+		usleep(1000);
+	if (f.pages[1] == old[1])
+		NOTE("page 1 is at the same place in the region: the stale unlock let it go");
+	else
+		CHECK_MSG(!atomic_load(&t.done), "a stale unlock let go of a page another call holds");
+	uhmm_exclusive_unlock(f.h, f.p, NP * PAGE, f.pages);
+	CHECK_EQ(pthread_join(t.tid, NULL), 0);
+	CHECK_PATTERN_PAGES(f.p, NP, 0xe8c1);
+	fx_teardown(&f);
+}
+
+TEST(unlock_twice_or_with_a_stale_array_is_harmless_thread_mode)
+{
+	unlock_twice(UHMM_FAULT_THREAD);
+}
+
+TEST(unlock_twice_or_with_a_stale_array_is_harmless_signal_mode)
+{
+	unlock_twice(UHMM_FAULT_SIGNAL);
 }

@@ -370,12 +370,33 @@ static int dm_exclusive(struct uhmm_sim *sim, uintptr_t s, uintptr_t e, void *pt
 	pages = calloc(npages, sizeof(*pages));
 	if (!ctx || !bounce || !pages)
 		goto out;
-	ret = uhmm_make_exclusive(sim->h, (void *)s, e - s, sim, pages);
+	sim_new_epoch(sim);
+	/*
+	 * The driver loop: the sequence begins before the call (never while
+	 * pages are held: an invalidation waiting for them would hold up
+	 * read_begin), the entries go in only if nothing changed meanwhile.
+	 */
+	for (int64_t deadline = sim_now_ns() + SIM_TIMEOUT_NS;;) {
+		uint64_t seq;
+		bool in;
+
+		sim_fill_begin(ctx, s, e);
+		seq = uhmm_interval_read_begin(&sim->notifier);
+		ret = uhmm_make_exclusive(sim->h, (void *)s, e - s, sim, pages);
+		if (ret < 0)
+			break;
+		in = sim_pt_set_exclusive(ctx, s, npages, pages, seq);
+		uhmm_exclusive_unlock(sim->h, (void *)s, e - s, pages);
+		if (in)
+			break;
+		if (sim_now_ns() > deadline) {
+			ret = -EBUSY;
+			break;
+		}
+	}
+	sim_fill_end(ctx);
 	if (ret < 0)
 		goto out;
-	sim_new_epoch(sim);
-	sim_pt_set_exclusive(ctx, s, npages, pages);
-	uhmm_exclusive_unlock(sim->h, (void *)s, e - s, pages);
 	/* As the kernel's driver: a page that could not be taken fails the command. */
 	if ((unsigned long)ret < npages) {
 		ret = -EBUSY;

@@ -186,12 +186,15 @@ static bool sim_invalidate(struct uhmm_interval_notifier *n, const struct uhmm_n
 			   uint64_t cur_seq)
 {
 	struct uhmm_sim *sim = (struct uhmm_sim *)((char *)n - offsetof(struct uhmm_sim, notifier));
-	bool own = r->event == UHMM_NOTIFY_MIGRATE && r->owner == sim, hit = false;
+	bool own = (r->event == UHMM_NOTIFY_MIGRATE || r->event == UHMM_NOTIFY_EXCLUSIVE) &&
+		   r->owner == sim,
+	     hit = false;
 	struct drop_count c = { 0 };
 	uint64_t gen;
 
 	pthread_mutex_lock(&sim->lock);
-	for (int i = 0; i < SIM_NSLOTS; i++) {
+	/* Its own exclusive access is what its fill is waiting for: not a change. */
+	for (int i = 0; i < SIM_NSLOTS && !(own && r->event == UHMM_NOTIFY_EXCLUSIVE); i++) {
 		if (sim->fill_s[i] < r->end && r->start < sim->fill_e[i]) {
 			sim->fill_stale[i] = true;
 			hit = true;
@@ -801,31 +804,49 @@ static bool page_shared(struct uhmm_sim *sim, uint64_t pte)
 
 /*
  * Enter exclusive entries for the pages of [s, s + n pages) that have a host
- * address in @pages (uhmm_make_exclusive, which holds them locked: no
- * revocation can come before the entry is in). Out of memory for the table,
- * an entry stays missing: a device access then faults, which revokes.
+ * address in @pages (uhmm_make_exclusive, which holds them locked), unless
+ * the window changed since sim_fill_begin/@seq: an event's invalidation may
+ * have come between the call and now, and found no entry to drop (its page
+ * walk then waits for the locks). Returns false then, with nothing entered.
+ * A table that cannot grow, or an address beyond the frame field, leaves an
+ * entry missing: a device access then faults, which revokes.
  */
-void sim_pt_set_exclusive(struct uhmm_sim_ctx *ctx, uintptr_t s, unsigned long n,
-			  void *const *pages)
+bool sim_pt_set_exclusive(struct uhmm_sim_ctx *ctx, uintptr_t s, unsigned long n,
+			  void *const *pages, uint64_t seq)
 {
 	struct uhmm_sim *sim = ctx->sim;
 	uint64_t epoch = atomic_load(&sim->vepoch);
 
-	for (unsigned long i = 0; i < n; i++) {
+	for (unsigned long i = 0; i < n;) {
 		uint64_t vpn = (s >> SIM_PAGE_SHIFT) + i;
+		unsigned long k = PT_FAN - (unsigned long)(vpn & (PT_FAN - 1));
 		struct pt_leaf *l;
 
-		if (!pages[i] || ctx_topup(ctx))
-			continue;
+		if (k > n - i)
+			k = n - i;
+		ctx_topup(ctx);
 		pthread_mutex_lock(&sim->lock);
+		if (sim_fill_stale_locked(ctx) || uhmm_interval_read_retry(&sim->notifier, seq)) {
+			/* Take back what went in: no device thread may still use it. */
+			uint64_t gen = drop_and_gen(sim, s, s + i * SIM_PAGE, &(struct drop_count){ 0 });
+
+			pthread_mutex_unlock(&sim->lock);
+			wait_slots(sim, gen);
+			return false;
+		}
 		l = leaf_get(sim, vpn, ctx);
-		if (l)
-			l->e[vpn & (PT_FAN - 1)] = PTE_P | PTE_W | PTE_X |
-						   ((uintptr_t)pages[i] & PTE_PFN_MASK) |
-						   epoch_bits(epoch);
+		for (unsigned long j = 0; l && j < k; j++) {
+			uintptr_t a = (uintptr_t)pages[i + j];
+
+			if (a && !(a & ~PTE_PFN_MASK))
+				l->e[(vpn + j) & (PT_FAN - 1)] =
+					PTE_P | PTE_W | PTE_X | a | epoch_bits(epoch);
+		}
 		atomic_fetch_add(&sim->gen, 1); /* a cached entry may be the old one */
 		pthread_mutex_unlock(&sim->lock);
+		i += k;
 	}
+	return true;
 }
 
 /* Whether an exclusive entry is left in [s, e): not yet revoked. */

@@ -182,8 +182,8 @@ int sim_translate(struct uhmm_sim_ctx *ctx, uintptr_t va, bool write, bool fault
 /* One device page's worth (SIM_PAGE), streaming into device memory with @stream; then sim_copy_fence(). */
 void sim_copy_page(void *dst, const void *src, bool stream);
 void sim_copy_fence(void);
-void sim_pt_set_exclusive(struct uhmm_sim_ctx *ctx, uintptr_t s, unsigned long n,
-			  void *const *pages);
+bool sim_pt_set_exclusive(struct uhmm_sim_ctx *ctx, uintptr_t s, unsigned long n,
+			  void *const *pages, uint64_t seq);
 bool sim_pt_exclusive_in(struct uhmm_sim *sim, uintptr_t s, uintptr_t e);
 int sim_translate_held(struct uhmm_sim_ctx *ctx, uintptr_t va, bool write, char **mem);
 void sim_slot_exit(struct uhmm_sim_ctx *ctx);
