@@ -28,7 +28,7 @@ extern "C" {
 struct uhmm_devmem;
 
 /* The ABI number drivers put in uhmm_devmem_ops.abi. */
-#define UHMM_DEVMEM_OPS_ABI 1
+#define UHMM_DEVMEM_OPS_ABI 2
 
 enum uhmm_memory_type {
 	/* The CPU cannot address it; a CPU touch faults into migrate_to_ram. */
@@ -96,7 +96,8 @@ UHMM_API unsigned long uhmm_fault_window(const struct uhmm_fault *vmf);
 
 /*
  * struct uhmm_devmem_ops - what a driver tells the core about its memory.
- * One static const table per driver, with .abi = UHMM_DEVMEM_OPS_ABI.
+ * One static const table per driver, with .abi = UHMM_DEVMEM_OPS_ABI. Tables
+ * of ABI 1 (before page_data) are still accepted.
  */
 struct uhmm_devmem_ops {
 	unsigned int abi;
@@ -143,6 +144,17 @@ struct uhmm_devmem_ops {
 	 * the fault path (same rules as copy_from_device). Optional.
 	 */
 	void (*page_free)(struct uhmm_page *page);
+
+	/*
+	 * page_data - where the CPU can read @page's data (ABI 2): device
+	 * memory mapped into the process (host-visible memory, a BAR, the sim
+	 * device's pool). The core's migrations home then install pages
+	 * straight from it, one UFFDIO_COPY per run of adjoining pages,
+	 * instead of copy_from_device into a buffer and a copy from there.
+	 * Return 0 with *@data, or -errno: the page cannot come home (as a
+	 * failed copy). Same rules as copy_from_device. Optional.
+	 */
+	int (*page_data)(struct uhmm_page *page, const void **data);
 };
 
 /*

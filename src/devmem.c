@@ -51,7 +51,8 @@ static int check_ops(const struct uhmm_devmem_desc *d)
 {
 	const struct uhmm_devmem_ops *ops = d->ops;
 
-	if (!ops || ops->abi != UHMM_DEVMEM_OPS_ABI)
+	/* ABI 1 tables (without page_data) stay welcome. */
+	if (!ops || ops->abi < 1 || ops->abi > UHMM_DEVMEM_OPS_ABI)
 		return -EINVAL;
 	if (!ops->copy_to_device || !ops->copy_from_device)
 		return -EINVAL;

@@ -88,12 +88,19 @@ static void excl_page_free(struct uhmm_page *page)
 	madvise(excl_mem(page->devmem, page), PAGE_SIZE, MADV_DONTNEED);
 }
 
+static int excl_page_data(struct uhmm_page *page, const void **data)
+{
+	*data = excl_mem(page->devmem, page);
+	return 0;
+}
+
 static const struct uhmm_devmem_ops excl_ops = {
 	.abi = UHMM_DEVMEM_OPS_ABI,
 	.copy_to_device = excl_copy_to,
 	.copy_from_device = excl_copy_from,
 	.migrate_to_ram = excl_migrate_to_ram,
 	.page_free = excl_page_free,
+	.page_data = excl_page_data,
 };
 
 /* The handle's exclusive region, made on first use. Returns it, or NULL with *err. */

@@ -444,6 +444,12 @@ static inline void uhmm__word_set_locked(_Atomic uint64_t *w, uint64_t nv)
 struct uhmm_devmem *uhmm__devmem(struct uhmm *h, unsigned slot);
 struct uhmm_page *uhmm__word_page(struct uhmm *h, uint64_t w);
 void uhmm__devmem_orphan_all(struct uhmm *h);
+/* Whether @dm's driver says where the CPU can read its pages (ops ABI 2). */
+static inline bool uhmm__has_page_data(const struct uhmm_devmem *dm)
+{
+	return dm->ops->abi >= 2 && dm->ops->page_data;
+}
+
 /* exclusive.c */
 int uhmm__to_device_exclusive(struct uhmm_devmem *dm, void *addr, size_t len, void *owner);
 bool uhmm__is_exclusive(struct uhmm *h, const struct uhmm_devmem *dm);

@@ -14,6 +14,7 @@
  */
 #include <errno.h>
 #include <sched.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 
@@ -837,6 +838,13 @@ static unsigned long room_wanted(struct uhmm_devmem *dm, uintptr_t s, uintptr_t 
 	return n;
 }
 
+static int by_pfn(const void *x, const void *y)
+{
+	const struct uhmm_page *a = *(struct uhmm_page *const *)x, *b = *(struct uhmm_page *const *)y;
+
+	return a->pfn < b->pfn ? -1 : a->pfn > b->pfn;
+}
+
 /* One pass of [s, e) to the device; returns pages moved or -errno. */
 static int pass_to_device(void *ctx, uintptr_t s, uintptr_t e, unsigned long off, unsigned char *rt)
 {
@@ -872,13 +880,22 @@ static int pass_to_device(void *ctx, uintptr_t s, uintptr_t e, unsigned long off
 		p = uhmm_devmem_alloc_page(dm);
 		if (!p)
 			break;
-		uhmm__page_set_addr(p, page_addr(&a, i));
-		dst[i] = uhmm_migrate_dst_device(p);
 		pages[m] = p;
 		data[m] = uhmm_migrate_src_data(&a, i);
 		idx[m++] = i;
 	}
 	short_at = i;
+	/*
+	 * Device pages in the order of the CPU pages they take: the free list
+	 * hands them out last freed first, which after a range came home is
+	 * backwards. In order, adjoining pages stay adjoining on the device,
+	 * so copies stream and pages come home a run per ioctl (page_data).
+	 */
+	qsort(pages, m, sizeof(pages[0]), by_pfn);
+	for (i = 0; i < m; i++) {
+		uhmm__page_set_addr(pages[i], page_addr(&a, idx[i]));
+		dst[idx[i]] = uhmm_migrate_dst_device(pages[i]);
+	}
 	if (m && dm->ops->copy_to_device(dm, pages, data, m)) {
 		/* Find the pages that fail; they stay on the CPU. */
 		for (i = 0; i < m; i++)
@@ -1018,6 +1035,24 @@ static int pass_home(void *ctx, uintptr_t s, uintptr_t e, unsigned long off, uns
 			continue;
 		}
 		dm = uhmm_migrate_entry_page(src[i])->devmem;
+		if (uhmm__has_page_data(dm)) {
+			/* Memory the CPU reads: installed straight from it, no copy in between. */
+			for (j = i; j < a.npages && (src[j] & UHMM_MIGRATE_MIGRATE) &&
+				    uhmm_migrate_entry_page(src[j])->devmem == dm;
+			     j++) {
+				const void *data = NULL;
+
+				if (dm->ops->page_data(uhmm_migrate_entry_page(src[j]), &data) ||
+				    !data) {
+					dst[j] = 0;
+					failed[j] = true;
+				} else {
+					dst[j] = UHMM_MIGRATE_VALID | (uintptr_t)data;
+				}
+			}
+			i = j;
+			continue;
+		}
 		for (j = i, m = 0; j < a.npages && (src[j] & UHMM_MIGRATE_MIGRATE) &&
 				   uhmm_migrate_entry_page(src[j])->devmem == dm;
 		     j++, m++) {

@@ -58,6 +58,21 @@ static const struct uhmm_devmem_ops no_copy_from_ops = {
 	.migrate_to_ram = stub_migrate_to_ram,
 };
 
+/* A table from before page_data (ABI 1): still welcome. */
+static const struct uhmm_devmem_ops abi1_ops = {
+	.abi = 1,
+	.copy_to_device = stub_copy_to,
+	.copy_from_device = stub_copy_from,
+	.migrate_to_ram = stub_migrate_to_ram,
+};
+
+static const struct uhmm_devmem_ops abi0_ops = {
+	.abi = 0,
+	.copy_to_device = stub_copy_to,
+	.copy_from_device = stub_copy_from,
+	.migrate_to_ram = stub_migrate_to_ram,
+};
+
 static const struct uhmm_devmem_ops bad_abi_ops = {
 	.abi = UHMM_DEVMEM_OPS_ABI + 1,
 	.copy_to_device = stub_copy_to,
@@ -387,6 +402,7 @@ TEST(devmem_add_refuses_bad_descriptions)
 	CHECK_DESC_REFUSED(ops = &no_copy_to_ops);
 	CHECK_DESC_REFUSED(ops = &no_copy_from_ops);
 	CHECK_DESC_REFUSED(ops = &bad_abi_ops);
+	CHECK_DESC_REFUSED(ops = &abi0_ops);
 	CHECK_DESC_REFUSED(ops = NULL);
 	CHECK_DESC_REFUSED(owner = NULL);
 	CHECK_DESC_REFUSED(npages = 0);
@@ -395,6 +411,14 @@ TEST(devmem_add_refuses_bad_descriptions)
 	CHECK_DESC_REFUSED(type = (enum uhmm_memory_type)99);
 #undef CHECK_DESC_REFUSED
 	CHECK(dm == NULL);
+	{
+		struct uhmm_devmem_desc d = good_desc();
+
+		d.ops = &abi1_ops;
+		CHECK_EQ(uhmm_devmem_add(f.h, &d, &dm), 0);
+		CHECK_EQ(uhmm_devmem_remove(dm), 0);
+		dm = NULL;
+	}
 
 	/* A larger description from a newer header: a non-zero tail is refused. */
 	memset(&big, 0, sizeof(big));

@@ -269,12 +269,28 @@ static void sim_page_free(struct uhmm_page *page)
 	atomic_fetch_add_explicit(&sim->page_frees, 1, memory_order_relaxed);
 }
 
+/* The pool is in the process: the core installs pages home straight from it. */
+static int sim_page_data(struct uhmm_page *page, const void **data)
+{
+	struct uhmm_sim *sim = uhmm_devmem_driver_data(page->devmem);
+	int err = sim_check(sim, uhmm_page_addr(page));
+
+	if (err) {
+		atomic_fetch_add(&sim->copy_errors, 1);
+		return err;
+	}
+	atomic_fetch_add_explicit(&sim->copies_from, 1, memory_order_relaxed);
+	*data = sim_mem(sim, page);
+	return 0;
+}
+
 static const struct uhmm_devmem_ops sim_ops = {
 	.abi = UHMM_DEVMEM_OPS_ABI,
 	.copy_to_device = sim_copy_to_device,
 	.copy_from_device = sim_copy_from_device,
 	.migrate_to_ram = sim_migrate_to_ram,
 	.page_free = sim_page_free,
+	.page_data = sim_page_data,
 };
 
 /* Register the pool as device memory (again, after a RELEASE). */
