@@ -147,16 +147,37 @@ struct uhmm_page *uhmm_devmem_alloc_page(struct uhmm_devmem *dm)
 	if (!dm || atomic_load(&dm->dying))
 		return NULL;
 	head = atomic_load(&dm->free_head);
-	do {
+	for (;;) {
 		uint32_t idx = (uint32_t)head;
 
-		if (!idx)
+		if (!idx) {
+			uint64_t again;
+
+			if (atomic_load(&dm->reordering)) {
+				/* The list is being put in order: back in a moment. */
+				sched_yield();
+				head = atomic_load(&dm->free_head);
+				continue;
+			}
+			/*
+			 * Empty only if still empty with nobody reordering
+			 * after: a reorder that ended between our two loads
+			 * gave the list back before saying so.
+			 */
+			again = atomic_load(&dm->free_head);
+			if ((uint32_t)again || atomic_load(&dm->reordering)) {
+				head = again;
+				continue;
+			}
 			return NULL;
+		}
 		page = &dm->pages[idx - 1];
 		/* The tag in the high half defeats ABA. */
 		next = ((head >> 32) + 1) << 32 |
 		       __atomic_load_n(&page->next_free, __ATOMIC_RELAXED);
-	} while (!atomic_compare_exchange_weak(&dm->free_head, &head, next));
+		if (atomic_compare_exchange_weak(&dm->free_head, &head, next))
+			break;
+	}
 
 	__atomic_store_n(&page->refcount, 1, __ATOMIC_RELEASE);
 	uhmm__page_set_addr(page, 0);
@@ -182,6 +203,8 @@ void uhmm_page_put(struct uhmm_page *page)
 	if (has_page_free(dm))
 		dm->ops->page_free(page);
 	uhmm__page_set_addr(page, 0);
+	if (!atomic_load_explicit(&dm->unordered, memory_order_relaxed))
+		atomic_store_explicit(&dm->unordered, 1, memory_order_relaxed);
 	atomic_fetch_add(&dm->page_frees, 1);
 	atomic_fetch_sub(&dm->acct->pages, 1);
 	head = atomic_load(&dm->free_head);
@@ -191,6 +214,60 @@ void uhmm_page_put(struct uhmm_page *page)
 		nh = ((head >> 32) + 1) << 32 | (page->pfn + 1);
 	} while (!atomic_compare_exchange_weak(&dm->free_head, &head, nh));
 	atomic_fetch_sub(&dm->in_use, 1);
+}
+
+/*
+ * Put the free list back in page order once every page is free. It hands
+ * pages out last freed first, so after pages came home in random order
+ * (random CPU touches) a migration took scattered device pages, and each
+ * went home by an ioctl of its own: a sequential sweep after a random one
+ * ran at 2.0 GB/s against 3.1 in order. Called before a migration to the
+ * device allocates; O(pages), only when the region is empty and a page was
+ * freed since. Allocations meanwhile wait for it (reordering).
+ */
+void uhmm__devmem_reorder(struct uhmm_devmem *dm)
+{
+	uint64_t head, cur, nh;
+	uint32_t first = 0, last = 0;
+	unsigned char *mine;
+
+	if (atomic_load(&dm->in_use) || !atomic_load(&dm->unordered) ||
+	    atomic_exchange(&dm->reordering, 1))
+		return;
+	mine = calloc(dm->npages, 1);
+	if (!mine)
+		goto out;
+	/* Take the whole list: nobody else can follow it now. */
+	head = atomic_load(&dm->free_head);
+	do {
+		if (atomic_load(&dm->in_use) || !(uint32_t)head)
+			goto out_free;
+		nh = ((head >> 32) + 1) << 32;
+	} while (!atomic_compare_exchange_weak(&dm->free_head, &head, nh));
+	atomic_store(&dm->unordered, 0);
+	for (uint32_t i = (uint32_t)head; i;
+	     i = __atomic_load_n(&dm->pages[i - 1].next_free, __ATOMIC_RELAXED))
+		mine[i - 1] = 1;
+	/* Relink what we hold, lowest page first. */
+	for (unsigned long i = dm->npages; i-- > 0;) {
+		if (!mine[i])
+			continue;
+		/* Relaxed atomics: a pop that lost the race may still read it. */
+		__atomic_store_n(&dm->pages[i].next_free, first, __ATOMIC_RELAXED);
+		first = (uint32_t)(i + 1);
+		if (!last)
+			last = first;
+	}
+	/* Give it back ahead of whatever was freed meanwhile. */
+	cur = atomic_load(&dm->free_head);
+	do {
+		__atomic_store_n(&dm->pages[last - 1].next_free, (uint32_t)cur, __ATOMIC_RELAXED);
+		nh = ((cur >> 32) + 1) << 32 | first;
+	} while (!atomic_compare_exchange_weak(&dm->free_head, &cur, nh));
+out_free:
+	free(mine);
+out:
+	atomic_store(&dm->reordering, 0);
 }
 
 static void devmem_free(struct uhmm *h, void *p)

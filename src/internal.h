@@ -158,6 +158,8 @@ struct uhmm_devmem {
 	struct uhmm_page *pages;
 	size_t pages_len;
 	_Atomic uint64_t free_head; /* (tag << 32) | (index + 1); 0: empty */
+	atomic_int unordered; /* a page was freed since the list was last in order */
+	atomic_int reordering; /* uhmm__devmem_reorder holds the whole list */
 	atomic_long in_use;
 	atomic_long resident;
 	atomic_long dups; /* pages holding read-only copies (W_DUP) */
@@ -449,6 +451,8 @@ static inline bool uhmm__has_page_data(const struct uhmm_devmem *dm)
 {
 	return dm->ops->abi >= 2 && dm->ops->page_data;
 }
+
+void uhmm__devmem_reorder(struct uhmm_devmem *dm);
 
 /* exclusive.c */
 int uhmm__to_device_exclusive(struct uhmm_devmem *dm, void *addr, size_t len, void *owner);

@@ -869,6 +869,7 @@ static int pass_to_device(void *ctx, uintptr_t s, uintptr_t e, unsigned long off
 	}
 	/* Full region with an eviction policy: make room first, holding no lock. */
 	uhmm__evict(dm, room_wanted(dm, s, e));
+	uhmm__devmem_reorder(dm);
 	ret = uhmm_migrate_setup(&a);
 	if (ret)
 		return ret;

@@ -72,3 +72,94 @@ TEST(alloc_and_put_from_several_threads)
 	CHECK_EQ(uhmm_sim_destroy(sim), 0);
 	uhmm_close(sh.h);
 }
+
+/* ---- device pages in order ---- */
+
+/* A driver that remembers which device page each CPU page of its buffer got. */
+#define RP 64
+static char rpool[RP * PAGE] __attribute__((aligned(4096)));
+static unsigned long got_pfn[RP];
+static uintptr_t rbase;
+static int rowner;
+
+static int rcopy_to(struct uhmm_devmem *dm, struct uhmm_page *const *dst, const void *const *src,
+		    unsigned long n)
+{
+	(void)dm;
+	for (unsigned long i = 0; i < n; i++) {
+		if (src[i])
+			memcpy(rpool + dst[i]->pfn * PAGE, src[i], PAGE);
+		else
+			memset(rpool + dst[i]->pfn * PAGE, 0, PAGE);
+		got_pfn[(uhmm_page_addr(dst[i]) - rbase) / PAGE] = dst[i]->pfn;
+	}
+	return 0;
+}
+
+static int rcopy_from(struct uhmm_devmem *dm, void *const *dst, struct uhmm_page *const *src,
+		      unsigned long n)
+{
+	(void)dm;
+	for (unsigned long i = 0; i < n; i++)
+		memcpy(dst[i], rpool + src[i]->pfn * PAGE, PAGE);
+	return 0;
+}
+
+static int rmigrate_to_ram(struct uhmm_fault *vmf)
+{
+	return uhmm_test_migrate_one_home(vmf, &rowner, rcopy_from);
+}
+
+static const struct uhmm_devmem_ops rops = {
+	.abi = UHMM_DEVMEM_OPS_ABI,
+	.copy_to_device = rcopy_to,
+	.copy_from_device = rcopy_from,
+	.migrate_to_ram = rmigrate_to_ram,
+};
+
+/*
+ * The free list hands pages out last freed first. After a range came home in
+ * random order, a migration of it must still get adjoining device pages for
+ * adjoining CPU pages, in order (runs go home in one ioctl, copies stream):
+ * the list is put back in order once the region is empty, and each batch is
+ * sorted.
+ */
+TEST(pages_come_out_in_order_after_a_random_return)
+{
+	UHMM_OPTS(uhmm_devmem_desc, d, .type = UHMM_MEMORY_DEVICE_PRIVATE, .npages = RP,
+		  .owner = &rowner, .ops = &rops, .name = "ordered");
+	struct uhmm *h = uhmm_test_open_migrating();
+	struct uhmm_devmem *dm;
+	struct prng r;
+	size_t *perm;
+	void *p = NULL;
+
+	CHECK_EQ(uhmm_devmem_add(h, &d, &dm), 0);
+	CHECK_EQ(uhmm_alloc(h, RP * PAGE, &p), 0);
+	rbase = (uintptr_t)p;
+	pattern_fill(p, RP * PAGE, 0x0dde);
+	prng_init(&r, 0x0dde, "home order");
+	for (int round = 0; round < 3; round++) {
+		CHECK_EQ(uhmm_migrate_to_device(dm, p, RP * PAGE), RP);
+		for (size_t i = 1; i < RP; i++)
+			CHECK_MSG(got_pfn[i] == got_pfn[0] + i,
+				  "round %d: CPU page %zu got device page %lu, page 0 got %lu", round, i,
+				  got_pfn[i], got_pfn[0]);
+		/* Home one page at a time, in random order: freed in random order. */
+		perm = prng_perm(&r, RP);
+		for (size_t i = 0; i < RP; i++)
+			CHECK_EQ(uhmm_migrate_to_ram(h, (char *)p + perm[i] * PAGE, PAGE), 1);
+		free(perm);
+		CHECK_PATTERN_PAGES(p, RP, 0x0dde);
+		/* Half the range: without the reorder, a random half of the pages. */
+		CHECK_EQ(uhmm_migrate_to_device(dm, p, RP / 2 * PAGE), RP / 2);
+		for (size_t i = 1; i < RP / 2; i++)
+			CHECK_MSG(got_pfn[i] == got_pfn[0] + i,
+				  "round %d, half: CPU page %zu got device page %lu, page 0 got %lu",
+				  round, i, got_pfn[i], got_pfn[0]);
+		CHECK_EQ(uhmm_migrate_to_ram(h, p, RP / 2 * PAGE), RP / 2);
+	}
+	CHECK_EQ(uhmm_free(h, p, RP * PAGE), 0);
+	CHECK_EQ(uhmm_devmem_remove(dm), 0);
+	uhmm_close(h);
+}
