@@ -76,7 +76,7 @@ TEST(alloc_and_put_from_several_threads)
 /* ---- device pages in order ---- */
 
 /* A driver that remembers which device page each CPU page of its buffer got. */
-#define RP 64
+#define RP 256 /* its halves are runs worth keeping together (REORDER_MIN, 64 pages) */
 static char rpool[RP * PAGE] __attribute__((aligned(4096)));
 static unsigned long got_pfn[RP];
 static uintptr_t rbase;
