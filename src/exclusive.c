@@ -204,14 +204,41 @@ static bool any_on_devices(struct uhmm *h, uintptr_t s, uintptr_t e)
 }
 
 static long make_locked(struct uhmm *h, struct uhmm_devmem *dm, uintptr_t s, size_t len,
-			void *owner, void **pages);
+			void *owner, void **pages)
+{
+	void *addr = (void *)s;
+	long n = 0;
+	int ret;
+
+	/*
+	 * As the kernel faults the pages in writable first: pages in any
+	 * device's memory (exclusive ones included) come home, then all move
+	 * to the exclusive region, holes as pages of zeros.
+	 */
+	if (any_on_devices(h, s, s + len)) {
+		ret = uhmm_migrate_to_ram(h, addr, len);
+		if (ret < 0)
+			return ret;
+	}
+	ret = uhmm__to_device_exclusive(dm, addr, len, owner);
+	if (ret < 0)
+		return ret;
+	/* Locked until uhmm_exclusive_unlock, as the kernel returns the folio locked. */
+	for (size_t i = 0; i < len >> PAGE_SHIFT; i++) {
+		struct uhmm_page *page = lock_exclusive(h, dm, s + (i << PAGE_SHIFT));
+
+		pages[i] = page ? excl_mem(dm, page) : NULL;
+		n += !!page;
+	}
+	return n;
+}
 
 int uhmm_make_exclusive(struct uhmm *h, void *addr, size_t len, void *owner, void **pages)
 {
 	uintptr_t s = (uintptr_t)addr;
 	struct uhmm_devmem *dm;
 	int ret, err = 0;
-	long n = 0;
+	long n;
 
 	ret = uhmm__usable(h);
 	if (ret)
@@ -245,36 +272,6 @@ int uhmm_make_exclusive(struct uhmm *h, void *addr, size_t len, void *owner, voi
 	n = make_locked(h, dm, s, len, owner, pages);
 	pthread_mutex_unlock(&h->excl_lock);
 	return n > INT32_MAX ? INT32_MAX : (int)n;
-}
-
-static long make_locked(struct uhmm *h, struct uhmm_devmem *dm, uintptr_t s, size_t len,
-			void *owner, void **pages)
-{
-	void *addr = (void *)s;
-	long n = 0;
-	int ret;
-
-	/*
-	 * As the kernel faults the pages in writable first: pages in any
-	 * device's memory (exclusive ones included) come home, then all move
-	 * to the exclusive region, holes as pages of zeros.
-	 */
-	if (any_on_devices(h, s, s + len)) {
-		ret = uhmm_migrate_to_ram(h, addr, len);
-		if (ret < 0)
-			return ret;
-	}
-	ret = uhmm__to_device_exclusive(dm, addr, len, owner);
-	if (ret < 0)
-		return ret;
-	/* Locked until uhmm_exclusive_unlock, as the kernel returns the folio locked. */
-	for (size_t i = 0; i < len >> PAGE_SHIFT; i++) {
-		struct uhmm_page *page = lock_exclusive(h, dm, s + (i << PAGE_SHIFT));
-
-		pages[i] = page ? excl_mem(dm, page) : NULL;
-		n += !!page;
-	}
-	return n;
 }
 
 void uhmm_exclusive_unlock(struct uhmm *h, void *addr, size_t len, void *const *pages)

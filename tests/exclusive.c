@@ -148,6 +148,20 @@ static void *toucher_main(void *arg)
 	return NULL;
 }
 
+/* Start a thread that reads @p; give it 0.1 s. Whether it is done by then. */
+static bool toucher_started_and_done(struct toucher *t, char *p)
+{
+	double t0;
+
+	t->p = p;
+	atomic_store(&t->done, 0);
+	CHECK_EQ(pthread_create(&t->tid, NULL, toucher_main, t), 0);
+	t0 = harness_now();
+	while (harness_now() - t0 < 0.1 && !atomic_load(&t->done))
+		usleep(1000);
+	return atomic_load(&t->done);
+}
+
 /*
  * Returned locked, as the kernel returns the folio locked: a CPU access
  * waits until the device's mapping is in place (uhmm_exclusive_unlock), and
@@ -157,17 +171,11 @@ static void cpu_waits_for_unlock(enum uhmm_fault_mode mode)
 {
 	static struct toucher t;
 	struct fx f;
-	double t0;
 
 	fx_setup(&f, mode);
 	CHECK_EQ(uhmm_make_exclusive(f.h, f.p, NP * PAGE, &f.d, f.pages), NP);
-	t.p = f.p;
-	atomic_store(&t.done, 0);
-	CHECK_EQ(pthread_create(&t.tid, NULL, toucher_main, &t), 0);
-	t0 = harness_now();
-	while (harness_now() - t0 < 0.1 && !atomic_load(&t.done))
-		usleep(1000);
-	CHECK_MSG(!atomic_load(&t.done), "a CPU access went through before the unlock");
+	CHECK_MSG(!toucher_started_and_done(&t, f.p),
+		  "a CPU access went through before the unlock");
 	*(volatile char *)f.pages[0] = 0x3c;
 	uhmm_exclusive_unlock(f.h, f.p, NP * PAGE, f.pages);
 	CHECK_EQ(pthread_join(t.tid, NULL), 0);
@@ -452,7 +460,7 @@ static void unlock_twice(enum uhmm_fault_mode mode)
 	static struct toucher t;
 	struct fx f;
 	void *old[NP];
-	double t0;
+	bool done;
 
 	fx_setup(&f, mode);
 	make_all(&f);
@@ -462,16 +470,11 @@ static void unlock_twice(enum uhmm_fault_mode mode)
 	CHECK_EQ(uhmm_make_exclusive(f.h, f.p, NP * PAGE, &f.d, f.pages), NP);
 	/* Page 0 came back elsewhere in the region; the others stayed where they were. */
 	uhmm_exclusive_unlock(f.h, f.p, NP * PAGE, old);
-	t.p = f.p + PAGE;
-	atomic_store(&t.done, 0);
-	CHECK_EQ(pthread_create(&t.tid, NULL, toucher_main, &t), 0);
-	t0 = harness_now();
-	while (harness_now() - t0 < 0.1 && !atomic_load(&t.done))
-		usleep(1000);
+	done = toucher_started_and_done(&t, f.p + PAGE);
 	if (f.pages[1] == old[1])
 		NOTE("page 1 is at the same place in the region: the stale unlock let it go");
 	else
-		CHECK_MSG(!atomic_load(&t.done), "a stale unlock let go of a page another call holds");
+		CHECK_MSG(!done, "a stale unlock let go of a page another call holds");
 	uhmm_exclusive_unlock(f.h, f.p, NP * PAGE, f.pages);
 	CHECK_EQ(pthread_join(t.tid, NULL), 0);
 	CHECK_PATTERN_PAGES(f.p, NP, 0xe8c1);

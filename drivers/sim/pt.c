@@ -865,6 +865,29 @@ bool sim_pt_exclusive_in(struct uhmm_sim *sim, uintptr_t s, uintptr_t e)
 	return any;
 }
 
+/* The entry of @va: from the device TLB while its gen is @g, else from the table. */
+static uint64_t tlb_pte(struct uhmm_sim_ctx *ctx, uintptr_t va, uint64_t g)
+{
+	uint64_t vpn = va >> SIM_PAGE_SHIFT;
+	struct sim_tlb *t = &ctx->tlb[vpn % SIM_TLB];
+
+	/* Only present entries are cached: a new entry bumps no gen. */
+	if (t->vpn == vpn && t->gen == g && (t->pte & PTE_P))
+		return t->pte;
+	t->pte = sim_pt_lookup(ctx->sim, vpn, &t->gen);
+	t->vpn = vpn;
+	return t->pte;
+}
+
+/* Where the device reaches @va through its local (pool) or exclusive entry @pte. */
+static char *pte_mem(struct uhmm_sim *sim, uint64_t pte, uintptr_t va)
+{
+	char *page = (pte & PTE_X) ? (char *)(uintptr_t)(pte & PTE_PFN_MASK) :
+				     sim_pool_page(sim, pte_pfn(pte));
+
+	return page + (va & (SIM_PAGE - 1));
+}
+
 /*
  * Translate @va under the slot a sim_translate() that returned 0 holds: only
  * an entry that is present, current and in this device's memory (writable
@@ -875,23 +898,13 @@ bool sim_pt_exclusive_in(struct uhmm_sim *sim, uintptr_t s, uintptr_t e)
 int sim_translate_held(struct uhmm_sim_ctx *ctx, uintptr_t va, bool write, char **mem)
 {
 	struct uhmm_sim *sim = ctx->sim;
-	uint64_t vpn = va >> SIM_PAGE_SHIFT, epoch = atomic_load(&sim->vepoch) & 0xffff;
-	uint64_t g = atomic_load(&sim->slots[ctx->slot]), pte;
-	struct sim_tlb *t = &ctx->tlb[vpn % SIM_TLB];
+	uint64_t epoch = atomic_load(&sim->vepoch) & 0xffff;
+	uint64_t pte = tlb_pte(ctx, va, atomic_load(&sim->slots[ctx->slot]));
 
-	if (t->vpn == vpn && t->gen == g && (t->pte & PTE_P)) {
-		pte = t->pte;
-	} else {
-		pte = sim_pt_lookup(sim, vpn, &t->gen);
-		t->vpn = vpn;
-		t->pte = pte;
-	}
 	if (!(pte & PTE_P) || !(pte & (PTE_L | PTE_X)) || pte_epoch(pte) != epoch ||
 	    (write && (!(pte & PTE_W) || ((pte & PTE_L) && page_shared(sim, pte)))))
 		return -ENOENT;
-	*mem = ((pte & PTE_X) ? (char *)(uintptr_t)(pte & PTE_PFN_MASK) :
-				sim_pool_page(sim, pte_pfn(pte))) +
-	       (va & (SIM_PAGE - 1));
+	*mem = pte_mem(sim, pte, va);
 	return 0;
 }
 
@@ -905,29 +918,18 @@ int sim_translate_held(struct uhmm_sim_ctx *ctx, uintptr_t va, bool write, char 
 int sim_translate(struct uhmm_sim_ctx *ctx, uintptr_t va, bool write, bool fault, char **mem)
 {
 	struct uhmm_sim *sim = ctx->sim;
-	uint64_t vpn = va >> SIM_PAGE_SHIFT;
 	int64_t deadline = 0;
 
 	for (;;) {
 		uint64_t epoch = atomic_load(&sim->vepoch) & 0xffff;
-		uint64_t g = slot_enter(ctx), pte;
-		struct sim_tlb *t = &ctx->tlb[vpn % SIM_TLB];
-		bool cow;
+		uint64_t pte = tlb_pte(ctx, va, slot_enter(ctx));
+		bool cow = false;
 		int ret;
 
-		/* Only present entries are cached: a new entry bumps no gen. */
-		if (t->vpn == vpn && t->gen == g && (t->pte & PTE_P)) {
-			pte = t->pte;
-		} else {
-			pte = sim_pt_lookup(sim, vpn, &t->gen);
-			t->vpn = vpn;
-			t->pte = pte;
-		}
-		cow = false;
 		if ((pte & PTE_P) && pte_epoch(pte) == epoch && (!write || (pte & PTE_W))) {
 			if (pte & PTE_X) {
 				/* Held like a local page: revocation waits for the slot. */
-				*mem = (char *)(uintptr_t)(pte & PTE_PFN_MASK) + (va & (SIM_PAGE - 1));
+				*mem = pte_mem(sim, pte, va);
 				return 0;
 			}
 			if (!(pte & PTE_L)) {
@@ -936,7 +938,7 @@ int sim_translate(struct uhmm_sim_ctx *ctx, uintptr_t va, bool write, bool fault
 				return 1;
 			}
 			if (!write || !page_shared(sim, pte)) {
-				*mem = sim_pool_page(sim, pte_pfn(pte)) + (va & (SIM_PAGE - 1));
+				*mem = pte_mem(sim, pte, va);
 				return 0;
 			}
 			cow = true;
