@@ -71,8 +71,24 @@ struct raw {
 	char *src; /* COPY_CHUNK bytes of pattern: the source of every UFFDIO_COPY */
 	pthread_t thr;
 	bool started;
+	bool move; /* UFFDIO_MOVE works on this descriptor */
 	atomic_int err;
 };
+
+#ifndef UFFD_FEATURE_MOVE /* Debian 12's headers predate it */
+#define UFFD_FEATURE_MOVE (1 << 16)
+#endif
+#ifndef UFFDIO_MOVE
+struct uffdio_move {
+	__u64 dst;
+	__u64 src;
+	__u64 len;
+	__u64 mode;
+	__s64 move;
+};
+#define UFFDIO_MOVE _IOWR(UFFDIO, 0x05, struct uffdio_move)
+#define UFFDIO_MOVE_MODE_DONTWAKE ((__u64)1 << 0)
+#endif
 
 /*
  * The raw signal-mode floor: a userfaultfd of its own with UFFD_FEATURE_SIGBUS on
@@ -354,6 +370,15 @@ static void *raw_handler(void *arg)
 	}
 }
 
+static int raw_uffd(void)
+{
+	int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+
+	if (fd < 0 && errno == EPERM) /* user-mode touches are all the floors need */
+		fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY);
+	return fd;
+}
+
 /* Return 0, or an errno with @why filled. */
 static int raw_open(struct raw *r, char *why, size_t whylen)
 {
@@ -361,10 +386,19 @@ static int raw_open(struct raw *r, char *why, size_t whylen)
 	int err;
 
 	r->uffd = r->stopfd = -1;
-	r->uffd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
-	if (r->uffd < 0 && errno == EPERM) /* user-mode touches are all the floors need */
-		r->uffd =
-			(int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY);
+	/* Features are asked for once: first see whether the move floor's is there. */
+	r->uffd = raw_uffd();
+	if (r->uffd >= 0 && !ioctl(r->uffd, UFFDIO_API, &api) &&
+	    (api.features & UFFD_FEATURE_MOVE)) {
+		r->move = true;
+		api.features = UFFD_FEATURE_MOVE;
+	} else {
+		api.features = 0;
+	}
+	if (r->uffd >= 0) {
+		close(r->uffd);
+		r->uffd = raw_uffd();
+	}
 	if (r->uffd < 0) {
 		err = errno;
 		snprintf(why, whylen, "userfaultfd(2) for the floors: %s", strerror(err));
@@ -446,6 +480,30 @@ static int raw_copy(struct raw *r, char *dst, const char *src, size_t len)
 			if (errno != EAGAIN || c.copy <= 0)
 				return -errno;
 			n = (size_t)c.copy;
+		}
+		off += n;
+	}
+	return 0;
+}
+
+/* UFFDIO_MOVE @len bytes of @src into @dst (registered, empty) in COPY_CHUNK calls. */
+static int raw_move(struct raw *r, char *dst, char *src, size_t len)
+{
+	size_t off = 0;
+
+	while (off < len) {
+		size_t n = len - off < COPY_CHUNK ? len - off : COPY_CHUNK;
+		struct uffdio_move m = {
+			.dst = (uintptr_t)dst + off,
+			.src = (uintptr_t)src + off,
+			.len = n,
+			.mode = UFFDIO_MOVE_MODE_DONTWAKE,
+		};
+
+		if (ioctl(r->uffd, UFFDIO_MOVE, &m)) {
+			if (errno != EAGAIN || m.move <= 0)
+				return -errno;
+			n = (size_t)m.move;
 		}
 		off += n;
 	}
@@ -863,6 +921,9 @@ static void bench_bulk(struct bench *b)
 		row_add(b, "migrate_to_device_vs_memcpy", "migrate to device", "GB/s", "memcpy");
 	struct row *out_dn = row_add(b, "migrate_to_device_vs_memcpy_dontneed", "migrate to device",
 				     "GB/s", "memcpy + one MADV_DONTNEED of the source");
+	struct row *out_mv =
+		row_add(b, "migrate_to_device_vs_move_memcpy_dontneed", "migrate to device", "GB/s",
+			"UFFDIO_MOVE out + memcpy + one MADV_DONTNEED");
 	struct row *home_cp =
 		row_add(b, "migrate_to_ram_vs_memcpy", "migrate home (to RAM)", "GB/s", "memcpy");
 	struct row *home_uc = row_add(b, "migrate_to_ram_vs_uffdio_copy", "migrate home (to RAM)",
@@ -872,9 +933,9 @@ static void bench_bulk(struct bench *b)
 	struct uhmm_devmem *dm;
 	size_t len = b->bulk_len, npages = len / PAGE;
 	int reps = b->reps, ret;
-	double *t = calloc(5 * (size_t)reps, sizeof(double));
+	double *t = calloc(6 * (size_t)reps, sizeof(double));
 	double *t_out = t, *t_home = t + reps, *t_cp = t + 2 * reps, *t_cpdn = t + 3 * reps,
-	       *t_uc = t + 4 * reps;
+	       *t_uc = t + 4 * reps, *t_mv = t + 5 * reps;
 	char *mp = NULL, *src = map_anon(len), *dst = map_anon(len), *reg = map_anon(len);
 	bool registered = false;
 
@@ -920,6 +981,27 @@ static void bench_bulk(struct bench *b)
 		t_cpdn[rep] = (double)(t1 - t0) * 1e-9;
 		fill(src, len, 2);
 
+		/*
+		 * What a migration that takes the pages from the CPU by moving
+		 * them (as uhmm does: a toucher then waits, none writes into a
+		 * page being copied) cannot avoid: the move, the copy out of
+		 * the moved pages, freeing them.
+		 */
+		if (b->raw.move) {
+			madvise(reg, len, MADV_DONTNEED); /* empty: the UFFDIO_COPY floor filled it */
+			t0 = now_ns();
+			ret = raw_move(&b->raw, reg, src, len);
+			memcpy(dst, reg, len);
+			madvise(reg, len, MADV_DONTNEED);
+			t1 = now_ns();
+			if (ret) {
+				row_fail(out_mv, "UFFDIO_MOVE", strerror(-ret));
+				b->raw.move = false;
+			}
+			t_mv[rep] = (double)(t1 - t0) * 1e-9;
+			fill(src, len, 2);
+		}
+
 		t0 = now_ns();
 		ret = uhmm_migrate_to_device(dm, mp, len);
 		t1 = now_ns();
@@ -952,11 +1034,16 @@ static void bench_bulk(struct bench *b)
 	}
 	row_times(out_cp, t_out, t_cp, reps, (double)len * 1e-9, true);
 	row_times(out_dn, t_out, t_cpdn, reps, (double)len * 1e-9, true);
+	if (b->raw.move)
+		row_times(out_mv, t_out, t_mv, reps, (double)len * 1e-9, true);
+	else if (!out_mv->err[0])
+		row_fail(out_mv, "this kernel has no UFFDIO_MOVE", NULL);
 	row_times(home_cp, t_home, t_cp, reps, (double)len * 1e-9, true);
 	row_times(home_uc, t_home, t_uc, reps, (double)len * 1e-9, true);
 out:
 	if (out_cp->err[0]) {
 		memcpy(out_dn->err, out_cp->err, sizeof(out_cp->err));
+		memcpy(out_mv->err, out_cp->err, sizeof(out_cp->err));
 		memcpy(home_cp->err, out_cp->err, sizeof(out_cp->err));
 		memcpy(home_uc->err, out_cp->err, sizeof(out_cp->err));
 	}

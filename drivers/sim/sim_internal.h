@@ -181,6 +181,8 @@ void sim_ctx_free(struct uhmm_sim_ctx *ctx);
 int sim_translate(struct uhmm_sim_ctx *ctx, uintptr_t va, bool write, bool fault, char **mem);
 /* One device page's worth (SIM_PAGE), streaming into device memory with @stream; then sim_copy_fence(). */
 void sim_copy_page(void *dst, const void *src, bool stream);
+/* @n pages the same way, streamed four at a time with @stream. */
+void sim_copy_pages(void *const *dst, const void *const *src, unsigned long n, bool stream);
 void sim_copy_fence(void);
 bool sim_pt_set_exclusive(struct uhmm_sim_ctx *ctx, uintptr_t s, unsigned long n,
 			  void *const *pages, uint64_t seq);
