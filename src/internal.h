@@ -453,6 +453,8 @@ static inline bool uhmm__has_page_data(const struct uhmm_devmem *dm)
 }
 
 void uhmm__devmem_reorder(struct uhmm_devmem *dm);
+unsigned long uhmm__devmem_alloc_pages(struct uhmm_devmem *dm, struct uhmm_page **pages,
+				       unsigned long n);
 
 /* exclusive.c */
 int uhmm__to_device_exclusive(struct uhmm_devmem *dm, void *addr, size_t len, void *owner);

@@ -858,7 +858,7 @@ static int pass_to_device(void *ctx, uintptr_t s, uintptr_t e, unsigned long off
 	unsigned long idx[CHUNK_PAGES];
 	struct uhmm_migrate a = { .h = dm->h, .start = s, .end = e, .src = src, .dst = dst,
 				  .pgmap_owner = dm->owner, .flags = UHMM_MIGRATE_SELECT_SYSTEM };
-	unsigned long m = 0, i, short_at;
+	unsigned long m = 0, want = 0, got, i, short_at;
 	int ret;
 
 	if (td->full)
@@ -874,15 +874,14 @@ static int pass_to_device(void *ctx, uintptr_t s, uintptr_t e, unsigned long off
 	ret = uhmm_migrate_setup(&a);
 	if (ret)
 		return ret;
+	for (i = 0; i < a.npages; i++)
+		want += !!(src[i] & UHMM_MIGRATE_MIGRATE);
+	got = uhmm__devmem_alloc_pages(dm, pages, want);
 	for (i = 0; i < a.npages; i++) {
-		struct uhmm_page *p;
-
 		if (!(src[i] & UHMM_MIGRATE_MIGRATE))
 			continue;
-		p = uhmm_devmem_alloc_page(dm);
-		if (!p)
+		if (m == got)
 			break;
-		pages[m] = p;
 		data[m] = uhmm_migrate_src_data(&a, i);
 		idx[m++] = i;
 	}
@@ -892,8 +891,12 @@ static int pass_to_device(void *ctx, uintptr_t s, uintptr_t e, unsigned long off
 	 * hands them out last freed first, which after a range came home is
 	 * backwards. In order, adjoining pages stay adjoining on the device,
 	 * so copies stream and pages come home a run per ioctl (page_data).
+	 * Mostly they come in order already: then no sort (20 us a chunk).
 	 */
-	qsort(pages, m, sizeof(pages[0]), by_pfn);
+	for (i = 1; i < m && pages[i - 1]->pfn < pages[i]->pfn; i++)
+		;
+	if (i < m)
+		qsort(pages, m, sizeof(pages[0]), by_pfn);
 	for (i = 0; i < m; i++) {
 		uhmm__page_set_addr(pages[i], page_addr(&a, idx[i]));
 		dst[idx[i]] = uhmm_migrate_dst_device(pages[i]);
@@ -917,11 +920,7 @@ static int pass_to_device(void *ctx, uintptr_t s, uintptr_t e, unsigned long off
 		 * an eviction policy, make room for exactly the pages that did
 		 * not fit, now that no lock is held, and try them again.
 		 */
-		unsigned long want = 0;
-
-		for (i = short_at; i < a.npages; i++)
-			want += !!(src[i] & UHMM_MIGRATE_MIGRATE);
-		if (uhmm__evict(dm, want) > 0) {
+		if (uhmm__evict(dm, want - m) > 0) {
 			for (i = short_at; i < a.npages; i++)
 				if (src[i] & UHMM_MIGRATE_MIGRATE)
 					rt[off + i] = R_BUSY;
