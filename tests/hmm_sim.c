@@ -348,6 +348,45 @@ TEST(kernel_bulk_accesses)
 	uhmm_close(h);
 }
 
+/* Index 0 only: one page-aligned copy of a->len bytes. */
+static void k_pages(struct uhmm_sim_ctx *ctx, unsigned long i, void *arg)
+{
+	struct bulk_args *a = arg;
+
+	(void)i;
+	CHECK_EQ(uhmm_sim_memcpy(ctx, a->dst, a->src, a->len), 0);
+}
+
+/*
+ * Aligned copies between device pages go several pages at a time under one
+ * slot: runs broken by pages that are not on the device (home on the CPU)
+ * and by the end of the range still copy every byte, and nothing past it.
+ */
+TEST(kernel_copies_runs_of_pages)
+{
+	const size_t npages = 40, ncopy = 37;
+	struct uhmm *h = uhmm_test_open_migrating();
+	struct uhmm_sim *sim = sim_new(h, 2 * npages, UHMM_SIM_POLICY_MAP, 1);
+	struct uhmm_devmem *dm = uhmm_sim_devmem(sim);
+	uint64_t *src = managed(h, npages), *dst = managed(h, npages);
+	struct bulk_args a = { (char *)src, (char *)dst, ncopy * PAGE };
+
+	memset(dst, 0xee, npages * PAGE);
+	CHECK_EQ(uhmm_migrate_to_device(dm, src, npages * PAGE), (long long)npages);
+	CHECK_EQ(uhmm_migrate_to_device(dm, dst, npages * PAGE), (long long)npages);
+	/* Holes in the runs: pages the device reaches at their CPU address. */
+	CHECK_EQ(uhmm_migrate_to_ram(h, src + 5 * WORDS, PAGE), 1);
+	CHECK_EQ(uhmm_migrate_to_ram(h, src + 22 * WORDS, PAGE), 1);
+	CHECK_EQ(uhmm_migrate_to_ram(h, dst + 9 * WORDS, PAGE), 1);
+	CHECK_EQ(uhmm_sim_launch(sim, k_pages, 1, &a), 0);
+	for (size_t i = 0; i < ncopy * WORDS; i++)
+		CHECK_EQ(dst[i], i);
+	for (size_t i = ncopy * PAGE; i < npages * PAGE; i++)
+		CHECK_EQ(((unsigned char *)dst)[i], 0xee);
+	CHECK_EQ(uhmm_sim_destroy(sim), 0);
+	uhmm_close(h);
+}
+
 struct atomic_args {
 	uint64_t *counter;
 	struct uhmm_sim *sim;

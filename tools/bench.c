@@ -1466,20 +1466,29 @@ out:
 struct kcopy {
 	char *dst;
 	const char *src;
+	size_t block; /* bytes per index */
 };
 
-/* One page per index, from one device-resident buffer to the other. */
+/* A block per index, from one device-resident buffer to the other. */
 static void k_copy(struct uhmm_sim_ctx *ctx, unsigned long i, void *arg)
 {
 	struct kcopy *k = arg;
 
-	uhmm_sim_memcpy(ctx, k->dst + i * PAGE, k->src + i * PAGE, PAGE);
+	uhmm_sim_memcpy(ctx, k->dst + i * k->block, k->src + i * k->block, k->block);
 }
 
-static void bench_kernel(struct bench *b)
+/*
+ * @block bytes per index: a page (each call translates, holds and fences
+ * once for one page), or 64 KiB, as a kernel streaming by blocks copies
+ * (the sim translates and copies several pages per slot and fence).
+ */
+static void bench_kernel(struct bench *b, size_t block)
 {
-	struct row *r = row_add(b, "device_kernel_stream", "device kernel copy, device-resident",
-				"GB/s", "memcpy on the CPU");
+	struct row *r = block == PAGE ?
+		row_add(b, "device_kernel_stream", "device kernel copy, 4 KiB per index",
+			"GB/s", "memcpy on the CPU") :
+		row_add(b, "device_kernel_stream_64k", "device kernel copy, 64 KiB per index",
+			"GB/s", "memcpy on the CPU");
 	struct uhmm_sim_stats s0 = { .sz = sizeof(s0) }, s1 = { .sz = sizeof(s1) };
 	double *t = calloc(2 * (size_t)b->reps, sizeof(double));
 	char *src = NULL, *dst = NULL, *csrc = map_anon(b->len), *cdst = map_anon(b->len);
@@ -1510,11 +1519,11 @@ static void bench_kernel(struct bench *b)
 	}
 	uhmm_sim_stats(b->sim, &s0);
 	for (int rep = 0; rep < b->reps; rep++) {
-		struct kcopy k = { .dst = dst, .src = src };
+		struct kcopy k = { .dst = dst, .src = src, .block = block };
 		uint64_t t0, t1, t2;
 
 		t0 = now_ns();
-		ret = uhmm_sim_launch(b->sim, k_copy, b->npages, &k);
+		ret = uhmm_sim_launch(b->sim, k_copy, b->len / block, &k);
 		t1 = now_ns();
 		if (ret) {
 			row_fail(r, "uhmm_sim_launch", uhmm_strerror(ret));
@@ -2103,7 +2112,8 @@ int cmd_bench(int argc, char **argv)
 	bench_sweeps(&b);
 	bench_bulk(&b);
 	bench_threads(&b, &b.run, "fault_back_2_threads");
-	bench_kernel(&b);
+	bench_kernel(&b, PAGE);
+	bench_kernel(&b, 64 << 10);
 	bench_other_mode(&b);
 	bench_window(&b);
 	bench_metadata(&b);

@@ -290,35 +290,55 @@ static int store_piece(struct uhmm_sim_ctx *ctx, uintptr_t va, const void *src, 
 	return 0;
 }
 
+#define SIM_RUN 16 /* pages copied together under one slot */
+
 /*
  * Device memory to device memory, both resident here: one copy under the
- * source's slot. Returns 1 when done, 0 to take the way through scratch.
+ * source's slot, of up to SIM_RUN whole pages when both sides are page
+ * aligned (one slot, one fence, the pages streamed together: sim.c). Returns
+ * the bytes done (or, with *err set, the piece that failed), 0 to take the
+ * way through scratch.
  */
-static int copy_local(struct uhmm_sim_ctx *ctx, uintptr_t d, uintptr_t s, size_t n, int *err)
+static size_t copy_local(struct uhmm_sim_ctx *ctx, uintptr_t d, uintptr_t s, size_t len, int *err)
 {
-	char *from, *to;
-	int r = sim_translate(ctx, s, false, true, &from);
+	size_t n = in_page(d, in_page(s, len));
+	void *to[SIM_RUN];
+	const void *from[SIM_RUN];
+	char *f, *t;
+	unsigned int k;
+	int r = sim_translate(ctx, s, false, true, &f);
 
 	if (r < 0) {
 		*err = r;
-		return 1;
+		return n;
 	}
 	if (r == 1)
 		return 0;
-	if (sim_translate_held(ctx, d, true, &to)) {
+	if (sim_translate_held(ctx, d, true, &t)) {
 		sim_slot_exit(ctx);
 		return 0;
 	}
-	if (n == SIM_PAGE) {
-		/* Streaming stores, fenced before the slot is let go (sim.c). */
-		sim_copy_page(to, from, true);
-		sim_copy_fence();
-	} else {
-		memcpy(to, from, n);
-	}
-	sim_slot_exit(ctx);
 	*err = 0;
-	return 1;
+	if (n != SIM_PAGE) {
+		memcpy(t, f, n);
+		sim_slot_exit(ctx);
+		return n;
+	}
+	to[0] = t;
+	from[0] = f;
+	/* The slot holds every page translated under it: more of the run, while local. */
+	for (k = 1; k < SIM_RUN && len >= (k + 1) * SIM_PAGE; k++) {
+		if (sim_translate_held(ctx, s + k * SIM_PAGE, false, &f) ||
+		    sim_translate_held(ctx, d + k * SIM_PAGE, true, &t))
+			break;
+		from[k] = f;
+		to[k] = t;
+	}
+	/* Streaming stores, fenced before the slot is let go. */
+	sim_copy_pages(to, from, k, true);
+	sim_copy_fence();
+	sim_slot_exit(ctx);
+	return k * SIM_PAGE;
 }
 
 int uhmm_sim_load(struct uhmm_sim_ctx *ctx, void *dst, const void *va, size_t len)
@@ -360,9 +380,10 @@ int uhmm_sim_memcpy(struct uhmm_sim_ctx *ctx, void *dst, const void *src, size_t
 	char *tmp = ctx ? ctx->bounce + SIM_PAGE : NULL;
 
 	while (!ret && len) {
-		size_t n = in_page(d, in_page(s, len));
+		size_t n = copy_local(ctx, d, s, len, &ret);
 
-		if (!copy_local(ctx, d, s, n, &ret)) {
+		if (!n) {
+			n = in_page(d, in_page(s, len));
 			ret = load_piece(ctx, tmp, s, n, true);
 			if (!ret)
 				ret = store_piece(ctx, d, tmp, n, true);
