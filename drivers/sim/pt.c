@@ -59,6 +59,18 @@ static int ctx_topup(struct uhmm_sim_ctx *ctx)
 	return 0;
 }
 
+/*
+ * Entries change under sim->lock, but sim_pt_lookup reads without it: every
+ * store to an entry or a node pointer is atomic, and a release: an entry is
+ * published after the data copied into its page, a node after its zeroed
+ * contents (the lookup acquires both). Nodes are freed only when the device
+ * goes (sim_pt_fini), so a reader never follows a freed one.
+ */
+static void pte_set(uint64_t *pte, uint64_t v)
+{
+	__atomic_store_n(pte, v, __ATOMIC_RELEASE);
+}
+
 /* The leaf of @vpn; with @ctx, created from its spares where missing. Under sim->lock. */
 static struct pt_leaf *leaf_get(struct uhmm_sim *sim, uint64_t vpn, struct uhmm_sim_ctx *ctx)
 {
@@ -68,8 +80,11 @@ static struct pt_leaf *leaf_get(struct uhmm_sim *sim, uint64_t vpn, struct uhmm_
 		return NULL; /* beyond 57 bits: no such address */
 	for (int level = 0; level < PT_LEVELS; level++) {
 		if (!*slot) {
-			if (!ctx || !(*slot = ctx_spare(ctx)))
+			void *node = ctx ? ctx_spare(ctx) : NULL;
+
+			if (!node)
 				return NULL;
+			__atomic_store_n(slot, node, __ATOMIC_RELEASE);
 		}
 		if (level == PT_LEVELS - 1)
 			break;
@@ -78,18 +93,32 @@ static struct pt_leaf *leaf_get(struct uhmm_sim *sim, uint64_t vpn, struct uhmm_
 	return *slot;
 }
 
-/* Under sim->lock. */
+/* The leaf of @vpn if there is one, without the lock. */
+static struct pt_leaf *leaf_find(struct uhmm_sim *sim, uint64_t vpn)
+{
+	void *node = __atomic_load_n(&sim->root, __ATOMIC_ACQUIRE);
+
+	if (vpn >> (PT_BITS * PT_LEVELS))
+		return NULL;
+	for (int level = 0; node && level < PT_LEVELS - 1; level++)
+		node = __atomic_load_n(&((struct pt_node *)node)->e[pt_index(vpn, level)],
+				       __ATOMIC_ACQUIRE);
+	return node;
+}
+
+/* @vpn's entry and the gen it goes with, for the translation cache. Lock-free. */
 uint64_t sim_pt_lookup(struct uhmm_sim *sim, uint64_t vpn, uint64_t *gen)
 {
 	struct pt_leaf *l;
-	uint64_t pte;
 
-	pthread_mutex_lock(&sim->lock);
-	l = leaf_get(sim, vpn, NULL);
-	pte = l ? l->e[vpn & (PT_FAN - 1)] : 0;
+	/*
+	 * The gen first: a change stores its entries, then bumps the gen. An
+	 * entry read after an old gen is dropped from the cache at the next
+	 * look (the gen moved); one read after the new gen is the new entry.
+	 */
 	*gen = atomic_load(&sim->gen);
-	pthread_mutex_unlock(&sim->lock);
-	return pte;
+	l = leaf_find(sim, vpn);
+	return l ? __atomic_load_n(&l->e[vpn & (PT_FAN - 1)], __ATOMIC_ACQUIRE) : 0;
 }
 
 struct drop_count {
@@ -116,7 +145,7 @@ static void drop_walk(void *node, int level, uint64_t base, uint64_t s, uint64_t
 
 			if (*pte & PTE_P)
 				c->any++;
-			*pte = 0;
+			pte_set(pte, 0);
 			continue;
 		}
 		if (((struct pt_node *)node)->e[i])
@@ -404,7 +433,7 @@ static bool install_locked(struct uhmm_sim_ctx *ctx, uintptr_t s, const uint64_t
 			changed = true;
 		if (!(nv & PTE_L) && *pte != nv)
 			++*mapped;
-		*pte = nv;
+		pte_set(pte, nv);
 	}
 	return changed;
 }
@@ -778,10 +807,11 @@ int sim_revalidate(struct uhmm_sim_ctx *ctx, uintptr_t va)
 			else
 				keep = (o & UHMM_PFN_VALID) && !pg;
 			if (keep)
-				*pte = (*pte & (PTE_P | PTE_L | PTE_PFN_MASK)) |
-				       (o & UHMM_PFN_WRITE ? PTE_W : 0) | epoch_bits(epoch);
+				pte_set(pte, (*pte & (PTE_P | PTE_L | PTE_PFN_MASK)) |
+						     (o & UHMM_PFN_WRITE ? PTE_W : 0) |
+						     epoch_bits(epoch));
 			else
-				*pte = 0;
+				pte_set(pte, 0);
 		}
 		atomic_fetch_add(&sim->gen, 1);
 		pthread_mutex_unlock(&sim->lock);
@@ -839,8 +869,8 @@ bool sim_pt_set_exclusive(struct uhmm_sim_ctx *ctx, uintptr_t s, unsigned long n
 			uintptr_t a = (uintptr_t)pages[i + j];
 
 			if (a && !(a & ~PTE_PFN_MASK))
-				l->e[(vpn + j) & (PT_FAN - 1)] =
-					PTE_P | PTE_W | PTE_X | a | epoch_bits(epoch);
+				pte_set(&l->e[(vpn + j) & (PT_FAN - 1)],
+					PTE_P | PTE_W | PTE_X | a | epoch_bits(epoch));
 		}
 		atomic_fetch_add(&sim->gen, 1); /* a cached entry may be the old one */
 		pthread_mutex_unlock(&sim->lock);

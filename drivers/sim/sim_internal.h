@@ -11,7 +11,9 @@
  *   nothing is allocated under it (allocation may touch managed heap memory).
  * - Translations are cached per thread (ctx->tlb), tagged with sim->gen: any
  *   change that drops or downgrades an entry bumps gen under the lock, so a
- *   cache hit with the current gen is the table's truth.
+ *   cache hit with the current gen is the table's truth. A cache miss reads
+ *   the table without the lock (sim_pt_lookup): entries and node pointers
+ *   are stored atomically, nodes are freed only when the device goes.
  * - A device page's memory may be touched only while the toucher's slot
  *   announces the gen it saw (slot_enter); an invalidation that drops a device
  *   page's translation waits, after unlocking, for every slot older than its
