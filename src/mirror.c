@@ -515,6 +515,28 @@ static int fault_run(struct uhmm *h, uintptr_t s, uintptr_t e, bool write, bool 
 }
 
 /* Snapshot one batch of pages of the readable mapping @v, faulting where asked. */
+/*
+ * Whether every page of [s, s + n pages) is on a device and not locked: then
+ * none is mapped on the CPU (the migration took its entry), and the batch
+ * needs no pagemap read. A device revalidating its table each launch walks
+ * ranges that are all its own pages; the read was most of the walk.
+ */
+static bool all_on_devices(struct uhmm *h, uintptr_t s, unsigned long n)
+{
+	bool all = true;
+
+	uhmm__rd_enter(h);
+	for (unsigned long i = 0; all && i < n; i++) {
+		uintptr_t a = s + (i << PAGE_SHIFT);
+		struct range *r = uhmm__lookup(h, a);
+		uint64_t w = r ? atomic_load(uhmm__word(r, a)) : 0;
+
+		all = r && !(w & W_LOCKED) && w_kind(w) == W_DEVICE;
+	}
+	uhmm__rd_exit(h);
+	return all;
+}
+
 static int walk_batch(struct uhmm_range *range, struct uhmm *h, int pagemap, const struct vma *v,
 		      uintptr_t s, unsigned long n)
 {
@@ -522,12 +544,17 @@ static int walk_batch(struct uhmm_range *range, struct uhmm *h, int pagemap, con
 	uint64_t pm[WALK_BATCH], out[WALK_BATCH];
 	unsigned char need[WALK_BATCH];
 	bool managed[WALK_BATCH];
+	bool device_only = all_on_devices(h, s, n);
 
 	for (int tries = 0;; tries++) {
 		bool zero[WALK_BATCH] = { false }, scan = false, faults = false, busy = false;
+		bool moved = false;
 		unsigned long i, j;
 
-		page_bits(pagemap, s, n, pm);
+		if (device_only)
+			memset(pm, 0, n * sizeof(*pm));
+		else
+			page_bits(pagemap, s, n, pm);
 		for (i = 0; i < n; i++)
 			if ((pm[i] & (PM_PRESENT | PM_FILE | PM_EXCLUSIVE)) == PM_PRESENT && !v->shared)
 				scan = true; /* the zero page, or shared with a forked child */
@@ -546,6 +573,10 @@ static int walk_batch(struct uhmm_range *range, struct uhmm *h, int pagemap, con
 				req = 0; /* the kernel's rule: WRITE means nothing without FAULT */
 			managed[i] = r != NULL;
 			need[i] = NEED_NONE;
+			if (device_only && (!r || (w & W_LOCKED) || w_kind(w) != W_DEVICE)) {
+				moved = true; /* not all on devices now: read pagemap after all */
+				break;
+			}
 			if ((req & UHMM_PFN_REQ_WRITE) && !v->write) {
 				uhmm__rd_exit(h);
 				return -EPERM;
@@ -613,6 +644,11 @@ static int walk_batch(struct uhmm_range *range, struct uhmm *h, int pagemap, con
 		}
 		uhmm__rd_exit(h);
 
+		if (moved) {
+			device_only = false;
+			tries--;
+			continue;
+		}
 		if (busy) {
 			sched_yield();
 			return -EBUSY;
