@@ -134,7 +134,8 @@ static void take_system(struct uhmm_migrate *a)
 	struct uhmm *h = a->h;
 	char *stg = uhmm__pool_get(&h->staging);
 	unsigned long n = a->npages, i = 0, j;
-	unsigned char vec[UHMM_MIGRATE_MAX_PAGES];
+	unsigned char vec[UHMM_MIGRATE_MAX_PAGES], have[UHMM_MIGRATE_MAX_PAGES] = { 0 };
+	bool looked = false;
 
 	a->priv[P_STAGING] = (uintptr_t)stg;
 	/*
@@ -144,12 +145,13 @@ static void take_system(struct uhmm_migrate *a)
 	 * without holes it does not). A hole stays a hole (a touch of it faults
 	 * and waits for our lock) and reaches the device as an empty page; a
 	 * page discarded since pagemap looked is a hole by the time MOVE finds
-	 * it (ENOENT). One look at the whole chunk: pages held apart from each
-	 * other (every other one on the device already, say) would otherwise
-	 * cost an open of pagemap each.
+	 * it (ENOENT). Every page is tried first: a chunk without holes moves
+	 * in one ioctl and pagemap is never read (two reads a chunk were more
+	 * than the moves: 12 ms a GiB). At the first hole, one look at the
+	 * whole chunk: pages held apart from each other (every other one on
+	 * the device already, say) would otherwise cost an ioctl each.
 	 */
-	if (uhmm__pages_with_data(page_addr(a, 0), n, vec))
-		memset(vec, 1, n); /* cannot tell: try every page */
+	memset(vec, 1, n);
 	while (i < n) {
 		if (a->src[i] != (S_HELD | UHMM_MIGRATE_MIGRATE)) {
 			i++;
@@ -174,7 +176,19 @@ static void take_system(struct uhmm_migrate *a)
 			if (got == -EEXIST && moved_anyway(page_addr(a, i)))
 				got = PAGE_SIZE;
 			if (got > 0) {
+				memset(have + i, 1, (unsigned long)got >> PAGE_SHIFT);
 				i += (unsigned long)got >> PAGE_SHIFT;
+				continue;
+			}
+			if (got != -EAGAIN && !looked) {
+				/*
+				 * A hole (ENOENT; EINVAL where the source was never
+				 * touched): see where the others are, and go on
+				 * from here as if we had looked first.
+				 */
+				looked = true;
+				if (uhmm__pages_with_data(page_addr(a, 0), n, vec))
+					memset(vec, 1, n); /* cannot tell: try every page */
 				continue;
 			}
 			if (got == -ENOENT) {
@@ -189,6 +203,7 @@ static void take_system(struct uhmm_migrate *a)
 				got = move_readonly(h->uffd_stg, (uintptr_t)stg + (i << PAGE_SHIFT),
 						    page_addr(a, i), (k - i) << PAGE_SHIFT, page_addr(a, i));
 			if (got > 0) {
+				memset(have + i, 1, (unsigned long)got >> PAGE_SHIFT);
 				i += (unsigned long)got >> PAGE_SHIFT;
 				continue;
 			}
@@ -204,14 +219,12 @@ static void take_system(struct uhmm_migrate *a)
 			i++;
 		}
 	}
-	if (uhmm__pages_with_data((uintptr_t)stg, n, vec))
-		for (i = 0; i < n; i++)
-			vec[i] = 1; /* cannot tell: copy every page */
+	/* What moved is in staging, nothing else: staging is ours alone. */
 	for (i = 0; i < n; i++) {
 		if (a->src[i] != (S_HELD | UHMM_MIGRATE_MIGRATE))
 			continue;
-		uhmm__trace("staged", page_addr(a, i), vec[i], (uintptr_t)stg + (i << PAGE_SHIFT));
-		if (vec[i] & 1)
+		uhmm__trace("staged", page_addr(a, i), have[i], (uintptr_t)stg + (i << PAGE_SHIFT));
+		if (have[i])
 			a->src[i] |= UHMM_MIGRATE_VALID | ((uintptr_t)stg + (i << PAGE_SHIFT));
 		a->cpages++;
 	}
