@@ -471,7 +471,8 @@ int uhmm__first_data_page(uintptr_t s, uintptr_t e, uintptr_t *first);
 
 /* policy.c */
 uint64_t uhmm__thrash_home(struct uhmm *h, struct uhmm_devmem *dm, uint64_t old, uint64_t nw);
-uint64_t uhmm__thrash_out(uint64_t old);
+uint64_t uhmm__thrash_stamp(void);
+uint64_t uhmm__thrash_out(uint64_t old, uint64_t stamp);
 bool uhmm__thrash_pinned(struct uhmm *h, uint64_t w);
 long uhmm__evict(struct uhmm_devmem *dm, unsigned long need);
 void uhmm__prefetch_stop(struct uhmm *h);

@@ -49,10 +49,16 @@ int uhmm_set_thrash(struct uhmm *h, const struct uhmm_thrash_opts *opts)
 	return 0;
 }
 
-/* The page goes to a device: keep its bounce count, stamp the time, unpin. */
-uint64_t uhmm__thrash_out(uint64_t old)
+/* The time for uhmm__thrash_out, read once for many pages; never 0. */
+uint64_t uhmm__thrash_stamp(void)
 {
-	return (old & W_TCOUNT_MASK) | ((uint64_t)now16() << W_TTIME_SHIFT);
+	return ((uint64_t)now16() << W_TTIME_SHIFT) | 1;
+}
+
+/* The page goes to a device (at @stamp): keep its bounce count, stamp the time, unpin. */
+uint64_t uhmm__thrash_out(uint64_t old, uint64_t stamp)
+{
+	return (old & W_TCOUNT_MASK) | (stamp & W_TTIME_MASK);
 }
 
 /*
