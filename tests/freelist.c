@@ -73,6 +73,77 @@ TEST(alloc_and_put_from_several_threads)
 	uhmm_close(sh.h);
 }
 
+/*
+ * A region smaller than what the threads ask for: batches come off the list
+ * short (uhmm__devmem_alloc_pages runs it dry while others push pages back),
+ * and each migration says exactly how many of its pages went, none twice.
+ */
+#define SHORT_NP 3
+#define SHORT_ROUNDS 5000
+
+static void *short_main(void *arg)
+{
+	struct worker *w = arg;
+	long long moved = 0;
+
+	pthread_barrier_wait(&w->sh->go);
+	for (int r = 0; r < SHORT_ROUNDS; r++) {
+		int got = uhmm_migrate_to_device(w->sh->dm, w->buf, SHORT_NP * PAGE);
+		size_t on = 0;
+
+		if (got == -ENOMEM)
+			got = 0; /* the region was full: nothing moved */
+		CHECK_GE(got, 0);
+		CHECK_LE(got, SHORT_NP);
+		for (size_t i = 0; i < SHORT_NP; i++)
+			on += uhmm_page_state(w->sh->h, w->buf + i * PAGE) == UHMM_PAGE_DEVICE;
+		CHECK_EQ(on, (size_t)got);
+		moved += got;
+		CHECK_EQ(uhmm_migrate_to_ram(w->sh->h, w->buf, SHORT_NP * PAGE), got);
+	}
+	return (void *)(intptr_t)(moved > 0);
+}
+
+TEST(short_batches_when_the_region_runs_out)
+{
+	static struct worker wk[NTHREADS];
+	struct shared sh;
+	struct uhmm_sim *sim;
+	int some = 0;
+
+	sh.h = uhmm_test_open_migrating();
+	/* Room for all of one thread's pages and part of another's. */
+	sim = uhmm_test_sim(sh.h, SHORT_NP + 2);
+	sh.dm = uhmm_sim_devmem(sim);
+	CHECK_EQ(pthread_barrier_init(&sh.go, NULL, NTHREADS), 0);
+	for (int t = 0; t < NTHREADS; t++) {
+		void *p = NULL;
+
+		CHECK_EQ(uhmm_alloc(sh.h, SHORT_NP * PAGE, &p), 0);
+		wk[t] = (struct worker){ .sh = &sh, .buf = p, .seed = 0x5407000ULL + (uint64_t)t };
+		pattern_fill(wk[t].buf, SHORT_NP * PAGE, wk[t].seed);
+	}
+	for (int t = 0; t < NTHREADS; t++)
+		CHECK_EQ(pthread_create(&wk[t].tid, NULL, short_main, &wk[t]), 0);
+	for (int t = 0; t < NTHREADS; t++) {
+		void *ret = NULL;
+
+		CHECK_EQ(pthread_join(wk[t].tid, &ret), 0);
+		some += ret != NULL;
+	}
+	pthread_barrier_destroy(&sh.go);
+	CHECK_GT(some, 0);
+	for (int t = 0; t < NTHREADS; t++) {
+		for (size_t i = 0; i < SHORT_NP; i++)
+			CHECK_PATTERN_PAGE(wk[t].buf, i, wk[t].seed);
+		CHECK_EQ(uhmm_free(sh.h, wk[t].buf, SHORT_NP * PAGE), 0);
+	}
+	CHECK_EQ(dmstats(sh.dm).in_use, 0);
+	CHECK_EQ(dmstats(sh.dm).resident, 0);
+	CHECK_EQ(uhmm_sim_destroy(sim), 0);
+	uhmm_close(sh.h);
+}
+
 /* ---- device pages in order ---- */
 
 /* A driver that remembers which device page each CPU page of its buffer got. */
