@@ -94,6 +94,7 @@ struct uhmm_sim_ctx {
 	bool external;      /* a command's context, not a device thread's */
 	char *bounce;       /* two pages: data between the pool and memory that may fault */
 	void *spare[SIM_SPARES]; /* radix nodes, allocated before taking the lock */
+	uintptr_t copy_next; /* where this thread's last device-to-device copy read up to */
 	struct sim_tlb tlb[SIM_TLB];
 };
 
