@@ -39,6 +39,41 @@ static void *worker_main(void *arg)
 	return NULL;
 }
 
+/*
+ * NTHREADS threads running @fn, each over @np pattern-filled pages of its own;
+ * returns how many of them returned non-NULL.
+ */
+static int run_workers(struct shared *sh, struct worker *wk, size_t np, uint64_t seed,
+		       void *(*fn)(void *))
+{
+	int some = 0;
+
+	CHECK_EQ(pthread_barrier_init(&sh->go, NULL, NTHREADS), 0);
+	for (int t = 0; t < NTHREADS; t++) {
+		void *p = NULL;
+
+		CHECK_EQ(uhmm_alloc(sh->h, np * PAGE, &p), 0);
+		wk[t] = (struct worker){ .sh = sh, .buf = p, .seed = seed + (uint64_t)t };
+		pattern_fill(wk[t].buf, np * PAGE, wk[t].seed);
+	}
+	for (int t = 0; t < NTHREADS; t++)
+		CHECK_EQ(pthread_create(&wk[t].tid, NULL, fn, &wk[t]), 0);
+	for (int t = 0; t < NTHREADS; t++) {
+		void *ret = NULL;
+
+		CHECK_EQ(pthread_join(wk[t].tid, &ret), 0);
+		some += ret != NULL;
+	}
+	pthread_barrier_destroy(&sh->go);
+	/* Every page went out and came home with its own data: no device page served two. */
+	for (int t = 0; t < NTHREADS; t++) {
+		for (size_t i = 0; i < np; i++)
+			CHECK_PATTERN_PAGE(wk[t].buf, i, wk[t].seed);
+		CHECK_EQ(uhmm_free(sh->h, wk[t].buf, np * PAGE), 0);
+	}
+	return some;
+}
+
 TEST(alloc_and_put_from_several_threads)
 {
 	static struct worker wk[NTHREADS];
@@ -48,25 +83,7 @@ TEST(alloc_and_put_from_several_threads)
 	sh.h = uhmm_test_open_migrating();
 	sim = uhmm_test_sim(sh.h, NTHREADS * NP);
 	sh.dm = uhmm_sim_devmem(sim);
-	CHECK_EQ(pthread_barrier_init(&sh.go, NULL, NTHREADS), 0);
-	for (int t = 0; t < NTHREADS; t++) {
-		void *p = NULL;
-
-		CHECK_EQ(uhmm_alloc(sh.h, NP * PAGE, &p), 0);
-		wk[t] = (struct worker){ .sh = &sh, .buf = p, .seed = 0xf1ee0000ULL + (uint64_t)t };
-		pattern_fill(wk[t].buf, NP * PAGE, wk[t].seed);
-	}
-	for (int t = 0; t < NTHREADS; t++)
-		CHECK_EQ(pthread_create(&wk[t].tid, NULL, worker_main, &wk[t]), 0);
-	for (int t = 0; t < NTHREADS; t++)
-		CHECK_EQ(pthread_join(wk[t].tid, NULL), 0);
-	pthread_barrier_destroy(&sh.go);
-	/* Every page went out and came home with its own data: no device page served two. */
-	for (int t = 0; t < NTHREADS; t++) {
-		for (size_t i = 0; i < NP; i++)
-			CHECK_PATTERN_PAGE(wk[t].buf, i, wk[t].seed);
-		CHECK_EQ(uhmm_free(sh.h, wk[t].buf, NP * PAGE), 0);
-	}
+	run_workers(&sh, wk, NP, 0xf1ee0000ULL, worker_main);
 	CHECK_EQ(dmstats(sh.dm).in_use, 0);
 	CHECK_EQ(dmstats(sh.dm).page_frees, (uint64_t)NTHREADS * NP * ROUNDS);
 	CHECK_EQ(uhmm_sim_destroy(sim), 0);
@@ -109,35 +126,13 @@ TEST(short_batches_when_the_region_runs_out)
 	static struct worker wk[NTHREADS];
 	struct shared sh;
 	struct uhmm_sim *sim;
-	int some = 0;
 
 	sh.h = uhmm_test_open_migrating();
 	/* Room for all of one thread's pages and part of another's. */
 	sim = uhmm_test_sim(sh.h, SHORT_NP + 2);
 	sh.dm = uhmm_sim_devmem(sim);
-	CHECK_EQ(pthread_barrier_init(&sh.go, NULL, NTHREADS), 0);
-	for (int t = 0; t < NTHREADS; t++) {
-		void *p = NULL;
-
-		CHECK_EQ(uhmm_alloc(sh.h, SHORT_NP * PAGE, &p), 0);
-		wk[t] = (struct worker){ .sh = &sh, .buf = p, .seed = 0x5407000ULL + (uint64_t)t };
-		pattern_fill(wk[t].buf, SHORT_NP * PAGE, wk[t].seed);
-	}
-	for (int t = 0; t < NTHREADS; t++)
-		CHECK_EQ(pthread_create(&wk[t].tid, NULL, short_main, &wk[t]), 0);
-	for (int t = 0; t < NTHREADS; t++) {
-		void *ret = NULL;
-
-		CHECK_EQ(pthread_join(wk[t].tid, &ret), 0);
-		some += ret != NULL;
-	}
-	pthread_barrier_destroy(&sh.go);
-	CHECK_GT(some, 0);
-	for (int t = 0; t < NTHREADS; t++) {
-		for (size_t i = 0; i < SHORT_NP; i++)
-			CHECK_PATTERN_PAGE(wk[t].buf, i, wk[t].seed);
-		CHECK_EQ(uhmm_free(sh.h, wk[t].buf, SHORT_NP * PAGE), 0);
-	}
+	/* Some thread got some pages to the device. */
+	CHECK_GT(run_workers(&sh, wk, SHORT_NP, 0x5407000ULL, short_main), 0);
 	CHECK_EQ(dmstats(sh.dm).in_use, 0);
 	CHECK_EQ(dmstats(sh.dm).resident, 0);
 	CHECK_EQ(uhmm_sim_destroy(sim), 0);

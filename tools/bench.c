@@ -462,48 +462,27 @@ static void raw_unregister(struct raw *r, void *addr, size_t len)
 	ioctl(r->uffd, UFFDIO_UNREGISTER, &range);
 }
 
-/* UFFDIO_COPY @len bytes of @src into @dst in COPY_CHUNK calls. */
-static int raw_copy(struct raw *r, char *dst, const char *src, size_t len)
+/*
+ * UFFDIO_COPY (or, with @move, UFFDIO_MOVE) @len bytes of @src into @dst, a
+ * registered empty range, in COPY_CHUNK calls; nobody waits: the least work.
+ */
+static int raw_fill(struct raw *r, bool move, char *dst, char *src, size_t len)
 {
 	size_t off = 0;
 
 	while (off < len) {
 		size_t n = len - off < COPY_CHUNK ? len - off : COPY_CHUNK;
-		struct uffdio_copy c = {
-			.dst = (uintptr_t)dst + off,
-			.src = (uintptr_t)src + off,
-			.len = n,
-			.mode = UFFDIO_COPY_MODE_DONTWAKE, /* nobody waits: the least work */
-		};
+		struct uffdio_copy c = { .dst = (uintptr_t)dst + off, .src = (uintptr_t)src + off,
+					 .len = n, .mode = UFFDIO_COPY_MODE_DONTWAKE };
+		struct uffdio_move m = { .dst = c.dst, .src = c.src, .len = n,
+					 .mode = UFFDIO_MOVE_MODE_DONTWAKE };
+		int err = move ? ioctl(r->uffd, UFFDIO_MOVE, &m) : ioctl(r->uffd, UFFDIO_COPY, &c);
+		long long done = move ? m.move : c.copy;
 
-		if (ioctl(r->uffd, UFFDIO_COPY, &c)) {
-			if (errno != EAGAIN || c.copy <= 0)
+		if (err) {
+			if (errno != EAGAIN || done <= 0)
 				return -errno;
-			n = (size_t)c.copy;
-		}
-		off += n;
-	}
-	return 0;
-}
-
-/* UFFDIO_MOVE @len bytes of @src into @dst (registered, empty) in COPY_CHUNK calls. */
-static int raw_move(struct raw *r, char *dst, char *src, size_t len)
-{
-	size_t off = 0;
-
-	while (off < len) {
-		size_t n = len - off < COPY_CHUNK ? len - off : COPY_CHUNK;
-		struct uffdio_move m = {
-			.dst = (uintptr_t)dst + off,
-			.src = (uintptr_t)src + off,
-			.len = n,
-			.mode = UFFDIO_MOVE_MODE_DONTWAKE,
-		};
-
-		if (ioctl(r->uffd, UFFDIO_MOVE, &m)) {
-			if (errno != EAGAIN || m.move <= 0)
-				return -errno;
-			n = (size_t)m.move;
+			n = (size_t)done;
 		}
 		off += n;
 	}
@@ -990,7 +969,7 @@ static void bench_bulk(struct bench *b)
 		if (b->raw.move) {
 			madvise(reg, len, MADV_DONTNEED); /* empty: the UFFDIO_COPY floor filled it */
 			t0 = now_ns();
-			ret = raw_move(&b->raw, reg, src, len);
+			ret = raw_fill(&b->raw, true, reg, src, len);
 			memcpy(dst, reg, len);
 			madvise(reg, len, MADV_DONTNEED);
 			t1 = now_ns();
@@ -1020,7 +999,7 @@ static void bench_bulk(struct bench *b)
 
 		madvise(reg, len, MADV_DONTNEED); /* empty again */
 		t0 = now_ns();
-		ret = raw_copy(&b->raw, reg, src, len);
+		ret = raw_fill(&b->raw, false, reg, src, len);
 		t1 = now_ns();
 		if (ret) {
 			row_fail(out_cp, "UFFDIO_COPY", strerror(-ret));
