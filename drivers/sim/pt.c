@@ -163,10 +163,35 @@ static void drop_locked(struct uhmm_sim *sim, uintptr_t s, uintptr_t e, struct d
 		drop_walk(sim->root, 0, 0, vs, ve, c);
 }
 
+/*
+ * The slots that may be in use: the device threads' and the external ones
+ * handed out so far (ext_hi only grows), not all SIM_NSLOTS: every
+ * invalidation looked at 96 slots twice, 0.2-0.3 us of a 5.4 us fault-back.
+ * A slot taken after an invalidation read ext_hi needs no look: its taker
+ * raised ext_hi before reading the gen in slot_enter, and the invalidation
+ * moved the gen before reading ext_hi (all sequentially consistent), so
+ * the taker saw the new gen. Its fill window is registered under the lock
+ * the invalidation holds while it reads ext_hi.
+ */
+static int slots_end(struct uhmm_sim *sim)
+{
+	return UHMM_SIM_MAX_THREADS + (int)atomic_load(&sim->ext_hi);
+}
+
+/* The slot after @i (-1 to start) that may be in use, or -1 past @end. */
+static int slot_next(const struct uhmm_sim *sim, int i, int end)
+{
+	if (++i == (int)sim->nthreads)
+		i = UHMM_SIM_MAX_THREADS;
+	return i < end ? i : -1;
+}
+
 /* Wait until no thread touches device memory through a translation older than @gen. */
 static void wait_slots(struct uhmm_sim *sim, uint64_t gen)
 {
-	for (int i = 0; i < SIM_NSLOTS; i++) {
+	int end = slots_end(sim);
+
+	for (int i = slot_next(sim, -1, end); i >= 0; i = slot_next(sim, i, end)) {
 		uint64_t v;
 
 		while ((v = atomic_load(&sim->slots[i])) && v < gen)
@@ -220,10 +245,13 @@ static bool sim_invalidate(struct uhmm_interval_notifier *n, const struct uhmm_n
 	     hit = false;
 	struct drop_count c = { 0 };
 	uint64_t gen;
+	int end;
 
 	pthread_mutex_lock(&sim->lock);
+	end = slots_end(sim);
 	/* Its own exclusive access is what its fill is waiting for: not a change. */
-	for (int i = 0; i < SIM_NSLOTS && !(own && r->event == UHMM_NOTIFY_EXCLUSIVE); i++) {
+	for (int i = slot_next(sim, -1, end); i >= 0 && !(own && r->event == UHMM_NOTIFY_EXCLUSIVE);
+	     i = slot_next(sim, i, end)) {
 		if (sim->fill_s[i] < r->end && r->start < sim->fill_e[i]) {
 			sim->fill_stale[i] = true;
 			hit = true;
@@ -334,6 +362,12 @@ struct uhmm_sim_ctx *sim_ctx_new(struct uhmm_sim *sim, bool external, unsigned i
 			int z = 0;
 
 			if (atomic_compare_exchange_strong(&sim->ext_used[i], &z, 1)) {
+				unsigned hi = atomic_load(&sim->ext_hi);
+
+				/* Before the slot is first entered: see slots_end. */
+				while (hi < i + 1 &&
+				       !atomic_compare_exchange_weak(&sim->ext_hi, &hi, i + 1))
+					;
 				ctx->slot = UHMM_SIM_MAX_THREADS + i;
 				return ctx;
 			}

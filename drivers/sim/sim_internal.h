@@ -144,6 +144,7 @@ struct uhmm_sim {
 	bool fill_stale[SIM_NSLOTS];
 	_Atomic uint64_t slots[SIM_NSLOTS];
 	atomic_int ext_used[SIM_EXT_SLOTS];
+	atomic_uint ext_hi; /* external slots handed out so far: [0, ext_hi) may be in use */
 
 	/* The device threads and the launch queue (exec.c). */
 	pthread_t threads[UHMM_SIM_MAX_THREADS];
