@@ -1314,7 +1314,7 @@ static void *svc_main(void *arg)
 	struct uffd_msg msgs[64];
 	sigset_t all;
 	bool events_left = false;
-	struct timespec probed = { 0 }, t_spin;
+	struct timespec probed = { 0 }, t_spin = { 0 };
 
 	sigfillset(&all);
 	pthread_sigmask(SIG_BLOCK, &all, NULL);
@@ -1342,9 +1342,8 @@ static void *svc_main(void *arg)
 			(void)!read(h->wake_fd, &junk, sizeof(junk));
 		if (pfd[2].revents & POLLIN)
 			(void)!read(uhmm__kick_fd, &junk, sizeof(junk));
-		pthread_mutex_lock(&h->sync_lock);
-		req = h->sync_req;
-		pthread_mutex_unlock(&h->sync_lock);
+		/* Taken before the kick that woke us: no lock on every fault's way. */
+		req = atomic_load(&h->sync_req);
 
 		/*
 		 * A fork is under way: glibc holds the malloc locks until the
@@ -1409,7 +1408,8 @@ static void *svc_main(void *arg)
 		 * a thread that mremaps in a loop would start its next mremap
 		 * before each retry, and faults would wait for its last one.
 		 */
-		clock_gettime(CLOCK_MONOTONIC, &t_spin);
+		if (!events_left && refused(q, nq))
+			clock_gettime(CLOCK_MONOTONIC, &t_spin);
 		while (!events_left && refused(q, nq) && !atomic_load(&h->fork_pending) &&
 		       us_since(&t_spin) < SVC_RETRY_US) {
 			sched_yield();
@@ -1422,12 +1422,13 @@ static void *svc_main(void *arg)
 				probed = now;
 		}
 
-		pthread_mutex_lock(&h->sync_lock);
+		/* sync_done changes only here (this thread): read without the lock. */
 		if (!events_left && h->sync_done < req) {
+			pthread_mutex_lock(&h->sync_lock);
 			h->sync_done = req;
 			pthread_cond_broadcast(&h->sync_cond);
+			pthread_mutex_unlock(&h->sync_lock);
 		}
-		pthread_mutex_unlock(&h->sync_lock);
 	}
 	for (size_t i = 0; q && i < nq; i++)
 		if (q[i].nwords)
@@ -1493,7 +1494,7 @@ int uhmm__sync(struct uhmm *h)
 	if (!h->svc_started || pthread_equal(pthread_self(), h->svc))
 		return 0;
 	pthread_mutex_lock(&h->sync_lock);
-	t = ++h->sync_req;
+	t = atomic_fetch_add(&h->sync_req, 1) + 1;
 	uhmm__svc_kick(h);
 	while (h->sync_done < t)
 		pthread_cond_wait(&h->sync_cond, &h->sync_lock);

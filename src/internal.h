@@ -239,7 +239,8 @@ struct uhmm {
 	atomic_int stop;
 	pthread_mutex_t sync_lock;
 	pthread_cond_t sync_cond;
-	uint64_t sync_req, sync_done; /* under sync_lock */
+	_Atomic uint64_t sync_req; /* raised under sync_lock, read by the service thread without */
+	uint64_t sync_done;	   /* written by the service thread under sync_lock */
 
 	struct uhmm *next_open; /* the list of open handles, for fork */
 	/* Fork (fork.c): snapshots waiting for their fork event, the children served. */
