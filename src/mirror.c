@@ -521,15 +521,24 @@ static int fault_run(struct uhmm *h, uintptr_t s, uintptr_t e, bool write, bool 
  * needs no pagemap read. A device revalidating its table each launch walks
  * ranges that are all its own pages; the read was most of the walk.
  */
+/* The range of @a: @r again while it covers @a (a batch is mostly one range). In a read section. */
+static struct range *range_of(struct uhmm *h, struct range *r, uintptr_t a)
+{
+	return r && a >= r->start && a < r->end ? r : uhmm__lookup(h, a);
+}
+
 static bool all_on_devices(struct uhmm *h, uintptr_t s, unsigned long n)
 {
+	struct range *r = NULL;
 	bool all = true;
 
 	uhmm__rd_enter(h);
 	for (unsigned long i = 0; all && i < n; i++) {
 		uintptr_t a = s + (i << PAGE_SHIFT);
-		struct range *r = uhmm__lookup(h, a);
-		uint64_t w = r ? atomic_load(uhmm__word(r, a)) : 0;
+		uint64_t w;
+
+		r = range_of(h, r, a);
+		w = r ? atomic_load(uhmm__word(r, a)) : 0;
 
 		all = r && !(w & W_LOCKED) && w_kind(w) == W_DEVICE;
 	}
@@ -549,6 +558,7 @@ static int walk_batch(struct uhmm_range *range, struct uhmm *h, int pagemap, con
 	for (int tries = 0;; tries++) {
 		bool zero[WALK_BATCH] = { false }, scan = false, faults = false, busy = false;
 		bool moved = false;
+		struct range *r = NULL; /* the last page's: range_of() */
 		unsigned long i, j;
 
 		if (device_only)
@@ -565,7 +575,8 @@ static int walk_batch(struct uhmm_range *range, struct uhmm *h, int pagemap, con
 		for (i = 0; i < n; i++) {
 			uintptr_t a = s + (i << PAGE_SHIFT);
 			uint64_t req = ((pfns[i] & range->pfn_flags_mask) | range->default_flags);
-			struct range *r = uhmm__lookup(h, a);
+
+			r = range_of(h, r, a);
 			uint64_t w = r ? atomic_load(uhmm__word(r, a)) : 0;
 			uint64_t m = r ? UHMM_PFN_MANAGED : 0;
 
