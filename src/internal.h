@@ -308,8 +308,16 @@ static inline int uhmm__usable(const struct uhmm *h)
 }
 
 /* space.c */
-void uhmm__rd_enter(struct uhmm *h);
-void uhmm__rd_exit(struct uhmm *h);
+/* A read section (see the top of this file); inline: a fault enters several. */
+static inline void uhmm__rd_enter(struct uhmm *h)
+{
+	atomic_fetch_add(&h->readers, 1);
+}
+
+static inline void uhmm__rd_exit(struct uhmm *h)
+{
+	atomic_fetch_sub(&h->readers, 1);
+}
 struct range *uhmm__lookup(struct uhmm *h, uintptr_t addr);
 _Atomic uint64_t *uhmm__word(struct range *r, uintptr_t addr);
 void uhmm__retire(struct uhmm *h, void (*fn)(struct uhmm *, void *), void *p);

@@ -584,6 +584,9 @@ bool uhmm__read_mostly(struct uhmm *h, uintptr_t addr)
 	struct advtab *t;
 	bool rm = false;
 
+	/* No advice at all (the common case): nothing to look up on a fault's way. */
+	if (!atomic_load(&h->advtab))
+		return false;
 	uhmm__rd_enter(h);
 	t = atomic_load(&h->advtab);
 	for (size_t i = t ? t->n : 0; i-- > 0;) {

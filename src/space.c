@@ -35,16 +35,6 @@ static int opts_check(const void *opts, size_t given, size_t known)
 
 /* --- read sections and retirement (see internal.h) --- */
 
-void uhmm__rd_enter(struct uhmm *h)
-{
-	atomic_fetch_add(&h->readers, 1);
-}
-
-void uhmm__rd_exit(struct uhmm *h)
-{
-	atomic_fetch_sub(&h->readers, 1);
-}
-
 /* Under h->lock. */
 void uhmm__retire(struct uhmm *h, void (*fn)(struct uhmm *, void *), void *p)
 {
