@@ -392,7 +392,7 @@ bool uhmm__install_begin(struct uhmm *h, uintptr_t start, uintptr_t end)
 	 */
 	for (;;) {
 		atomic_fetch_add(&h->installing, 1);
-		if (uhmm__in_svc || !atomic_load(&h->reading))
+		if (uhmm__in_svc || !uhmm__svc_reading(h))
 			break;
 		atomic_fetch_sub(&h->installing, 1);
 		/*
@@ -403,7 +403,7 @@ bool uhmm__install_begin(struct uhmm *h, uintptr_t start, uintptr_t end)
 		 * beside a thread that mremaps in a loop a signal-mode fault
 		 * can take seconds (tests/slowdriver.c, mremap_flood_*).
 		 */
-		while (atomic_load(&h->reading))
+		while (uhmm__svc_reading(h))
 			sched_yield();
 		sched_yield();
 	}
@@ -1370,7 +1370,6 @@ static void *svc_main(void *arg)
 			}
 			/* An event's thread runs again inside read(): flag it before. */
 			atomic_fetch_add(&h->read_gen, 1);
-			atomic_store(&h->reading, 1);
 			/*
 			 * Pages going home look at the events read so far: the
 			 * installs under way end first (new ones wait for this
@@ -1385,7 +1384,6 @@ static void *svc_main(void *arg)
 			got = read(h->uffd, msgs, sizeof(msgs));
 			for (size_t i = 0; got > 0 && i < (size_t)got / sizeof(msgs[0]); i++)
 				work_add(h, q, &nq, &msgs[i]);
-			atomic_store(&h->reading, 0);
 			atomic_fetch_add(&h->read_gen, 1);
 			/*
 			 * Events in hand: handle them before reading more. Each

@@ -268,8 +268,7 @@ struct uhmm {
 		atomic_int n;
 	} pev[MAX_PEV];
 	atomic_int pev_overflow; /* events in hand without a slot: they hold up everyone */
-	atomic_int reading;        /* the service thread is inside read(2) of the uffd */
-	atomic_uint read_gen;      /* odd from a read's flag until its events are in slots */
+	atomic_uint read_gen;      /* odd while the service thread reads the uffd, until its events are in slots */
 	atomic_int installing;     /* threads putting pages home: the service thread reads no event */
 
 	/* Recency for eviction, and the thrashing control (policy.c). */
@@ -305,6 +304,12 @@ static inline int uhmm__usable(const struct uhmm *h)
 	if (!h)
 		return -EINVAL;
 	return atomic_load(&h->closed) ? -ESHUTDOWN : 0;
+}
+
+/* Whether the service thread is reading the userfaultfd now (read_gen odd). */
+static inline bool uhmm__svc_reading(struct uhmm *h)
+{
+	return atomic_load(&h->read_gen) & 1;
 }
 
 /* space.c */

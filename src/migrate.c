@@ -388,7 +388,6 @@ int uhmm_migrate_setup(struct uhmm_migrate *a)
 	return 0;
 }
 
-/* Commit page i into the device page named by dst[i]. */
 /*
  * Counts of the pages committed to devices by one uhmm_migrate_pages call,
  * added once at its end (before anything is unlocked): a handful of atomic
@@ -413,6 +412,7 @@ static void acc_flush(struct uhmm_migrate *a, struct commit_acc *c)
 	c->to = c->out = 0;
 }
 
+/* Commit page i into the device page named by dst[i]. */
 static void commit_device(struct uhmm_migrate *a, unsigned long i, struct commit_acc *c)
 {
 	struct uhmm *h = a->h;

@@ -75,7 +75,7 @@ static bool event_may_explain(void)
 			continue;
 		if (atomic_load(&h->remaps_pending))
 			return true;
-		if (atomic_load(&h->reading) || atomic_load(&h->events_pending))
+		if (uhmm__svc_reading(h) || atomic_load(&h->events_pending))
 			return true;
 		pfd.fd = h->uffd;
 		pfd.events = POLLIN;
