@@ -324,6 +324,12 @@ static inline void uhmm__rd_exit(struct uhmm *h)
 	atomic_fetch_sub(&h->readers, 1);
 }
 struct range *uhmm__lookup(struct uhmm *h, uintptr_t addr);
+
+/* The range of @addr: @r again while it covers @addr (walks stay in one mostly). In a read section. */
+static inline struct range *uhmm__lookup_near(struct uhmm *h, struct range *r, uintptr_t addr)
+{
+	return r && addr >= r->start && addr < r->end ? r : uhmm__lookup(h, addr);
+}
 _Atomic uint64_t *uhmm__word(struct range *r, uintptr_t addr);
 void uhmm__retire(struct uhmm *h, void (*fn)(struct uhmm *, void *), void *p);
 void uhmm__reclaim(struct uhmm *h);

@@ -873,8 +873,7 @@ static unsigned long room_wanted(struct uhmm_devmem *dm, uintptr_t s, uintptr_t 
 	for (uintptr_t a = s; a < e; a += PAGE_SIZE) {
 		uint64_t v;
 
-		if (!r || a >= r->end)
-			r = uhmm__lookup(h, a);
+		r = uhmm__lookup_near(h, r, a);
 		if (!r) {
 			n++;
 			continue;

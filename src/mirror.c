@@ -514,19 +514,12 @@ static int fault_run(struct uhmm *h, uintptr_t s, uintptr_t e, bool write, bool 
 	return 0;
 }
 
-/* Snapshot one batch of pages of the readable mapping @v, faulting where asked. */
 /*
  * Whether every page of [s, s + n pages) is on a device and not locked: then
  * none is mapped on the CPU (the migration took its entry), and the batch
  * needs no pagemap read. A device revalidating its table each launch walks
  * ranges that are all its own pages; the read was most of the walk.
  */
-/* The range of @a: @r again while it covers @a (a batch is mostly one range). In a read section. */
-static struct range *range_of(struct uhmm *h, struct range *r, uintptr_t a)
-{
-	return r && a >= r->start && a < r->end ? r : uhmm__lookup(h, a);
-}
-
 static bool all_on_devices(struct uhmm *h, uintptr_t s, unsigned long n)
 {
 	struct range *r = NULL;
@@ -537,15 +530,15 @@ static bool all_on_devices(struct uhmm *h, uintptr_t s, unsigned long n)
 		uintptr_t a = s + (i << PAGE_SHIFT);
 		uint64_t w;
 
-		r = range_of(h, r, a);
+		r = uhmm__lookup_near(h, r, a);
 		w = r ? atomic_load(uhmm__word(r, a)) : 0;
-
 		all = r && !(w & W_LOCKED) && w_kind(w) == W_DEVICE;
 	}
 	uhmm__rd_exit(h);
 	return all;
 }
 
+/* Snapshot one batch of pages of the readable mapping @v, faulting where asked. */
 static int walk_batch(struct uhmm_range *range, struct uhmm *h, int pagemap, const struct vma *v,
 		      uintptr_t s, unsigned long n)
 {
@@ -558,7 +551,7 @@ static int walk_batch(struct uhmm_range *range, struct uhmm *h, int pagemap, con
 	for (int tries = 0;; tries++) {
 		bool zero[WALK_BATCH] = { false }, scan = false, faults = false, busy = false;
 		bool moved = false;
-		struct range *r = NULL; /* the last page's: range_of() */
+		struct range *r = NULL; /* the last page's: uhmm__lookup_near() */
 		unsigned long i, j;
 
 		if (device_only)
@@ -575,10 +568,11 @@ static int walk_batch(struct uhmm_range *range, struct uhmm *h, int pagemap, con
 		for (i = 0; i < n; i++) {
 			uintptr_t a = s + (i << PAGE_SHIFT);
 			uint64_t req = ((pfns[i] & range->pfn_flags_mask) | range->default_flags);
+			uint64_t w, m;
 
-			r = range_of(h, r, a);
-			uint64_t w = r ? atomic_load(uhmm__word(r, a)) : 0;
-			uint64_t m = r ? UHMM_PFN_MANAGED : 0;
+			r = uhmm__lookup_near(h, r, a);
+			w = r ? atomic_load(uhmm__word(r, a)) : 0;
+			m = r ? UHMM_PFN_MANAGED : 0;
 
 			if (!(req & UHMM_PFN_REQ_FAULT))
 				req = 0; /* the kernel's rule: WRITE means nothing without FAULT */
