@@ -191,12 +191,12 @@ static struct uhmm_page *lock_exclusive(struct uhmm *h, struct uhmm_devmem *dm, 
 /* Whether a page of [s, e) is in a device's memory (or duplicated there). */
 static bool any_on_devices(struct uhmm *h, uintptr_t s, uintptr_t e)
 {
+	struct range *r = NULL;
 	bool any = false;
 
 	uhmm__rd_enter(h);
 	for (uintptr_t a = s; a < e && !any; a += PAGE_SIZE) {
-		struct range *r = uhmm__lookup(h, a);
-
+		r = uhmm__lookup_near(h, r, a);
 		any = !r || w_has_page(atomic_load(uhmm__word(r, a)));
 	}
 	uhmm__rd_exit(h);

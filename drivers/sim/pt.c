@@ -71,16 +71,29 @@ static void pte_set(uint64_t *pte, uint64_t v)
 	__atomic_store_n(pte, v, __ATOMIC_RELEASE);
 }
 
-/* The leaf of @vpn; with @ctx, created from its spares where missing. Under sim->lock. */
+/* The leaf of @vpn if there is one; needs no lock. */
+static struct pt_leaf *leaf_find(struct uhmm_sim *sim, uint64_t vpn)
+{
+	void *node = __atomic_load_n(&sim->root, __ATOMIC_ACQUIRE);
+
+	if (vpn >> (PT_BITS * PT_LEVELS))
+		return NULL; /* beyond 57 bits: no such address */
+	for (int level = 0; node && level < PT_LEVELS - 1; level++)
+		node = __atomic_load_n(&((struct pt_node *)node)->e[pt_index(vpn, level)],
+				       __ATOMIC_ACQUIRE);
+	return node;
+}
+
+/* The leaf of @vpn; with @ctx, created from its spares where missing (under sim->lock). */
 static struct pt_leaf *leaf_get(struct uhmm_sim *sim, uint64_t vpn, struct uhmm_sim_ctx *ctx)
 {
 	void **slot = &sim->root;
 
-	if (vpn >> (PT_BITS * PT_LEVELS))
-		return NULL; /* beyond 57 bits: no such address */
+	if (!ctx || (vpn >> (PT_BITS * PT_LEVELS)))
+		return leaf_find(sim, vpn);
 	for (int level = 0; level < PT_LEVELS; level++) {
 		if (!*slot) {
-			void *node = ctx ? ctx_spare(ctx) : NULL;
+			void *node = ctx_spare(ctx);
 
 			if (!node)
 				return NULL;
@@ -91,19 +104,6 @@ static struct pt_leaf *leaf_get(struct uhmm_sim *sim, uint64_t vpn, struct uhmm_
 		slot = &((struct pt_node *)*slot)->e[pt_index(vpn, level)];
 	}
 	return *slot;
-}
-
-/* The leaf of @vpn if there is one, without the lock. */
-static struct pt_leaf *leaf_find(struct uhmm_sim *sim, uint64_t vpn)
-{
-	void *node = __atomic_load_n(&sim->root, __ATOMIC_ACQUIRE);
-
-	if (vpn >> (PT_BITS * PT_LEVELS))
-		return NULL;
-	for (int level = 0; node && level < PT_LEVELS - 1; level++)
-		node = __atomic_load_n(&((struct pt_node *)node)->e[pt_index(vpn, level)],
-				       __ATOMIC_ACQUIRE);
-	return node;
 }
 
 /* @vpn's entry and the gen it goes with, for the translation cache. Lock-free. */

@@ -44,28 +44,36 @@ static char *sim_mem(struct uhmm_sim *sim, const struct uhmm_page *page)
  * buffer the kernel copies from next) with ordinary stores, which leave the
  * data in cache for that copy: 9.8 GB/s against 9.0 inlined.
  */
+#if defined(__SSE2__)
+/* One cache line (64 bytes); @stream: streaming stores (@d 16-byte aligned). */
+static inline void sim_copy_line(__m128i *d, const __m128i *s, bool stream)
+{
+	__m128i a = _mm_loadu_si128(s), b = _mm_loadu_si128(s + 1), c = _mm_loadu_si128(s + 2),
+		e = _mm_loadu_si128(s + 3);
+
+	if (stream) {
+		_mm_stream_si128(d, a);
+		_mm_stream_si128(d + 1, b);
+		_mm_stream_si128(d + 2, c);
+		_mm_stream_si128(d + 3, e);
+	} else {
+		_mm_storeu_si128(d, a);
+		_mm_storeu_si128(d + 1, b);
+		_mm_storeu_si128(d + 2, c);
+		_mm_storeu_si128(d + 3, e);
+	}
+}
+#endif
+
 void sim_copy_page(void *dst, const void *src, bool stream)
 {
 #if defined(__SSE2__)
 	__m128i *d = dst;
 	const __m128i *s = src;
 
-	for (size_t i = 0; i < SIM_PAGE / sizeof(*d); i += 4) {
-		__m128i a = _mm_loadu_si128(s + i), b = _mm_loadu_si128(s + i + 1),
-			c = _mm_loadu_si128(s + i + 2), e = _mm_loadu_si128(s + i + 3);
-
-		if (stream && !((uintptr_t)dst & 15)) {
-			_mm_stream_si128(d + i, a);
-			_mm_stream_si128(d + i + 1, b);
-			_mm_stream_si128(d + i + 2, c);
-			_mm_stream_si128(d + i + 3, e);
-		} else {
-			_mm_storeu_si128(d + i, a);
-			_mm_storeu_si128(d + i + 1, b);
-			_mm_storeu_si128(d + i + 2, c);
-			_mm_storeu_si128(d + i + 3, e);
-		}
-	}
+	stream = stream && !((uintptr_t)dst & 15);
+	for (size_t i = 0; i < SIM_PAGE / sizeof(*d); i += 4)
+		sim_copy_line(d + i, s + i, stream);
 #else
 	(void)stream;
 	memcpy(dst, src, SIM_PAGE);
@@ -84,18 +92,9 @@ static void sim_stream4(void *const *dst, const void *const *src)
 	for (size_t off = 0; off < SIM_PAGE; off += 64) {
 		for (int k = 0; k < 4; k++) {
 			const __m128i *s = (const __m128i *)((const char *)src[k] + off);
-			__m128i *d = (__m128i *)((char *)dst[k] + off);
-			__m128i a, b, c, e;
 
 			_mm_prefetch((const char *)s + 256, _MM_HINT_T0);
-			a = _mm_loadu_si128(s);
-			b = _mm_loadu_si128(s + 1);
-			c = _mm_loadu_si128(s + 2);
-			e = _mm_loadu_si128(s + 3);
-			_mm_stream_si128(d, a);
-			_mm_stream_si128(d + 1, b);
-			_mm_stream_si128(d + 2, c);
-			_mm_stream_si128(d + 3, e);
+			sim_copy_line((__m128i *)((char *)dst[k] + off), s, true);
 		}
 	}
 #else
