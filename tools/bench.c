@@ -944,6 +944,14 @@ static void bench_bulk(struct bench *b)
 	fill(mp, len, 2);
 	fill(src, len, 2);
 	memset(dst, 0, len); /* the destination of every memcpy exists already */
+	/* So does the device's memory: its first use faults the sim's pool in. */
+	ret = uhmm_migrate_to_device(dm, mp, len);
+	if (ret == (int)npages)
+		ret = uhmm_migrate_to_ram(b->h, mp, len);
+	if (ret != (int)npages) {
+		row_fail_moved(out_cp, "uhmm_migrate_to_device", ret);
+		goto out;
+	}
 
 	for (int rep = 0; rep < reps; rep++) {
 		uint64_t t0, t1, t2;
