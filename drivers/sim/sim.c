@@ -161,7 +161,7 @@ static int sim_check(struct uhmm_sim *sim, uintptr_t addr)
 		;
 	if (n)
 		return -EIO;
-	for (int i = 0; i < SIM_FAIL_PAGES; i++)
+	for (int i = 0, used = atomic_load(&sim->fail_used); i < used; i++)
 		if (addr && atomic_load(&sim->fail_addr[i]) == addr)
 			return -EIO;
 	return 0;
@@ -738,9 +738,17 @@ int uhmm_sim_fail_page(struct uhmm_sim *sim, const void *addr)
 	for (int i = 0; i < SIM_FAIL_PAGES; i++) {
 		uintptr_t z = 0;
 
-		if (atomic_load(&sim->fail_addr[i]) == a ||
-		    atomic_compare_exchange_strong(&sim->fail_addr[i], &z, a))
+		int used = atomic_load(&sim->fail_used);
+
+		if (atomic_load(&sim->fail_addr[i]) == a)
 			return 0;
+		if (atomic_compare_exchange_strong(&sim->fail_addr[i], &z, a)) {
+			/* After the address: a check that sees the count sees it. */
+			while (used <= i &&
+			       !atomic_compare_exchange_weak(&sim->fail_used, &used, i + 1))
+				;
+			return 0;
+		}
 	}
 	return -ENOSPC;
 }
@@ -758,6 +766,7 @@ int uhmm_sim_clear_faults(struct uhmm_sim *sim)
 	if (!sim)
 		return -EINVAL;
 	atomic_store(&sim->fail_next, 0);
+	atomic_store(&sim->fail_used, 0);
 	for (int i = 0; i < SIM_FAIL_PAGES; i++)
 		atomic_store(&sim->fail_addr[i], 0);
 	return 0;

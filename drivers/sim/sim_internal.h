@@ -120,6 +120,7 @@ struct uhmm_sim {
 	atomic_int dead;
 	atomic_uint fail_next;
 	_Atomic uintptr_t fail_addr[SIM_FAIL_PAGES];
+	atomic_int fail_used; /* fail_addr[] slots set since the last clear: checks look no further */
 	_Atomic uint64_t dflags; /* UHMM_DMIRROR_FLAG_* */
 	atomic_ulong copies_to, copies_from, copy_errors, page_frees, faults;
 	_Atomic uintptr_t stream_next; /* where the last copy to the device ended (CPU address) */
