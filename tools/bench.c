@@ -72,6 +72,7 @@ struct raw {
 	pthread_t thr;
 	bool started;
 	bool move; /* UFFDIO_MOVE works on this descriptor */
+	atomic_bool wake_after; /* COPY without waking, then UFFDIO_WAKE: the kernel's order */
 	atomic_int err;
 };
 
@@ -355,12 +356,19 @@ static void *raw_handler(void *arg)
 			continue; /* EAGAIN: poll woke for nothing */
 		if (msg.event != UFFD_EVENT_PAGEFAULT)
 			continue;
+		bool wake_after = atomic_load_explicit(&r->wake_after, memory_order_relaxed);
 		struct uffdio_copy c = {
 			.dst = msg.arg.pagefault.address & ~(uint64_t)(PAGE - 1),
 			.src = (uintptr_t)r->src,
 			.len = PAGE,
+			.mode = wake_after ? UFFDIO_COPY_MODE_DONTWAKE : 0,
 		};
-		if (ioctl(r->uffd, UFFDIO_COPY, &c) && errno != EEXIST) {
+		struct uffdio_range range = { c.dst, PAGE };
+
+		if (!ioctl(r->uffd, UFFDIO_COPY, &c) || errno == EEXIST) {
+			if (wake_after)
+				ioctl(r->uffd, UFFDIO_WAKE, &range);
+		} else {
 			atomic_store(&r->err, errno);
 			/* Never leave the toucher blocked: give it zeros, the check fails. */
 			struct uffdio_zeropage z = { .range = { c.dst, PAGE } };
@@ -642,9 +650,14 @@ static void target_close(struct target *t)
 /* ---------------------------------------------------------------------------
  * a. Fault-back latency of one 4 KiB page vs the raw round trip of the same
  * mode: the raw userfaultfd's handler thread, or (@sig) the raw SIGBUS handler.
+ * With @id_ord, the thread-mode median also against the raw round trip in the
+ * kernel's order, which uhmm keeps: the page copied without waking the
+ * toucher, then UFFDIO_WAKE once the fault is finished (the toucher, woken by
+ * the copy, would run before the service thread has counted the page and let
+ * go of it and of the device page).
  */
 static void bench_latency(struct bench *b, const struct target *t, bool sig, const char *id_med,
-			  const char *id_p99)
+			  const char *id_p99, const char *id_ord)
 {
 	struct row *med = row_addm(b, id_med, "fault-back latency 4 KiB, median", t->mode, "us",
 				   sig ? "raw SIGBUS handler + UFFDIO_COPY, median" :
@@ -652,15 +665,19 @@ static void bench_latency(struct bench *b, const struct target *t, bool sig, con
 	struct row *p99 = row_addm(b, id_p99, "fault-back latency 4 KiB, p99", t->mode, "us",
 				   sig ? "raw SIGBUS handler + UFFDIO_COPY, p99" :
 					 "raw userfaultfd round trip, p99");
-	int per = b->samples / b->reps, n = per * b->reps, nf = 0, nr = 0, ret;
+	struct row *ord = id_ord ? row_addm(b, id_ord, "fault-back latency 4 KiB, median", t->mode,
+					    "us", "raw round trip, COPY then WAKE (kernel's order)") :
+				   NULL;
+	int per = b->samples / b->reps, n = per * b->reps, nf = 0, nr = 0, no = 0, ret;
 	double *fig = calloc((size_t)n, sizeof(double)), *flo = calloc((size_t)n, sizeof(double));
+	double *flo_ord = calloc((size_t)n, sizeof(double));
 	char *mp = NULL, *rp = NULL, why[100];
 	struct rawsig rs = { .uffd = -1 };
 	bool registered = false;
 
 	progress(b, sig ? "fault-back latency vs raw SIGBUS" :
 			  "fault-back latency vs raw userfaultfd");
-	if (!fig || !flo) {
+	if (!fig || !flo || !flo_ord) {
 		row_fail(med, "out of memory", NULL);
 		goto out;
 	}
@@ -736,6 +753,23 @@ static void bench_latency(struct bench *b, const struct target *t, bool sig, con
 		}
 		if (sig)
 			rawsig_remove(&rs);
+		for (int i = -WARMUP * !rep; ord && i < per; i++) {
+			atomic_store(&b->raw.wake_after, true);
+			madvise(rp, PAGE, MADV_DONTNEED);
+			uint64_t t0 = now_ns();
+			char c = *(volatile char *)rp;
+			uint64_t t1 = now_ns();
+			int err = atomic_load(&b->raw.err);
+
+			atomic_store(&b->raw.wake_after, false);
+			if (c != 0x5a || err) {
+				row_fail(med, "the raw userfaultfd handler failed",
+					 err ? strerror(err) : "wrong data");
+				goto out;
+			}
+			if (i >= 0)
+				flo_ord[no++] = (double)(t1 - t0) * 1e-3;
+		}
 		for (int i = -WARMUP * !rep; i < per; i++) {
 			ret = uhmm_migrate_to_device(t->dm, mp, PAGE);
 			if (ret != 1) {
@@ -760,11 +794,18 @@ static void bench_latency(struct bench *b, const struct target *t, bool sig, con
 	p99->value = quantile(fig, (size_t)nf, 0.99);
 	p99->floor_value = quantile(flo, (size_t)nr, 0.99);
 	p99->ratio = p99->value / p99->floor_value;
+	if (ord) {
+		ord->value = med->value;
+		ord->floor_value = quantile(flo_ord, (size_t)no, 0.5);
+		ord->ratio = ord->value / ord->floor_value;
+	}
 out:
 	if (mp)
 		uhmm_free(t->h, mp, PAGE);
 	if (med->err[0])
 		memcpy(p99->err, med->err, sizeof(p99->err));
+	if (ord && med->err[0])
+		memcpy(ord->err, med->err, sizeof(ord->err));
 	if (sig) {
 		rawsig_close(&rs);
 	} else if (rp) {
@@ -774,6 +815,7 @@ out:
 	}
 	free(fig);
 	free(flo);
+	free(flo_ord);
 }
 
 /* ---------------------------------------------------------------------------
@@ -1186,7 +1228,7 @@ static void bench_other_mode(struct bench *b)
 		progress(b, "the other fault mode");
 		if (run_sig) {
 			bench_latency(b, &b->run, true, "fault_latency_signal_median",
-				      "fault_latency_signal_p99");
+				      "fault_latency_signal_p99", NULL);
 			r[0] = row_addm(b, "fault_latency_thread_median",
 					"fault-back latency 4 KiB, median", m, "us",
 					"raw userfaultfd round trip, median");
@@ -1215,11 +1257,12 @@ static void bench_other_mode(struct bench *b)
 		}
 		return;
 	}
-	bench_latency(b, sig, true, "fault_latency_signal_median", "fault_latency_signal_p99");
+	bench_latency(b, sig, true, "fault_latency_signal_median", "fault_latency_signal_p99",
+		      NULL);
 	bench_threads(b, sig, "fault_back_2_threads_signal");
 	if (run_sig) {
 		bench_latency(b, &o, false, "fault_latency_thread_median",
-			      "fault_latency_thread_p99");
+			      "fault_latency_thread_p99", "fault_latency_thread_median_vs_ordered");
 		bench_threads(b, &o, "fault_back_2_threads_thread");
 	} else {
 		progress(b, "the other fault mode");
@@ -2115,7 +2158,8 @@ int cmd_bench(int argc, char **argv)
 
 	print_header(&b);
 	fflush(stdout);
-	bench_latency(&b, &b.run, false, "fault_latency_median", "fault_latency_p99");
+	bench_latency(&b, &b.run, false, "fault_latency_median", "fault_latency_p99",
+		      strcmp(b.mode, "thread") ? NULL : "fault_latency_median_vs_ordered");
 	bench_sweeps(&b);
 	bench_bulk(&b);
 	bench_threads(&b, &b.run, "fault_back_2_threads");
