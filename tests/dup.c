@@ -438,7 +438,12 @@ static void device_sees_write_in_flight(enum uhmm_fault_mode mode)
 	CHECK_EQ(uhmm_sim_launch_async(f.sim, k_wait_magic, 1, &f.ka), 0);
 	usleep(20000); /* the device reads its copy meanwhile */
 	CHECK_EQ(uhmm_page_state(f.h, f.p), UHMM_PAGE_DUPLICATED);
-	f.p[0] = MAGIC;
+	/*
+	 * Atomic, as a flag a device polls is written: once the copy is
+	 * dropped the device may read the CPU's page itself, at the same
+	 * moment (TSan saw a plain store race with the device's load).
+	 */
+	__atomic_store_n(&f.p[0], MAGIC, __ATOMIC_RELAXED);
 	CHECK_EQ(uhmm_sim_synchronize(f.sim), 0);
 	CHECK_MSG(f.out[0] != 0, "the device kept reading its copy after the CPU's write");
 	NOTE("the device read page 0 %llu times before it saw the write",
