@@ -6,11 +6,11 @@
  * Taking a page from the CPU is UFFDIO_MOVE of its page-table entry into a
  * staging chunk registered with the same userfaultfd: atomic with respect to
  * CPU access (a touch now faults and waits for the page lock), and zero-copy.
- * Only pages that hold data move (pagemap says which; never ALLOW_SRC_HOLES,
- * see take_system); pagemap of the staging chunk then tells which pages
- * carried data, so empty pages reach the device without a CPU copy. Pages
- * come home with UFFDIO_COPY from a bounce chunk, which also wakes a waiting
- * toucher. Both are batched over contiguous runs.
+ * Only pages that hold data move (never ALLOW_SRC_HOLES, see take_system):
+ * every page is tried, and pagemap is read only once a move fails; what
+ * moved is known from the moves, so empty pages reach the device without a
+ * CPU copy. Pages come home with UFFDIO_COPY from a bounce chunk, which also
+ * wakes a waiting toucher. Both are batched over contiguous runs.
  */
 #include <errno.h>
 #include <sched.h>
@@ -147,9 +147,11 @@ static void take_system(struct uhmm_migrate *a)
 	 * page discarded since pagemap looked is a hole by the time MOVE finds
 	 * it (ENOENT). Every page is tried first: a chunk without holes moves
 	 * in one ioctl and pagemap is never read (two reads a chunk were more
-	 * than the moves: 12 ms a GiB). At the first hole, one look at the
-	 * whole chunk: pages held apart from each other (every other one on
-	 * the device already, say) would otherwise cost an ioctl each.
+	 * than the moves: 12 ms a GiB). At the first failure but EAGAIN (a
+	 * hole; or EBUSY, EEXIST, EINVAL, which then cost one look and one
+	 * ioctl more), one look at the whole chunk: pages held apart from each
+	 * other (every other one on the device already, say) would otherwise
+	 * cost an ioctl each.
 	 */
 	memset(vec, 1, n);
 	while (i < n) {

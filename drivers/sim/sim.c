@@ -740,10 +740,13 @@ int uhmm_sim_fail_page(struct uhmm_sim *sim, const void *addr)
 
 		int used = atomic_load(&sim->fail_used);
 
-		if (atomic_load(&sim->fail_addr[i]) == a)
-			return 0;
-		if (atomic_compare_exchange_strong(&sim->fail_addr[i], &z, a)) {
-			/* After the address: a check that sees the count sees it. */
+		/*
+		 * After the address, and by whoever finds it there too (its
+		 * setter may not have got this far): a check that sees the
+		 * count sees the address.
+		 */
+		if (atomic_load(&sim->fail_addr[i]) == a ||
+		    atomic_compare_exchange_strong(&sim->fail_addr[i], &z, a)) {
 			while (used <= i &&
 			       !atomic_compare_exchange_weak(&sim->fail_used, &used, i + 1))
 				;
