@@ -821,12 +821,14 @@ out:
 /* ---------------------------------------------------------------------------
  * b. CPU sweeps over device-resident memory vs the kernel's first-touch fault,
  * and the sequential sweep vs the same sweep served by the raw userfaultfd (what
- * thread mode costs before uhmm adds anything).
+ * thread mode costs before uhmm adds anything) and vs UFFDIO_COPY of the same
+ * bytes in 2 MiB calls (what bringing them home with 2 MiB moves cannot beat).
  */
 enum {
 	SW_KSEQ,
 	SW_SEQ,
 	SW_RAW,
+	SW_UC,
 	SW_KRND,
 	SW_RND,
 	SW_N
@@ -839,16 +841,19 @@ static void bench_sweeps(struct bench *b)
 	struct row *raw = row_addm(b, "sweep_sequential_vs_raw",
 				   "sequential sweep, device-resident", b->mode, "GB/s",
 				   "raw userfaultfd sweep, 4 KiB COPY/fault");
+	struct row *ucr = row_addm(b, "sweep_sequential_vs_uffdio_copy",
+				   "sequential sweep, device-resident", b->mode, "GB/s",
+				   "UFFDIO_COPY, 2 MiB calls, empty range");
 	struct row *rnd = row_addm(b, "sweep_random", "random 4 KiB touches, device-resident",
 				   b->mode, "GB/s", "kernel first-touch fault, random");
 	double *t = calloc(SW_N * (size_t)b->reps, sizeof(double));
 	uint32_t *perm = permutation(b->npages);
-	char *mp = NULL, *rp = map_anon(b->len);
+	char *mp = NULL, *rp = map_anon(b->len), *usrc = map_anon(b->len);
 	bool registered = false;
 	int ret;
 
 	progress(b, "CPU sweeps over device-resident memory");
-	if (!t || !perm || !rp) {
+	if (!t || !perm || !rp || !usrc) {
 		row_fail(seq, "out of memory", NULL);
 		goto out;
 	}
@@ -864,6 +869,7 @@ static void bench_sweeps(struct bench *b)
 		goto out;
 	}
 	fill(mp, b->len, 1);
+	fill(usrc, b->len, 1);
 
 	for (int rep = 0; rep < b->reps; rep++) {
 		for (int k = 0; k < SW_N; k++) {
@@ -898,6 +904,16 @@ static void bench_sweeps(struct bench *b)
 					goto out;
 				}
 				break;
+			case SW_UC:
+				madvise(rp, b->len, MADV_DONTNEED);
+				t0 = now_ns();
+				ret = raw_fill(&b->raw, false, rp, usrc, b->len);
+				t1 = now_ns();
+				if (ret) {
+					row_fail(seq, "UFFDIO_COPY", strerror(-ret));
+					goto out;
+				}
+				break;
 			default:
 				ret = uhmm_migrate_to_device(b->dm, mp, b->len);
 				if (ret != (int)b->npages) {
@@ -916,11 +932,13 @@ static void bench_sweeps(struct bench *b)
 #define SW(k) (t + (k)*b->reps)
 	row_times(seq, SW(SW_SEQ), SW(SW_KSEQ), b->reps, (double)b->len * 1e-9, true);
 	row_times(raw, SW(SW_SEQ), SW(SW_RAW), b->reps, (double)b->len * 1e-9, true);
+	row_times(ucr, SW(SW_SEQ), SW(SW_UC), b->reps, (double)b->len * 1e-9, true);
 	row_times(rnd, SW(SW_RND), SW(SW_KRND), b->reps, (double)b->len * 1e-9, true);
 #undef SW
 out:
 	if (seq->err[0]) {
 		memcpy(raw->err, seq->err, sizeof(seq->err));
+		memcpy(ucr->err, seq->err, sizeof(seq->err));
 		memcpy(rnd->err, seq->err, sizeof(seq->err));
 	}
 	if (mp)
@@ -929,6 +947,8 @@ out:
 		raw_unregister(&b->raw, rp, b->len);
 	if (rp)
 		munmap(rp, b->len);
+	if (usrc)
+		munmap(usrc, b->len);
 	free(perm);
 	free(t);
 }
