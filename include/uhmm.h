@@ -434,6 +434,12 @@ UHMM_API int uhmm_page_state(struct uhmm *h, const void *addr);
  * @events:        unmap, remove and remap events handled.
  * @dup_writes:    CPU writes to duplicated pages (uhmm_duplicate) that ended
  *                 the duplication: the device's copy was dropped first.
+ * @pages_recycled: of @pages_home, pages that came home into system pages a
+ *                 migration to a device had freed (copied into them, then
+ *                 moved into place with UFFDIO_MOVE: no allocation).
+ * @pages_kept:    system pages freed by migrations to devices and kept for
+ *                 the way home now: at most 96 MiB, given back to the
+ *                 kernel after a second unused.
  */
 struct uhmm_stats {
 	size_t sz;
@@ -445,6 +451,8 @@ struct uhmm_stats {
 	uint64_t poisoned;
 	uint64_t events;
 	uint64_t dup_writes;
+	uint64_t pages_recycled;
+	uint64_t pages_kept;
 };
 
 /**

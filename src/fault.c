@@ -1329,15 +1329,25 @@ static void *svc_main(void *arg)
 		int nfd = 3 + uhmm__children_pollfds(h, pfd + 3, MAX_CHILDREN + 8);
 		uint64_t req, junk;
 		struct timespec now;
+		int ms = nq ? 1 : nfd > 3 ? 100 : -1;
+		bool kept = atomic_load(&h->staging.kept) != 0;
 
 		/* Read only while the queue has room: the kernel holds the rest. */
 		if (nq + 64 > MAX_WORK)
 			pfd[0].fd = -1;
-		/* With children, look every 100 ms whether they are still there. */
-		if (poll(pfd, (nfds_t)nfd, nq ? 1 : nfd > 3 ? 100 : -1) < 0 && errno != EINTR)
+		/*
+		 * With children, look every 100 ms whether they are still
+		 * there; with pages kept for the way home, every POOL_KEEP_MS
+		 * whether they went unused that long (then they are freed).
+		 */
+		if (kept && (ms < 0 || ms > POOL_KEEP_MS))
+			ms = POOL_KEEP_MS;
+		if (poll(pfd, (nfds_t)nfd, ms) < 0 && errno != EINTR)
 			break;
 		if (atomic_load(&h->stop))
 			break;
+		if (kept)
+			uhmm__pool_trim(&h->staging, false);
 		if (pfd[1].revents & POLLIN)
 			(void)!read(h->wake_fd, &junk, sizeof(junk));
 		if (pfd[2].revents & POLLIN)

@@ -38,7 +38,9 @@
 
 #define CHUNK_PAGES UHMM_MIGRATE_MAX_PAGES
 #define CHUNK_SIZE (CHUNK_PAGES * PAGE_SIZE)
-#define POOL_CHUNKS 32
+#define POOL_CHUNKS 64
+#define POOL_KEEP 48	  /* chunks staging may keep: 96 MiB */
+#define POOL_KEEP_MS 1000 /* kept that long unused, freed */
 #define MAX_DEVMEM 1024 /* slots 1..MAX_DEVMEM-1; 0 means none */
 #define MAX_OWNERS 256
 #define MAX_LEAVING 16
@@ -134,10 +136,20 @@ struct retired {
 	void *p;
 };
 
-/* A pool of 2 MiB chunks taken with an atomic bitmap (async-signal-safe). */
+/*
+ * A pool of 2 MiB chunks taken with an atomic bitmap (async-signal-safe).
+ * Staging keeps chunks whose pages a migration to a device moved in (kept,
+ * at most POOL_KEEP): pages home are copied into them and moved into place,
+ * which costs less than the allocation UFFDIO_COPY makes. A kept chunk
+ * holds pages at [next, CHUNK_PAGES) and nothing below; the service thread
+ * frees those kept for POOL_KEEP_MS unused.
+ */
 struct pool {
 	char *base;
 	_Atomic uint64_t used; /* bit i: chunk i taken */
+	_Atomic uint64_t kept; /* bit i: chunk i holds pages (changed by its taker only) */
+	atomic_uint next[POOL_CHUNKS];
+	_Atomic uint64_t kept_ms[POOL_CHUNKS];
 };
 
 struct owner_acct {
@@ -290,7 +302,7 @@ struct uhmm {
 
 	struct {
 		atomic_ulong faults, faults_device, pages_home, pages_out, zero_fills, poisoned,
-			events, dup_writes;
+			events, dup_writes, pages_recycled;
 	} st;
 };
 
@@ -397,6 +409,11 @@ int uhmm__pool_init(struct pool *p, bool populate);
 void uhmm__pool_fini(struct pool *p);
 char *uhmm__pool_get(struct pool *p);
 void uhmm__pool_put(struct pool *p, char *chunk);
+int uhmm__pool_keep(struct pool *p, char *chunk);
+char *uhmm__pool_take_kept(struct pool *p, unsigned int *first);
+void uhmm__pool_give_back(struct pool *p, char *chunk, unsigned int next, bool drop);
+bool uhmm__pool_trim(struct pool *p, bool all);
+unsigned long uhmm__pool_kept_pages(struct pool *p);
 
 /* fault.c */
 /* How uhmm__serve serves: waiting for the page lock; waking the toucher after. */

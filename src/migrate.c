@@ -534,6 +534,72 @@ static void wake_run(struct uhmm_migrate *a, uintptr_t s, uintptr_t e)
  */
 #define INSTALL_CHUNK (2UL << 20)
 
+#ifndef UFFDIO_MOVE_MODE_DONTWAKE
+#define UFFDIO_MOVE_MODE_DONTWAKE ((__u64)1 << 0)
+#endif
+
+/*
+ * Install @len bytes from @from at @dst through pages staging kept (see
+ * struct pool): copied into them, then moved into place, not waking. As
+ * uhmm__uffd_copy_n (a page found present is skipped, its data kept;
+ * -EAGAIN for an event unread), and 1 when no kept page is at hand or a
+ * move fails otherwise: *@done bytes are installed, the rest is the
+ * caller's to copy. A kept chunk has no hole by construction, so the
+ * copies into it never fault on staging's userfaultfd.
+ */
+static int install_kept(struct uhmm *h, uintptr_t dst, uintptr_t from, size_t len, size_t *done)
+{
+	*done = 0;
+	while (*done < len) {
+		unsigned int first, moved;
+		char *c = uhmm__pool_take_kept(&h->staging, &first), *pg;
+		size_t n;
+		struct uffdio_move m;
+		int err = 0;
+
+		if (!c)
+			return 1;
+		pg = c + ((size_t)first << PAGE_SHIFT);
+		n = (size_t)(CHUNK_PAGES - first) << PAGE_SHIFT;
+		if (n > len - *done)
+			n = len - *done;
+		memcpy(pg, (const void *)(from + *done), n);
+		m = (struct uffdio_move){ .dst = dst + *done, .src = (uintptr_t)pg, .len = n,
+					  .mode = UFFDIO_MOVE_MODE_DONTWAKE };
+		if (ioctl(h->uffd, UFFDIO_MOVE, &m)) {
+			err = errno;
+			m.move = m.move > 0 ? m.move : 0;
+		} else {
+			m.move = (__s64)n;
+		}
+		moved = (unsigned int)((size_t)m.move >> PAGE_SHIFT);
+		*done += (size_t)m.move;
+		UHMM_STAT_ADD(h, pages_recycled, moved);
+		if (err == EEXIST) {
+			/* Filled meanwhile: keep its data; our page stays first in the chunk. */
+			uhmm__fill_exists = 1;
+			uhmm__uffd_wake(h->uffd, dst + *done, PAGE_SIZE);
+			*done += PAGE_SIZE;
+		} else if (err && err != EAGAIN) {
+			/*
+			 * EINVAL: the destination's protection or mlock differs
+			 * from staging's; keep the chunk. Else not ours to move
+			 * (shared, split...): free it. Copy the rest either way.
+			 */
+			uhmm__pool_give_back(&h->staging, c, first + moved, err != EINVAL);
+			return 1;
+		}
+		uhmm__pool_give_back(&h->staging, c, first + moved, false);
+		if (err == EAGAIN && (uhmm__in_svc || uhmm__nowait)) {
+			uhmm__svc_eagain = 1;
+			return -EAGAIN;
+		}
+		if (err == EAGAIN)
+			sched_yield();
+	}
+	return 0;
+}
+
 static int install_home(struct uhmm *h, uintptr_t dst, uintptr_t from, size_t len, size_t *done,
 			bool wp)
 {
@@ -548,13 +614,20 @@ static int install_home(struct uhmm *h, uintptr_t dst, uintptr_t from, size_t le
 		bool clear = uhmm__install_begin(h, dst + *done, dst + *done + chunk);
 
 		if (clear) {
+			size_t kept = 0;
+
 			/* An unread event refuses the fill: we must not wait for it here. */
 			uhmm__nowait = 1;
-			ret = wp ? uhmm__uffd_copy_wp_n(h->uffd, dst + *done,
-							(const void *)(from + *done), chunk, &got) :
-				   uhmm__uffd_copy_n(h->uffd, dst + *done,
-						     (const void *)(from + *done), chunk, false,
-						     &got);
+			ret = wp ? 1 : install_kept(h, dst + *done, from + *done, chunk, &kept);
+			if (ret == 1) {
+				ret = wp ? uhmm__uffd_copy_wp_n(h->uffd, dst + *done + kept,
+								(const void *)(from + *done + kept),
+								chunk - kept, &got) :
+					   uhmm__uffd_copy_n(h->uffd, dst + *done + kept,
+							     (const void *)(from + *done + kept),
+							     chunk - kept, false, &got);
+			}
+			got += kept;
 			uhmm__nowait = nowait;
 			uhmm__svc_eagain = svc_eagain || (ret == -EAGAIN && uhmm__in_svc);
 		}
@@ -722,10 +795,20 @@ void uhmm_migrate_finalize(struct uhmm_migrate *a)
 			uhmm__unlock(w, atomic_load(w));
 		}
 	}
+	/* A whole chunk of pages is kept for the way home; else discarded. */
 	if (a->priv[P_STAGING]) {
-		uhmm__trace("*stg-discard", a->priv[P_STAGING], n << PAGE_SHIFT, a->start);
-		madvise((void *)a->priv[P_STAGING], n << PAGE_SHIFT, MADV_DONTNEED);
-		uhmm__pool_put(&h->staging, (char *)a->priv[P_STAGING]);
+		int kept = n == CHUNK_PAGES ?
+				   uhmm__pool_keep(&h->staging, (char *)a->priv[P_STAGING]) :
+				   0;
+
+		if (!kept) {
+			uhmm__trace("*stg-discard", a->priv[P_STAGING], n << PAGE_SHIFT,
+				    a->start);
+			madvise((void *)a->priv[P_STAGING], n << PAGE_SHIFT, MADV_DONTNEED);
+			uhmm__pool_put(&h->staging, (char *)a->priv[P_STAGING]);
+		} else if (kept == 2 && !uhmm__in_svc) {
+			uhmm__svc_kick(h); /* to free them if unused */
+		}
 	}
 	if (a->priv[P_BOUNCE] && (char *)a->priv[P_BOUNCE] != h->svc_bounce)
 		uhmm__pool_put(&h->bounce, (char *)a->priv[P_BOUNCE]);

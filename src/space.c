@@ -423,6 +423,11 @@ int uhmm__pool_init(struct pool *p, bool populate)
 	/* A forked child must not share these pages: MOVE refuses shared pages. */
 	madvise(p->base, POOL_CHUNKS * CHUNK_SIZE, MADV_DONTFORK);
 	atomic_store(&p->used, 0);
+	atomic_store(&p->kept, 0);
+	for (int i = 0; i < POOL_CHUNKS; i++) {
+		atomic_store(&p->next[i], 0);
+		atomic_store(&p->kept_ms[i], 0);
+	}
 	return 0;
 }
 
@@ -433,31 +438,160 @@ void uhmm__pool_fini(struct pool *p)
 	p->base = NULL;
 }
 
-/* Lock-free and async-signal-safe; waits while every chunk is in use. */
+#define POOL_MASK (POOL_CHUNKS >= 64 ? ~0ULL : (1ULL << POOL_CHUNKS) - 1)
+
+static uint64_t now_ms(void)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (uint64_t)t.tv_sec * 1000 + (uint64_t)t.tv_nsec / 1000000;
+}
+
+static int chunk_index(struct pool *p, const char *chunk)
+{
+	return (int)((size_t)(chunk - p->base) / CHUNK_SIZE);
+}
+
+/* Free what kept chunk @i holds and mark it empty; the caller has taken it. */
+static void drop_kept(struct pool *p, int i)
+{
+	unsigned int next = atomic_load(&p->next[i]);
+
+	madvise(p->base + (size_t)i * CHUNK_SIZE + ((size_t)next << PAGE_SHIFT),
+		(size_t)(CHUNK_PAGES - next) << PAGE_SHIFT, MADV_DONTNEED);
+	atomic_fetch_and(&p->kept, ~(1ULL << i));
+}
+
+/*
+ * An empty chunk. Lock-free and async-signal-safe; waits while every chunk
+ * is in use, and empties a kept one when no other is free.
+ */
 char *uhmm__pool_get(struct pool *p)
 {
-	uint64_t u = atomic_load(&p->used);
-
 	for (;;) {
-		uint64_t freebits = ~u & ((1ULL << POOL_CHUNKS) - 1);
+		uint64_t u = atomic_load(&p->used), freebits = ~u & POOL_MASK,
+			 empty = freebits & ~atomic_load(&p->kept);
+		int i;
 
 		if (!freebits) {
 			sched_yield();
-			u = atomic_load(&p->used);
 			continue;
 		}
-		int i = __builtin_ctzll(freebits);
-
-		if (atomic_compare_exchange_weak(&p->used, &u, u | (1ULL << i)))
-			return p->base + (size_t)i * CHUNK_SIZE;
+		i = __builtin_ctzll(empty ? empty : freebits);
+		if (!atomic_compare_exchange_weak(&p->used, &u, u | (1ULL << i)))
+			continue;
+		/* Kept (now, or since we looked: its taker let go after): ours, emptied. */
+		if (atomic_load(&p->kept) & (1ULL << i))
+			drop_kept(p, i);
+		return p->base + (size_t)i * CHUNK_SIZE;
 	}
 }
 
 void uhmm__pool_put(struct pool *p, char *chunk)
 {
-	size_t i = (size_t)(chunk - p->base) / CHUNK_SIZE;
+	atomic_fetch_and(&p->used, ~(1ULL << chunk_index(p, chunk)));
+}
 
+/*
+ * Let go of taken staging chunk @chunk and keep its pages for the way home,
+ * if every one of its pages is there (pagemap: a kept chunk must hold no
+ * hole, as a copy into a hole of staging would wait for ever on its
+ * userfaultfd) and fewer than POOL_KEEP are kept. Else 0: the caller
+ * discards the pages and puts the chunk back. 2: the first chunk kept (the
+ * service thread, which frees unused ones, is to look again when).
+ */
+int uhmm__pool_keep(struct pool *p, char *chunk)
+{
+	int i = chunk_index(p, chunk);
+	unsigned char vec[CHUNK_PAGES];
+	bool first;
+
+	if (__builtin_popcountll(atomic_load(&p->kept)) >= POOL_KEEP ||
+	    uhmm__pages_with_data((uintptr_t)chunk, CHUNK_PAGES, vec))
+		return 0;
+	for (size_t j = 0; j < CHUNK_PAGES; j++)
+		if (!vec[j])
+			return 0;
+	atomic_store(&p->next[i], 0);
+	atomic_store(&p->kept_ms[i], now_ms());
+	first = !atomic_fetch_or(&p->kept, 1ULL << i);
 	atomic_fetch_and(&p->used, ~(1ULL << i));
+	return first ? 2 : 1;
+}
+
+/* Take a kept chunk: its pages are at [*@first, CHUNK_PAGES). NULL: none. */
+char *uhmm__pool_take_kept(struct pool *p, unsigned int *first)
+{
+	for (;;) {
+		uint64_t u = atomic_load(&p->used), k = atomic_load(&p->kept) & ~u & POOL_MASK;
+		int i;
+
+		if (!k)
+			return NULL;
+		i = __builtin_ctzll(k);
+		if (!atomic_compare_exchange_weak(&p->used, &u, u | (1ULL << i)))
+			continue;
+		if (!(atomic_load(&p->kept) & (1ULL << i))) { /* emptied meanwhile */
+			atomic_fetch_and(&p->used, ~(1ULL << i));
+			continue;
+		}
+		*first = atomic_load(&p->next[i]);
+		return p->base + (size_t)i * CHUNK_SIZE;
+	}
+}
+
+/*
+ * Let go of a chunk from uhmm__pool_take_kept(), its pages now at [@next,
+ * CHUNK_PAGES); with @drop, those are freed first.
+ */
+void uhmm__pool_give_back(struct pool *p, char *chunk, unsigned int next, bool drop)
+{
+	int i = chunk_index(p, chunk);
+
+	atomic_store(&p->next[i], next);
+	if (drop && next < CHUNK_PAGES)
+		drop_kept(p, i);
+	else if (next >= CHUNK_PAGES)
+		atomic_fetch_and(&p->kept, ~(1ULL << i));
+	else
+		atomic_store(&p->kept_ms[i], now_ms());
+	atomic_fetch_and(&p->used, ~(1ULL << i));
+}
+
+/* Free the kept chunks unused for POOL_KEEP_MS (@all: every one); whether any is still kept. */
+bool uhmm__pool_trim(struct pool *p, bool all)
+{
+	uint64_t now = now_ms();
+	bool left = false;
+
+	for (int i = 0; i < POOL_CHUNKS; i++) {
+		uint64_t bit = 1ULL << i, u;
+
+		if (!(atomic_load(&p->kept) & bit))
+			continue;
+		u = atomic_load(&p->used);
+		if ((!all && now - atomic_load(&p->kept_ms[i]) < POOL_KEEP_MS) || (u & bit) ||
+		    !atomic_compare_exchange_strong(&p->used, &u, u | bit)) {
+			left = true;
+			continue;
+		}
+		if (atomic_load(&p->kept) & bit)
+			drop_kept(p, i);
+		atomic_fetch_and(&p->used, ~bit);
+	}
+	return left;
+}
+
+unsigned long uhmm__pool_kept_pages(struct pool *p)
+{
+	uint64_t k = atomic_load(&p->kept);
+	unsigned long n = 0;
+
+	for (int i = 0; i < POOL_CHUNKS; i++)
+		if (k & (1ULL << i))
+			n += CHUNK_PAGES - atomic_load(&p->next[i]);
+	return n;
 }
 
 /* --- handles --- */
@@ -1078,6 +1212,8 @@ int uhmm_stats(struct uhmm *h, struct uhmm_stats *st)
 	s.poisoned = atomic_load(&h->st.poisoned);
 	s.events = atomic_load(&h->st.events);
 	s.dup_writes = atomic_load(&h->st.dup_writes);
+	s.pages_recycled = atomic_load(&h->st.pages_recycled);
+	s.pages_kept = uhmm__pool_kept_pages(&h->staging);
 	memcpy(st, &s, sz < sizeof(s) ? sz : sizeof(s));
 	st->sz = sz;
 	return 0;

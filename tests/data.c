@@ -242,6 +242,20 @@ TEST(empty_pages_come_back_as_zeros)
 	uhmm_close(h);
 }
 
+/* @npages of managed memory, pattern-filled from a seed drawn as @what (HARNESS_SEED replays it). */
+static char *patterned(struct uhmm *h, size_t npages, uint64_t seed0, const char *what,
+		       uint64_t *seed)
+{
+	struct prng rng;
+	void *p = NULL;
+
+	CHECK_EQ(uhmm_alloc(h, npages * PAGE, &p), 0);
+	prng_init(&rng, seed0, what);
+	*seed = prng_next(&rng);
+	pattern_fill(p, npages * PAGE, *seed);
+	return p;
+}
+
 TEST(migrate_to_ram_brings_pages_home)
 {
 	const size_t npages = 256;
@@ -250,17 +264,10 @@ TEST(migrate_to_ram_brings_pages_home)
 	struct uhmm_devmem *dm = uhmm_sim_devmem(sim);
 	struct uhmm_devmem_stats ds;
 	struct uhmm_stats before, after;
-	struct prng rng;
 	uint64_t seed;
-	void *p = NULL;
-	char *buf;
+	char *buf = patterned(h, npages, 0x5eed0006, "migrate_to_ram data", &seed);
 	size_t i;
 
-	CHECK_EQ(uhmm_alloc(h, npages * PAGE, &p), 0);
-	buf = p;
-	prng_init(&rng, 0x5eed0006, "migrate_to_ram data");
-	seed = prng_next(&rng);
-	pattern_fill(buf, npages * PAGE, seed);
 	CHECK_EQ(uhmm_migrate_to_device(dm, buf, npages * PAGE), (long long)npages);
 	CHECK_EQ(dmstats(dm).in_use, npages);
 
@@ -327,6 +334,98 @@ TEST(streamed_migration_keeps_every_byte)
 	for (i = 0; i < npages; i++)
 		holes -= page_is_zero(buf + i * PAGE);
 	CHECK_EQ(holes, 0);
+	CHECK_EQ(uhmm_free(h, buf, npages * PAGE), 0);
+	CHECK_EQ(uhmm_sim_destroy(sim), 0);
+	uhmm_close(h);
+}
+
+/*
+ * A migration to the device keeps the system pages it frees, whole 2 MiB
+ * chunks of them (struct uhmm_stats: pages_kept), and pages coming home are
+ * copied into those and moved into place (pages_recycled): every byte
+ * arrives, a chunk with a hole is not kept, a chunk used in part keeps the
+ * rest, and what is kept comes to zero once all is home.
+ */
+TEST(pages_home_reuse_what_migration_out_freed)
+{
+	const size_t npages = 4 * 512; /* four chunks */
+	struct uhmm *h = uhmm_test_open_migrating();
+	struct uhmm_sim *sim = uhmm_test_sim(h, npages);
+	struct uhmm_devmem *dm = uhmm_sim_devmem(sim);
+	struct uhmm_stats s0, s1;
+	uint64_t seed;
+	char *buf = patterned(h, npages, 0x5eed0012, "recycled pages", &seed);
+	size_t i;
+
+	s0 = hstats(h);
+	CHECK_EQ(uhmm_migrate_to_device(dm, buf, npages * PAGE), (long long)npages);
+	s1 = hstats(h);
+	CHECK_EQ(s1.pages_kept, npages);
+
+	/* 259 pages from inside the second chunk on, then the rest. */
+	CHECK_EQ(uhmm_migrate_to_ram(h, buf + 700 * PAGE, 259 * PAGE), 259);
+	s1 = hstats(h);
+	CHECK_EQ(s1.pages_recycled - s0.pages_recycled, 259);
+	CHECK_EQ(s1.pages_kept, npages - 259);
+	CHECK_EQ(uhmm_migrate_to_ram(h, buf, npages * PAGE), (long long)(npages - 259));
+	s1 = hstats(h);
+	CHECK_EQ(s1.pages_recycled - s0.pages_recycled, npages);
+	CHECK_EQ(s1.pages_kept, 0);
+	for (i = 0; i < npages; i++)
+		CHECK_PATTERN_PAGE(buf, i, seed);
+
+	/* A hole in the third chunk: that chunk's pages are discarded, not kept. */
+	CHECK_EQ(madvise(buf + 1100 * PAGE, PAGE, MADV_DONTNEED), 0);
+	CHECK_EQ(uhmm_migrate_to_device(dm, buf, npages * PAGE), (long long)npages);
+	CHECK_EQ(hstats(h).pages_kept, npages - 512);
+	CHECK_EQ(uhmm_migrate_to_ram(h, buf, npages * PAGE), (long long)npages);
+	CHECK_EQ(hstats(h).pages_kept, 0);
+	for (i = 0; i < npages; i++) {
+		if (i == 1100)
+			CHECK(page_is_zero(buf + i * PAGE));
+		else
+			CHECK_PATTERN_PAGE(buf, i, seed);
+	}
+	CHECK_EQ(uhmm_free(h, buf, npages * PAGE), 0);
+	CHECK_EQ(uhmm_sim_destroy(sim), 0);
+	uhmm_close(h);
+}
+
+/*
+ * Kept pages are memory the program no longer has in use: at most 96 MiB
+ * of them, and those left unused for a second are given back to the
+ * kernel. Pages home then come by UFFDIO_COPY, every byte as well; so do
+ * pages whose destination staging cannot move into (read-only memory).
+ */
+TEST(kept_pages_are_bounded_and_given_back)
+{
+	const size_t npages = 128 * MiB / PAGE, small = 3 * 512;
+	struct uhmm *h = uhmm_test_open_migrating();
+	struct uhmm_sim *sim = uhmm_test_sim(h, npages);
+	struct uhmm_devmem *dm = uhmm_sim_devmem(sim);
+	struct uhmm_stats s0;
+	uint64_t seed;
+	char *buf = patterned(h, npages, 0x5eed0013, "kept pages", &seed);
+	size_t i;
+
+	CHECK_EQ(uhmm_migrate_to_device(dm, buf, npages * PAGE), (long long)npages);
+	CHECK_EQ(hstats(h).pages_kept, 96 * MiB / PAGE);
+	WAIT_FOR(hstats(h).pages_kept == 0);
+	s0 = hstats(h);
+	CHECK_EQ(uhmm_migrate_to_ram(h, buf, npages * PAGE), (long long)npages);
+	CHECK_EQ(hstats(h).pages_recycled, s0.pages_recycled);
+	CHECK_PATTERN_PAGES(buf, npages, seed);
+
+	/* Read-only: the pages come home by copy, and staging keeps its own. */
+	CHECK_EQ(uhmm_migrate_to_device(dm, buf, small * PAGE), (long long)small);
+	CHECK_EQ(hstats(h).pages_kept, small);
+	CHECK_EQ(mprotect(buf, small * PAGE, PROT_READ), 0);
+	s0 = hstats(h);
+	for (i = 0; i < small; i++)
+		CHECK_PATTERN_PAGE(buf, i, seed);
+	CHECK_EQ(hstats(h).pages_recycled, s0.pages_recycled);
+	CHECK_EQ(count_state(h, buf, small, UHMM_PAGE_SYSTEM), small);
+	CHECK_EQ(mprotect(buf, small * PAGE, PROT_READ | PROT_WRITE), 0);
 	CHECK_EQ(uhmm_free(h, buf, npages * PAGE), 0);
 	CHECK_EQ(uhmm_sim_destroy(sim), 0);
 	uhmm_close(h);
