@@ -544,15 +544,22 @@ static void wake_run(struct uhmm_migrate *a, uintptr_t s, uintptr_t e)
  * uhmm__uffd_copy_n (a page found present is skipped, its data kept;
  * -EAGAIN for an event unread), and 1 when no kept page is at hand or a
  * move fails otherwise: *@done bytes are installed, the rest is the
- * caller's to copy. A kept chunk has no hole by construction, so the
- * copies into it never fault on staging's userfaultfd.
+ * caller's to copy. A kept chunk has no hole at or past its next page, so
+ * the copies into it never fault on staging's userfaultfd: after a failed
+ * move the page it stopped at is looked at (pagemap), as Linux 6.18 may
+ * move a page and still fail (see moved_anyway). The first move of a call
+ * is one page: a destination that cannot take moves (EINVAL: read-only,
+ * mlocked) then costs one page's copy, not 2 MiB.
  */
 static int install_kept(struct uhmm *h, uintptr_t dst, uintptr_t from, size_t len, size_t *done)
 {
+	bool probed = false;
+
 	*done = 0;
 	while (*done < len) {
 		unsigned int first, moved;
 		char *c = uhmm__pool_take_kept(&h->staging, &first), *pg;
+		unsigned char there = 1;
 		size_t n;
 		struct uffdio_move m;
 		int err = 0;
@@ -560,9 +567,10 @@ static int install_kept(struct uhmm *h, uintptr_t dst, uintptr_t from, size_t le
 		if (!c)
 			return 1;
 		pg = c + ((size_t)first << PAGE_SHIFT);
-		n = (size_t)(CHUNK_PAGES - first) << PAGE_SHIFT;
+		n = probed ? (size_t)(CHUNK_PAGES - first) << PAGE_SHIFT : PAGE_SIZE;
 		if (n > len - *done)
 			n = len - *done;
+		probed = true;
 		memcpy(pg, (const void *)(from + *done), n);
 		m = (struct uffdio_move){ .dst = dst + *done, .src = (uintptr_t)pg, .len = n,
 					  .mode = UFFDIO_MOVE_MODE_DONTWAKE };
@@ -573,7 +581,18 @@ static int install_kept(struct uhmm *h, uintptr_t dst, uintptr_t from, size_t le
 			m.move = (__s64)n;
 		}
 		moved = (unsigned int)((size_t)m.move >> PAGE_SHIFT);
-		*done += (size_t)m.move;
+		/*
+		 * Moved although the move failed: installed (it went nowhere
+		 * else); look again from the next page. Cannot tell: free
+		 * the chunk rather than risk a hole in it.
+		 */
+		if (err && uhmm__pages_with_data((uintptr_t)pg + m.move, 1, &there)) {
+			err = EIO;
+		} else if (err && !there) {
+			moved++;
+			err = EAGAIN;
+		}
+		*done += (size_t)moved << PAGE_SHIFT;
 		UHMM_STAT_ADD(h, pages_recycled, moved);
 		if (err == EEXIST) {
 			/* Filled meanwhile: keep its data; our page stays first in the chunk. */
@@ -590,12 +609,14 @@ static int install_kept(struct uhmm *h, uintptr_t dst, uintptr_t from, size_t le
 			return 1;
 		}
 		uhmm__pool_give_back(&h->staging, c, first + moved, false);
-		if (err == EAGAIN && (uhmm__in_svc || uhmm__nowait)) {
+		/* A move that got somewhere stopped at a page, not at an event: go on. */
+		if (err != EAGAIN || moved)
+			continue;
+		if (uhmm__in_svc || uhmm__nowait) {
 			uhmm__svc_eagain = 1;
 			return -EAGAIN;
 		}
-		if (err == EAGAIN)
-			sched_yield();
+		sched_yield();
 	}
 	return 0;
 }

@@ -548,13 +548,14 @@ char *uhmm__pool_take_kept(struct pool *p, unsigned int *first)
 void uhmm__pool_give_back(struct pool *p, char *chunk, unsigned int next, bool drop)
 {
 	int i = chunk_index(p, chunk);
+	unsigned int was = atomic_load(&p->next[i]);
 
 	atomic_store(&p->next[i], next);
 	if (drop && next < CHUNK_PAGES)
 		drop_kept(p, i);
 	else if (next >= CHUNK_PAGES)
 		atomic_fetch_and(&p->kept, ~(1ULL << i));
-	else
+	else if (next > was) /* in use: unused for a second counts from now */
 		atomic_store(&p->kept_ms[i], now_ms());
 	atomic_fetch_and(&p->used, ~(1ULL << i));
 }
@@ -571,7 +572,8 @@ bool uhmm__pool_trim(struct pool *p, bool all)
 		if (!(atomic_load(&p->kept) & bit))
 			continue;
 		u = atomic_load(&p->used);
-		if ((!all && now - atomic_load(&p->kept_ms[i]) < POOL_KEEP_MS) || (u & bit) ||
+		if ((!all && (int64_t)(now - atomic_load(&p->kept_ms[i])) < POOL_KEEP_MS) ||
+		    (u & bit) ||
 		    !atomic_compare_exchange_strong(&p->used, &u, u | bit)) {
 			left = true;
 			continue;
@@ -883,6 +885,8 @@ void uhmm_close(struct uhmm *h)
 			break;
 	}
 	uhmm__svc_stop(h);
+	/* Nobody frees kept pages now: free them here, not at the last reference. */
+	uhmm__pool_trim(&h->staging, true);
 	uhmm__devmem_orphan_all(h);
 	uhmm__exclusive_fini(h);
 	close(h->uffd);

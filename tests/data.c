@@ -374,6 +374,16 @@ TEST(pages_home_reuse_what_migration_out_freed)
 	for (i = 0; i < npages; i++)
 		CHECK_PATTERN_PAGE(buf, i, seed);
 
+	/* CPU touches bring them home through kept pages as well. */
+	CHECK_EQ(uhmm_migrate_to_device(dm, buf, npages * PAGE), (long long)npages);
+	s0 = hstats(h);
+	CHECK_EQ(s0.pages_kept, npages);
+	for (i = 0; i < npages; i++)
+		CHECK_PATTERN_PAGE(buf, i, seed);
+	s1 = hstats(h);
+	CHECK_EQ(s1.pages_recycled - s0.pages_recycled, npages);
+	CHECK_EQ(s1.pages_kept, 0);
+
 	/* A hole in the third chunk: that chunk's pages are discarded, not kept. */
 	CHECK_EQ(madvise(buf + 1100 * PAGE, PAGE, MADV_DONTNEED), 0);
 	CHECK_EQ(uhmm_migrate_to_device(dm, buf, npages * PAGE), (long long)npages);
@@ -409,7 +419,10 @@ TEST(kept_pages_are_bounded_and_given_back)
 	size_t i;
 
 	CHECK_EQ(uhmm_migrate_to_device(dm, buf, npages * PAGE), (long long)npages);
-	CHECK_EQ(hstats(h).pages_kept, 96 * MiB / PAGE);
+	/* All 96 MiB, unless the migration took over a second (then the first went). */
+	s0 = hstats(h);
+	CHECK(s0.pages_kept <= 96 * MiB / PAGE);
+	CHECK(s0.pages_kept > 0);
 	WAIT_FOR(hstats(h).pages_kept == 0);
 	s0 = hstats(h);
 	CHECK_EQ(uhmm_migrate_to_ram(h, buf, npages * PAGE), (long long)npages);
@@ -424,6 +437,7 @@ TEST(kept_pages_are_bounded_and_given_back)
 	for (i = 0; i < small; i++)
 		CHECK_PATTERN_PAGE(buf, i, seed);
 	CHECK_EQ(hstats(h).pages_recycled, s0.pages_recycled);
+	CHECK_EQ(hstats(h).pages_kept, small);
 	CHECK_EQ(count_state(h, buf, small, UHMM_PAGE_SYSTEM), small);
 	CHECK_EQ(mprotect(buf, small * PAGE, PROT_READ | PROT_WRITE), 0);
 	CHECK_EQ(uhmm_free(h, buf, npages * PAGE), 0);
