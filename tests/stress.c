@@ -969,6 +969,19 @@ struct after_fork {
 	atomic_int stop;
 };
 
+/* Fork a child that exits at once, and reap it. */
+static void fork_and_reap(void)
+{
+	pid_t pid;
+
+	harness_flush();
+	pid = fork();
+	CHECK_GE(pid, 0);
+	if (pid == 0)
+		_exit(0);
+	CHECK_EQ(waitpid(pid, NULL, 0), pid);
+}
+
 static void *after_fork_migrator(void *arg)
 {
 	struct after_fork *af = arg;
@@ -1011,15 +1024,8 @@ static void migrations_racing_after_fork(enum uhmm_fault_mode mode)
 	for (int i = 0; i < 2; i++)
 		CHECK_EQ(pthread_create(&tid[i], NULL, after_fork_migrator, &af), 0);
 	for (; rounds < 400 && harness_now() - t0 < 3; rounds++) {
-		pid_t pid;
-
 		pattern_fill(af.buf, AF_PAGES * PAGE, 0xaf00 + (uint64_t)rounds);
-		harness_flush();
-		pid = fork();
-		CHECK_GE(pid, 0);
-		if (pid == 0)
-			_exit(0);
-		CHECK_EQ(waitpid(pid, NULL, 0), pid);
+		fork_and_reap();
 		pthread_barrier_wait(&af.go);
 		pthread_barrier_wait(&af.done);
 		for (size_t i = 0; i < AF_PAGES; i++)
@@ -1148,4 +1154,137 @@ TEST(alloc_racing_mremap_thread_mode)
 TEST(alloc_racing_mremap_signal_mode)
 {
 	alloc_racing_mremap(UHMM_FAULT_SIGNAL);
+}
+
+/*
+ * Pages kept by migrations out and reused by migrations home (struct pool),
+ * under three threads that each fill a buffer, sometimes discard a page of
+ * it, move it to the device and bring it home one of three ways (a whole
+ * migration, faults, part then faults), now and then idle past the second
+ * after which kept pages are given back; while the main thread forks every
+ * 20 ms. Every byte checked each round, the discarded page as zeros.
+ *
+ * Thread mode runs without the discards: with them and forks together it
+ * deadlocks (found by this test, and older than kept pages: the fork's
+ * preparation and the migrating threads wait in uhmm__out_begin and
+ * uhmm__events_settle). UHMM_TEST_FORK_DISCARD=1 puts them back:
+ *   UHMM_TEST_FORK_DISCARD=1 build/tests/test_stress kept_pages_under_forks_thread_mode
+ */
+#define KX_THREADS 3
+#define KX_PAGES (2 * 512)
+
+struct kx {
+	struct uhmm *h;
+	struct uhmm_devmem *dm;
+	bool discard;
+	atomic_int stop;
+};
+
+struct kx_worker {
+	struct kx *k;
+	int id;
+	long rounds;
+};
+
+static void *kx_main(void *arg)
+{
+	struct kx_worker *w = arg;
+	struct kx *k = w->k;
+	struct prng rng;
+	void *p = NULL;
+	char *b;
+
+	prng_init(&rng, 0x6b780000 + (uint64_t)w->id, "kept pages worker");
+	CHECK_EQ(uhmm_alloc(k->h, KX_PAGES * PAGE, &p), 0);
+	b = p;
+	while (!atomic_load(&k->stop)) {
+		uint64_t seed = prng_next(&rng);
+		long hole = -1;
+
+		pattern_fill(b, KX_PAGES * PAGE, seed);
+		if (k->discard && prng_below(&rng, 4) == 0) {
+			hole = (long)prng_below(&rng, KX_PAGES);
+			CHECK_EQ(madvise(b + hole * PAGE, PAGE, MADV_DONTNEED), 0);
+		}
+		/* A fork under way leaves some pages where they are (busy): fewer may move. */
+		CHECK_GE(uhmm_migrate_to_device(k->dm, b, KX_PAGES * PAGE), 0);
+		switch (prng_below(&rng, 3)) {
+		case 0:
+			CHECK_GE(uhmm_migrate_to_ram(k->h, b, KX_PAGES * PAGE), 0);
+			break;
+		case 1:
+			break; /* the checks below fault them home */
+		default:
+			CHECK_GE(uhmm_migrate_to_ram(k->h, b + 300 * PAGE, 333 * PAGE), 0);
+			break;
+		}
+		for (long i = 0; i < KX_PAGES; i++) {
+			if (i == hole)
+				CHECK(page_is_zero(b + i * PAGE));
+			else
+				CHECK_PATTERN_PAGE(b, (size_t)i, seed);
+		}
+		if (prng_below(&rng, 40) == 0)
+			usleep(1100 * 1000); /* past the second: kept pages given back */
+		w->rounds++;
+	}
+	CHECK_EQ(uhmm_free(k->h, b, KX_PAGES * PAGE), 0);
+	return NULL;
+}
+
+static void kept_pages_under_forks(enum uhmm_fault_mode mode)
+{
+	UHMM_OPTS(uhmm_open_opts, o, .fault_mode = mode);
+	struct kx k = { .discard = mode == UHMM_FAULT_SIGNAL ||
+				   getenv("UHMM_TEST_FORK_DISCARD") };
+	struct kx_worker w[KX_THREADS];
+	pthread_t tid[KX_THREADS];
+	struct uhmm_stats s;
+	struct uhmm_sim *sim;
+	double t0 = harness_now();
+	long rounds = 0;
+	int forks = 0, r;
+
+	r = uhmm_open(&k.h, &o);
+	if (r == -EPERM || r == -ENOSYS || r == -EOPNOTSUPP)
+		SKIP("cannot open in this mode here: %s", uhmm_strerror(r));
+	CHECK_EQ(r, 0);
+	uhmm_test_require_migrate(k.h);
+	/*
+	 * Room for the device pages children still reference (thread mode
+	 * serves them until it sees them gone, up to 100 ms): a fork every
+	 * 20 ms may hold several rounds of every thread's pages.
+	 */
+	sim = uhmm_test_sim(k.h, 16 * KX_THREADS * KX_PAGES);
+	k.dm = uhmm_sim_devmem(sim);
+	for (int i = 0; i < KX_THREADS; i++) {
+		w[i] = (struct kx_worker){ .k = &k, .id = i };
+		CHECK_EQ(pthread_create(&tid[i], NULL, kx_main, &w[i]), 0);
+	}
+	while (harness_now() - t0 < 4) {
+		fork_and_reap();
+		forks++;
+		usleep(20000);
+	}
+	atomic_store(&k.stop, 1);
+	for (int i = 0; i < KX_THREADS; i++) {
+		CHECK_EQ(pthread_join(tid[i], NULL), 0);
+		rounds += w[i].rounds;
+	}
+	s = hstats(k.h);
+	NOTE("%ld rounds, %d forks, %llu of %llu pages home through kept pages", rounds, forks,
+	     (unsigned long long)s.pages_recycled, (unsigned long long)s.pages_home);
+	CHECK(s.pages_recycled > 0);
+	CHECK_EQ(uhmm_sim_destroy(sim), 0);
+	uhmm_close(k.h);
+}
+
+TEST(kept_pages_under_forks_thread_mode)
+{
+	kept_pages_under_forks(UHMM_FAULT_THREAD);
+}
+
+TEST(kept_pages_under_forks_and_discards_signal_mode)
+{
+	kept_pages_under_forks(UHMM_FAULT_SIGNAL);
 }
