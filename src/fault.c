@@ -319,6 +319,12 @@ static void read_wait(struct uhmm *h)
 		sched_yield();
 }
 
+void uhmm__read_wait(struct uhmm *h)
+{
+	if (!uhmm__in_svc)
+		read_wait(h);
+}
+
 /*
  * Wait until every unmap/remove/remap event the kernel has delivered that
  * changes [start, end) is handled. The thread that caused one is released

@@ -425,6 +425,7 @@ int uhmm__serve_wait(struct uhmm *h, uintptr_t addr, bool write, int how);
 int uhmm__for_each_word(struct uhmm *h, uintptr_t at, uintptr_t end,
 			int (*fn)(struct uhmm *, struct range *, uintptr_t, void *), void *arg);
 void uhmm__svc_kick(struct uhmm *h);
+void uhmm__read_wait(struct uhmm *h);
 void uhmm__events_settle(struct uhmm *h, uintptr_t start, uintptr_t end);
 bool uhmm__install_begin(struct uhmm *h, uintptr_t start, uintptr_t end);
 void uhmm__install_end(struct uhmm *h);
