@@ -9,8 +9,10 @@
  * Only pages that hold data move (never ALLOW_SRC_HOLES, see take_system):
  * every page is tried, and pagemap is read only once a move fails; what
  * moved is known from the moves, so empty pages reach the device without a
- * CPU copy. Pages come home with UFFDIO_COPY from a bounce chunk, which also
- * wakes a waiting toucher. Both are batched over contiguous runs.
+ * CPU copy. Pages come home with UFFDIO_COPY from a bounce chunk, or are
+ * copied into staging pages a migration out left (kept, see struct pool) and
+ * moved into place; a waiting toucher is woken after. Both ways are batched
+ * over contiguous runs.
  */
 #include <errno.h>
 #include <sched.h>
@@ -533,10 +535,6 @@ static void wake_run(struct uhmm_migrate *a, uintptr_t s, uintptr_t e)
  * installed from @dst on.
  */
 #define INSTALL_CHUNK (2UL << 20)
-
-#ifndef UFFDIO_MOVE_MODE_DONTWAKE
-#define UFFDIO_MOVE_MODE_DONTWAKE ((__u64)1 << 0)
-#endif
 
 /*
  * Install @len bytes from @from at @dst through pages staging kept (see

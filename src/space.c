@@ -498,8 +498,8 @@ void uhmm__pool_put(struct pool *p, char *chunk)
  * if every one of its pages is there (pagemap: a kept chunk must hold no
  * hole, as a copy into a hole of staging would wait for ever on its
  * userfaultfd) and fewer than POOL_KEEP are kept. Else 0: the caller
- * discards the pages and puts the chunk back. 2: the first chunk kept (the
- * service thread, which frees unused ones, is to look again when).
+ * discards the pages and puts the chunk back. 1: kept; 2: kept, and the
+ * first (wake the service thread, which frees those left unused).
  */
 int uhmm__pool_keep(struct pool *p, char *chunk)
 {
