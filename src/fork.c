@@ -199,7 +199,7 @@ int uhmm__fork_prepare(struct uhmm *h)
  * failed. Only the read: waiting here for every event read meanwhile to
  * be handled (a discard by another thread, say) waited for ever, as the
  * service thread handles none until fork_pending is cleared below
- * (tests/stress.c kept_pages_under_forks_thread_mode, with discards, hung
+ * (tests/stress.c kept_pages_under_forks_and_discards_thread_mode hung
  * every run).
  */
 void uhmm__fork_parent(struct uhmm *h)

@@ -737,7 +737,6 @@ int uhmm_sim_fail_page(struct uhmm_sim *sim, const void *addr)
 		return -EINVAL;
 	for (int i = 0; i < SIM_FAIL_PAGES; i++) {
 		uintptr_t z = 0;
-
 		int used = atomic_load(&sim->fail_used);
 
 		/*
