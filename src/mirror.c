@@ -514,30 +514,6 @@ static int fault_run(struct uhmm *h, uintptr_t s, uintptr_t e, bool write, bool 
 	return 0;
 }
 
-/*
- * Whether every page of [s, s + n pages) is on a device and not locked: then
- * none is mapped on the CPU (the migration took its entry), and the batch
- * needs no pagemap read. A device revalidating its table each launch walks
- * ranges that are all its own pages; the read was most of the walk.
- */
-static bool all_on_devices(struct uhmm *h, uintptr_t s, unsigned long n)
-{
-	struct range *r = NULL;
-	bool all = true;
-
-	uhmm__rd_enter(h);
-	for (unsigned long i = 0; all && i < n; i++) {
-		uintptr_t a = s + (i << PAGE_SHIFT);
-		uint64_t w;
-
-		r = uhmm__lookup_near(h, r, a);
-		w = r ? atomic_load(uhmm__word(r, a)) : 0;
-		all = r && !(w & W_LOCKED) && w_kind(w) == W_DEVICE;
-	}
-	uhmm__rd_exit(h);
-	return all;
-}
-
 /* Snapshot one batch of pages of the readable mapping @v, faulting where asked. */
 static int walk_batch(struct uhmm_range *range, struct uhmm *h, int pagemap, const struct vma *v,
 		      uintptr_t s, unsigned long n)
@@ -546,7 +522,14 @@ static int walk_batch(struct uhmm_range *range, struct uhmm *h, int pagemap, con
 	uint64_t pm[WALK_BATCH], out[WALK_BATCH];
 	unsigned char need[WALK_BATCH];
 	bool managed[WALK_BATCH];
-	bool device_only = all_on_devices(h, s, n);
+	/*
+	 * First as if every page were on a device and unlocked: then none is
+	 * mapped on the CPU (the migration took its entry) and the batch needs
+	 * no pagemap read. A device revalidating its table each launch walks
+	 * ranges that are all its own pages; the read was most of the walk.
+	 * The first page found otherwise sends the batch round again with it.
+	 */
+	bool device_only = true;
 
 	for (int tries = 0;; tries++) {
 		bool zero[WALK_BATCH] = { false }, scan = false, faults = false, busy = false;
