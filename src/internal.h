@@ -412,7 +412,7 @@ void uhmm__pool_put(struct pool *p, char *chunk);
 int uhmm__pool_keep(struct pool *p, char *chunk);
 char *uhmm__pool_take_kept(struct pool *p, unsigned int *first);
 void uhmm__pool_give_back(struct pool *p, char *chunk, unsigned int next, bool drop);
-bool uhmm__pool_trim(struct pool *p, bool all);
+void uhmm__pool_trim(struct pool *p, bool all);
 unsigned long uhmm__pool_kept_pages(struct pool *p);
 
 /* fault.c */

@@ -560,11 +560,10 @@ void uhmm__pool_give_back(struct pool *p, char *chunk, unsigned int next, bool d
 	atomic_fetch_and(&p->used, ~(1ULL << i));
 }
 
-/* Free the kept chunks unused for POOL_KEEP_MS (@all: every one); whether any is still kept. */
-bool uhmm__pool_trim(struct pool *p, bool all)
+/* Free the kept chunks unused for POOL_KEEP_MS (@all: every one not in use). */
+void uhmm__pool_trim(struct pool *p, bool all)
 {
 	uint64_t now = now_ms();
-	bool left = false;
 
 	for (int i = 0; i < POOL_CHUNKS; i++) {
 		uint64_t bit = 1ULL << i, u;
@@ -573,16 +572,12 @@ bool uhmm__pool_trim(struct pool *p, bool all)
 			continue;
 		u = atomic_load(&p->used);
 		if ((!all && (int64_t)(now - atomic_load(&p->kept_ms[i])) < POOL_KEEP_MS) ||
-		    (u & bit) ||
-		    !atomic_compare_exchange_strong(&p->used, &u, u | bit)) {
-			left = true;
+		    (u & bit) || !atomic_compare_exchange_strong(&p->used, &u, u | bit))
 			continue;
-		}
 		if (atomic_load(&p->kept) & bit)
 			drop_kept(p, i);
 		atomic_fetch_and(&p->used, ~bit);
 	}
-	return left;
 }
 
 unsigned long uhmm__pool_kept_pages(struct pool *p)
