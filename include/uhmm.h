@@ -114,6 +114,16 @@ enum uhmm_fault_mode {
  *                 migrate_to_ram, fails with ENOMEM); then the page is
  *                 poisoned, its toucher gets SIGBUS and one line on stderr
  *                 says why (0: the default, 2000 ms).
+ * @keep_mib:      how much of the system memory that migrations to devices
+ *                 free is kept for pages coming home, in MiB, rounded down to
+ *                 whole 2 MiB chunks (1: none). Pages home are copied into
+ *                 kept pages and moved into place, about 1.5 times as fast as
+ *                 into pages the kernel allocates; pages kept for a second
+ *                 unused are freed (uhmm_stats: @pages_kept). Keeping delays
+ *                 a free by up to that second; it never adds to the memory
+ *                 the process had before the migration. 0: the default,
+ *                 1024 MiB, or a sixteenth of the machine's memory where
+ *                 that is less; at most 2048.
  */
 struct uhmm_open_opts {
 	size_t sz;
@@ -122,6 +132,7 @@ struct uhmm_open_opts {
 	enum uhmm_fault_mode fault_mode;
 	unsigned int fault_window;
 	unsigned int nomem_wait_ms;
+	unsigned int keep_mib;
 };
 
 /**
@@ -142,8 +153,8 @@ struct uhmm_open_opts {
  * from it first.
  *
  * Return: 0, or
- * -EINVAL  @hp is NULL or @opts has unknown flags, an unknown fault mode or a
- *          fault window above 512;
+ * -EINVAL  @hp is NULL or @opts has unknown flags, an unknown fault mode, a
+ *          fault window above 512 or @keep_mib above 2048;
  * -EOPNOTSUPP signal mode was asked for and the kernel lacks UFFD_FEATURE_SIGBUS;
  * -E2BIG   @opts is larger than this library knows and its tail is not zero;
  * -EPERM   userfaultfd is not permitted at all (seccomp, or no user-mode-only support);
@@ -438,8 +449,8 @@ UHMM_API int uhmm_page_state(struct uhmm *h, const void *addr);
  *                 migration to a device had freed (copied into them, then
  *                 moved into place with UFFDIO_MOVE: no allocation).
  * @pages_kept:    system pages freed by migrations to devices and kept for
- *                 the way home now: at most 96 MiB, given back to the
- *                 kernel after a second unused.
+ *                 the way home now: at most uhmm_open_opts.keep_mib, given
+ *                 back to the kernel after a second unused.
  */
 struct uhmm_stats {
 	size_t sz;

@@ -1336,7 +1336,7 @@ static void *svc_main(void *arg)
 		uint64_t req, junk;
 		struct timespec now;
 		int ms = nq ? 1 : nfd > 3 ? 100 : -1;
-		bool kept = atomic_load(&h->staging.kept) != 0;
+		bool kept = atomic_load(&h->staging.nkept) != 0;
 
 		/* Read only while the queue has room: the kernel holds the rest. */
 		if (nq + 64 > MAX_WORK)

@@ -38,8 +38,9 @@
 
 #define CHUNK_PAGES UHMM_MIGRATE_MAX_PAGES
 #define CHUNK_SIZE (CHUNK_PAGES * PAGE_SIZE)
-#define POOL_CHUNKS 64
-#define POOL_KEEP 48	  /* chunks staging may keep: 96 MiB */
+#define POOL_SPARE 64	  /* chunks beside the kept ones, for migrations under way */
+#define POOL_KEEP_MAX 1024 /* chunks staging may keep at most: 2 GiB (keep_mib) */
+#define POOL_WORDS ((POOL_KEEP_MAX + POOL_SPARE) / 64)
 #define POOL_KEEP_MS 1000 /* kept that long unused, freed */
 #define MAX_DEVMEM 1024 /* slots 1..MAX_DEVMEM-1; 0 means none */
 #define MAX_OWNERS 256
@@ -139,17 +140,20 @@ struct retired {
 /*
  * A pool of 2 MiB chunks taken with an atomic bitmap (async-signal-safe).
  * Staging keeps chunks whose pages a migration to a device moved in (kept,
- * at most POOL_KEEP): pages home are copied into them and moved into place,
+ * at most keep_max): pages home are copied into them and moved into place,
  * which costs less than the allocation UFFDIO_COPY makes. A kept chunk
  * holds pages at [next, CHUNK_PAGES) and nothing below; the service thread
  * frees those kept for POOL_KEEP_MS unused.
  */
 struct pool {
 	char *base;
-	_Atomic uint64_t used; /* bit i: chunk i taken */
-	_Atomic uint64_t kept; /* bit i: chunk i holds pages (changed by its taker only) */
-	atomic_uint next[POOL_CHUNKS];
-	_Atomic uint64_t kept_ms[POOL_CHUNKS];
+	unsigned int nchunks;  /* a multiple of 64: keep_max + POOL_SPARE, rounded up */
+	unsigned int keep_max; /* chunks that may be kept at once */
+	atomic_uint nkept;     /* bits set in kept[]; reserved before they are set */
+	_Atomic uint64_t used[POOL_WORDS]; /* bit i: chunk i taken */
+	_Atomic uint64_t kept[POOL_WORDS]; /* bit i: chunk i holds pages (changed by its taker) */
+	atomic_uint next[POOL_WORDS * 64];
+	_Atomic uint64_t kept_ms[POOL_WORDS * 64];
 };
 
 struct owner_acct {
@@ -405,7 +409,7 @@ void uhmm__uffd_wake(int uffd, uintptr_t start, size_t len);
 int uhmm__pages_with_data(uintptr_t addr, size_t n, unsigned char *vec);
 
 /* pools (space.c) */
-int uhmm__pool_init(struct pool *p, bool populate);
+int uhmm__pool_init(struct pool *p, unsigned int keep_max);
 void uhmm__pool_fini(struct pool *p);
 char *uhmm__pool_get(struct pool *p);
 void uhmm__pool_put(struct pool *p, char *chunk);

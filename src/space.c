@@ -402,29 +402,36 @@ static void leaving_clear(struct uhmm *h, int i)
 
 /* --- pools of 2 MiB chunks --- */
 
-int uhmm__pool_init(struct pool *p, bool populate)
+int uhmm__pool_init(struct pool *p, unsigned int keep_max)
 {
-	size_t len = POOL_CHUNKS * CHUNK_SIZE + CHUNK_SIZE;
-	char *m = mmap(NULL, len, PROT_READ | PROT_WRITE,
-		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-	uintptr_t a;
+	size_t len;
+	char *m;
+	uintptr_t a, end;
 
-	(void)populate;
+	p->keep_max = keep_max < POOL_KEEP_MAX ? keep_max : POOL_KEEP_MAX;
+	p->nchunks = (p->keep_max + POOL_SPARE + 63) / 64 * 64;
+	len = (size_t)p->nchunks * CHUNK_SIZE;
+	/* Address space only: pages come with use. */
+	m = mmap(NULL, len + CHUNK_SIZE, PROT_READ | PROT_WRITE,
+		 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 	if (m == MAP_FAILED)
 		return -ENOMEM;
 	/* Align to 2 MiB so whole huge pages can move; trim the rest. */
 	a = ((uintptr_t)m + CHUNK_SIZE - 1) & ~(CHUNK_SIZE - 1);
+	end = (uintptr_t)m + len + CHUNK_SIZE;
 	if (a > (uintptr_t)m)
 		munmap(m, a - (uintptr_t)m);
-	if ((uintptr_t)m + len > a + POOL_CHUNKS * CHUNK_SIZE)
-		munmap((void *)(a + POOL_CHUNKS * CHUNK_SIZE),
-		       (uintptr_t)m + len - (a + POOL_CHUNKS * CHUNK_SIZE));
+	if (end > a + len)
+		munmap((void *)(a + len), end - (a + len));
 	p->base = (char *)a;
 	/* A forked child must not share these pages: MOVE refuses shared pages. */
-	madvise(p->base, POOL_CHUNKS * CHUNK_SIZE, MADV_DONTFORK);
-	atomic_store(&p->used, 0);
-	atomic_store(&p->kept, 0);
-	for (int i = 0; i < POOL_CHUNKS; i++) {
+	madvise(p->base, len, MADV_DONTFORK);
+	atomic_store(&p->nkept, 0);
+	for (unsigned int w = 0; w < POOL_WORDS; w++) {
+		atomic_store(&p->used[w], 0);
+		atomic_store(&p->kept[w], 0);
+	}
+	for (unsigned int i = 0; i < POOL_WORDS * 64; i++) {
 		atomic_store(&p->next[i], 0);
 		atomic_store(&p->kept_ms[i], 0);
 	}
@@ -434,11 +441,9 @@ int uhmm__pool_init(struct pool *p, bool populate)
 void uhmm__pool_fini(struct pool *p)
 {
 	if (p->base)
-		munmap(p->base, POOL_CHUNKS * CHUNK_SIZE);
+		munmap(p->base, (size_t)p->nchunks * CHUNK_SIZE);
 	p->base = NULL;
 }
-
-#define POOL_MASK (POOL_CHUNKS >= 64 ? ~0ULL : (1ULL << POOL_CHUNKS) - 1)
 
 static uint64_t now_ms(void)
 {
@@ -448,19 +453,56 @@ static uint64_t now_ms(void)
 	return (uint64_t)t.tv_sec * 1000 + (uint64_t)t.tv_nsec / 1000000;
 }
 
-static int chunk_index(struct pool *p, const char *chunk)
+static unsigned int chunk_index(struct pool *p, const char *chunk)
 {
-	return (int)((size_t)(chunk - p->base) / CHUNK_SIZE);
+	return (unsigned int)((size_t)(chunk - p->base) / CHUNK_SIZE);
+}
+
+static char *chunk_at(struct pool *p, unsigned int i)
+{
+	return p->base + (size_t)i * CHUNK_SIZE;
+}
+
+/* Clear chunk @i's kept bit, and count it out if it was set. */
+static void unkeep(struct pool *p, unsigned int i)
+{
+	uint64_t bit = 1ULL << (i % 64);
+
+	if (atomic_fetch_and(&p->kept[i / 64], ~bit) & bit)
+		atomic_fetch_sub(&p->nkept, 1);
+}
+
+static void release(struct pool *p, unsigned int i)
+{
+	atomic_fetch_and(&p->used[i / 64], ~(1ULL << (i % 64)));
 }
 
 /* Free what kept chunk @i holds and mark it empty; the caller has taken it. */
-static void drop_kept(struct pool *p, int i)
+static void drop_kept(struct pool *p, unsigned int i)
 {
 	unsigned int next = atomic_load(&p->next[i]);
 
-	madvise(p->base + (size_t)i * CHUNK_SIZE + ((size_t)next << PAGE_SHIFT),
+	madvise(chunk_at(p, i) + ((size_t)next << PAGE_SHIFT),
 		(size_t)(CHUNK_PAGES - next) << PAGE_SHIFT, MADV_DONTNEED);
-	atomic_fetch_and(&p->kept, ~(1ULL << i));
+	unkeep(p, i);
+}
+
+/*
+ * Take a chunk that is not in use: one of @want in word @w (a snapshot of
+ * the free bits it may pick from). Returns its index, or -1 when @want ran
+ * out before a claim stuck.
+ */
+static int claim(struct pool *p, unsigned int w, uint64_t want)
+{
+	uint64_t u = atomic_load(&p->used[w]);
+
+	for (want &= ~u; want; want &= ~u) {
+		unsigned int b = (unsigned int)__builtin_ctzll(want);
+
+		if (atomic_compare_exchange_weak(&p->used[w], &u, u | (1ULL << b)))
+			return (int)(w * 64 + b);
+	}
+	return -1;
 }
 
 /*
@@ -470,75 +512,80 @@ static void drop_kept(struct pool *p, int i)
 char *uhmm__pool_get(struct pool *p)
 {
 	for (;;) {
-		uint64_t u = atomic_load(&p->used), freebits = ~u & POOL_MASK,
-			 empty = freebits & ~atomic_load(&p->kept);
-		int i;
+		for (int pass = 0; pass < 2; pass++) {
+			for (unsigned int w = 0; w < p->nchunks / 64; w++) {
+				uint64_t want = pass ? ~0ULL : ~atomic_load(&p->kept[w]);
+				int i = claim(p, w, want);
 
-		if (!freebits) {
-			sched_yield();
-			continue;
+				if (i < 0)
+					continue;
+				/* Kept (now, or since we looked: its taker let go after): emptied. */
+				if (atomic_load(&p->kept[w]) & (1ULL << (i % 64)))
+					drop_kept(p, (unsigned int)i);
+				return chunk_at(p, (unsigned int)i);
+			}
 		}
-		i = __builtin_ctzll(empty ? empty : freebits);
-		if (!atomic_compare_exchange_weak(&p->used, &u, u | (1ULL << i)))
-			continue;
-		/* Kept (now, or since we looked: its taker let go after): ours, emptied. */
-		if (atomic_load(&p->kept) & (1ULL << i))
-			drop_kept(p, i);
-		return p->base + (size_t)i * CHUNK_SIZE;
+		sched_yield();
 	}
 }
 
 void uhmm__pool_put(struct pool *p, char *chunk)
 {
-	atomic_fetch_and(&p->used, ~(1ULL << chunk_index(p, chunk)));
+	release(p, chunk_index(p, chunk));
 }
 
 /*
  * Let go of taken staging chunk @chunk and keep its pages for the way home,
  * if every one of its pages is there (pagemap: a kept chunk must hold no
  * hole, as a copy into a hole of staging would wait for ever on its
- * userfaultfd) and fewer than POOL_KEEP are kept. Else 0: the caller
+ * userfaultfd) and fewer than keep_max are kept. Else 0: the caller
  * discards the pages and puts the chunk back. 1: kept; 2: kept, and the
  * first (wake the service thread, which frees those left unused).
  */
 int uhmm__pool_keep(struct pool *p, char *chunk)
 {
-	int i = chunk_index(p, chunk);
+	unsigned int i = chunk_index(p, chunk), n = atomic_load(&p->nkept);
 	unsigned char vec[CHUNK_PAGES];
-	bool first;
 
-	if (__builtin_popcountll(atomic_load(&p->kept)) >= POOL_KEEP ||
-	    uhmm__pages_with_data((uintptr_t)chunk, CHUNK_PAGES, vec))
-		return 0;
+	do {
+		if (n >= p->keep_max)
+			return 0;
+	} while (!atomic_compare_exchange_weak(&p->nkept, &n, n + 1));
+	if (uhmm__pages_with_data((uintptr_t)chunk, CHUNK_PAGES, vec))
+		goto unreserve;
 	for (size_t j = 0; j < CHUNK_PAGES; j++)
 		if (!vec[j])
-			return 0;
+			goto unreserve;
 	atomic_store(&p->next[i], 0);
 	atomic_store(&p->kept_ms[i], now_ms());
-	first = !atomic_fetch_or(&p->kept, 1ULL << i);
-	atomic_fetch_and(&p->used, ~(1ULL << i));
-	return first ? 2 : 1;
+	atomic_fetch_or(&p->kept[i / 64], 1ULL << (i % 64));
+	release(p, i);
+	return n == 0 ? 2 : 1;
+unreserve:
+	atomic_fetch_sub(&p->nkept, 1);
+	return 0;
 }
 
 /* Take a kept chunk: its pages are at [*@first, CHUNK_PAGES). NULL: none. */
 char *uhmm__pool_take_kept(struct pool *p, unsigned int *first)
 {
-	for (;;) {
-		uint64_t u = atomic_load(&p->used), k = atomic_load(&p->kept) & ~u & POOL_MASK;
-		int i;
+	if (!atomic_load(&p->nkept))
+		return NULL;
+	for (unsigned int w = 0; w < p->nchunks / 64; w++) {
+		for (;;) {
+			int i = claim(p, w, atomic_load(&p->kept[w]));
 
-		if (!k)
-			return NULL;
-		i = __builtin_ctzll(k);
-		if (!atomic_compare_exchange_weak(&p->used, &u, u | (1ULL << i)))
-			continue;
-		if (!(atomic_load(&p->kept) & (1ULL << i))) { /* emptied meanwhile */
-			atomic_fetch_and(&p->used, ~(1ULL << i));
-			continue;
+			if (i < 0)
+				break;
+			if (!(atomic_load(&p->kept[w]) & (1ULL << (i % 64)))) {
+				release(p, (unsigned int)i); /* emptied meanwhile */
+				continue;
+			}
+			*first = atomic_load(&p->next[i]);
+			return chunk_at(p, (unsigned int)i);
 		}
-		*first = atomic_load(&p->next[i]);
-		return p->base + (size_t)i * CHUNK_SIZE;
 	}
+	return NULL;
 }
 
 /*
@@ -547,17 +594,16 @@ char *uhmm__pool_take_kept(struct pool *p, unsigned int *first)
  */
 void uhmm__pool_give_back(struct pool *p, char *chunk, unsigned int next, bool drop)
 {
-	int i = chunk_index(p, chunk);
-	unsigned int was = atomic_load(&p->next[i]);
+	unsigned int i = chunk_index(p, chunk), was = atomic_load(&p->next[i]);
 
 	atomic_store(&p->next[i], next);
 	if (drop && next < CHUNK_PAGES)
 		drop_kept(p, i);
 	else if (next >= CHUNK_PAGES)
-		atomic_fetch_and(&p->kept, ~(1ULL << i));
+		unkeep(p, i);
 	else if (next > was) /* in use: unused for a second counts from now */
 		atomic_store(&p->kept_ms[i], now_ms());
-	atomic_fetch_and(&p->used, ~(1ULL << i));
+	release(p, i);
 }
 
 /* Free the kept chunks unused for POOL_KEEP_MS (@all: every one not in use). */
@@ -565,29 +611,30 @@ void uhmm__pool_trim(struct pool *p, bool all)
 {
 	uint64_t now = now_ms();
 
-	for (int i = 0; i < POOL_CHUNKS; i++) {
-		uint64_t bit = 1ULL << i, u;
+	for (unsigned int w = 0; w < p->nchunks / 64 && atomic_load(&p->nkept); w++) {
+		uint64_t k = atomic_load(&p->kept[w]);
 
-		if (!(atomic_load(&p->kept) & bit))
-			continue;
-		u = atomic_load(&p->used);
-		if ((!all && (int64_t)(now - atomic_load(&p->kept_ms[i])) < POOL_KEEP_MS) ||
-		    (u & bit) || !atomic_compare_exchange_strong(&p->used, &u, u | bit))
-			continue;
-		if (atomic_load(&p->kept) & bit)
-			drop_kept(p, i);
-		atomic_fetch_and(&p->used, ~bit);
+		for (; k; k &= k - 1) {
+			unsigned int i = w * 64 + (unsigned int)__builtin_ctzll(k);
+
+			if (!all && (int64_t)(now - atomic_load(&p->kept_ms[i])) < POOL_KEEP_MS)
+				continue;
+			if (claim(p, w, k & -k) < 0)
+				continue;
+			if (atomic_load(&p->kept[w]) & (k & -k))
+				drop_kept(p, i);
+			release(p, i);
+		}
 	}
 }
 
 unsigned long uhmm__pool_kept_pages(struct pool *p)
 {
-	uint64_t k = atomic_load(&p->kept);
 	unsigned long n = 0;
 
-	for (int i = 0; i < POOL_CHUNKS; i++)
-		if (k & (1ULL << i))
-			n += CHUNK_PAGES - atomic_load(&p->next[i]);
+	for (unsigned int w = 0; w < p->nchunks / 64; w++)
+		for (uint64_t k = atomic_load(&p->kept[w]); k; k &= k - 1)
+			n += CHUNK_PAGES - atomic_load(&p->next[w * 64 + __builtin_ctzll(k)]);
 	return n;
 }
 
@@ -684,6 +731,24 @@ static void open_list_del(struct uhmm *h)
 
 static char zero_page[PAGE_SIZE] __attribute__((aligned(PAGE_SIZE)));
 
+/*
+ * Chunks staging may keep for the way home: @keep_mib rounded down to whole
+ * chunks, or by default 1 GiB, or a sixteenth of the machine's memory where
+ * that is less. Keeping delays the free of memory a migration out released
+ * (for at most POOL_KEEP_MS unused); it never adds to what the process had.
+ */
+static unsigned int keep_chunks(unsigned int keep_mib)
+{
+	long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
+	uint64_t mib = 1024;
+
+	if (keep_mib)
+		mib = keep_mib;
+	else if (pages > 0 && psz > 0 && (uint64_t)pages * (uint64_t)psz / 16 < (mib << 20))
+		mib = (uint64_t)pages * (uint64_t)psz / 16 >> 20;
+	return (unsigned int)(mib / (CHUNK_SIZE >> 20));
+}
+
 int uhmm_open(struct uhmm **hp, const struct uhmm_open_opts *opts)
 {
 	struct uhmm_open_opts o = { .sz = sizeof(o) };
@@ -699,7 +764,7 @@ int uhmm_open(struct uhmm **hp, const struct uhmm_open_opts *opts)
 			return ret;
 		memcpy(&o, opts, opts->sz < sizeof(o) ? opts->sz : sizeof(o));
 		if ((o.flags & ~UHMM_OPEN_USER_MODE_ONLY) || (unsigned)o.fault_mode > UHMM_FAULT_SIGNAL ||
-		    o.fault_window > CHUNK_PAGES)
+		    o.fault_window > CHUNK_PAGES || o.keep_mib > POOL_KEEP_MAX * (CHUNK_SIZE >> 20))
 			return -EINVAL;
 	}
 	h = calloc(1, sizeof(*h));
@@ -736,10 +801,10 @@ int uhmm_open(struct uhmm **hp, const struct uhmm_open_opts *opts)
 	ret = uhmm__probe_open(h, o.flags, o.mask_features, o.fault_mode);
 	if (ret)
 		goto err_free;
-	ret = uhmm__pool_init(&h->staging, false);
+	ret = uhmm__pool_init(&h->staging, keep_chunks(o.keep_mib));
 	if (ret)
 		goto err_uffd;
-	ret = uhmm__pool_init(&h->bounce, true);
+	ret = uhmm__pool_init(&h->bounce, 0);
 	if (ret)
 		goto err_staging;
 	h->svc_bounce = mmap(NULL, CHUNK_SIZE, PROT_READ | PROT_WRITE,
@@ -757,7 +822,7 @@ int uhmm_open(struct uhmm **hp, const struct uhmm_open_opts *opts)
 	if (h->uffd_stg >= 0) {
 		struct uffdio_register reg = {
 			.range = { .start = (uintptr_t)h->staging.base,
-				   .len = POOL_CHUNKS * CHUNK_SIZE },
+				   .len = (size_t)h->staging.nchunks * CHUNK_SIZE },
 			.mode = UFFDIO_REGISTER_MODE_MISSING,
 		};
 		if (ioctl(h->uffd_stg, UFFDIO_REGISTER, &reg)) {

@@ -496,6 +496,12 @@ TEST(open_options)
 		UHMM_OPTS(uhmm_open_opts, o, .flags = 1U << 31);
 		CHECK_EQ(uhmm_open(&h, &o), -EINVAL);
 	}
+	/* More kept memory than staging can hold. */
+	{
+		UHMM_OPTS(uhmm_open_opts, o, .keep_mib = 2049);
+		CHECK_EQ(uhmm_open(&h, &o), -EINVAL);
+		CHECK(h == NULL);
+	}
 	/* A larger struct from a newer header: a non-zero tail is refused... */
 	memset(&big, 0, sizeof(big));
 	big.o.sz = sizeof(big);

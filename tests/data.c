@@ -402,7 +402,7 @@ TEST(pages_home_reuse_what_migration_out_freed)
 }
 
 /*
- * Kept pages are memory the program no longer has in use: at most 96 MiB
+ * Kept pages are memory the program no longer has in use: at most keep_mib
  * of them, and those left unused for a second are given back to the
  * kernel. Pages home then come by UFFDIO_COPY, every byte as well; so do
  * pages whose destination staging cannot move into (read-only memory).
@@ -410,14 +410,20 @@ TEST(pages_home_reuse_what_migration_out_freed)
 TEST(kept_pages_are_bounded_and_given_back)
 {
 	const size_t npages = 128 * MiB / PAGE, small = 3 * 512;
-	struct uhmm *h = uhmm_test_open_migrating();
-	struct uhmm_sim *sim = uhmm_test_sim(h, npages);
-	struct uhmm_devmem *dm = uhmm_sim_devmem(sim);
+	UHMM_OPTS(uhmm_open_opts, o, .keep_mib = 97); /* 48 chunks: rounded down */
+	struct uhmm *h;
+	struct uhmm_sim *sim;
+	struct uhmm_devmem *dm;
 	struct uhmm_stats s0;
 	uint64_t seed;
-	char *buf = patterned(h, npages, 0x5eed0013, "kept pages", &seed);
+	char *buf;
 	size_t i;
 
+	uhmm_test_open_opts(&h, &o);
+	uhmm_test_require_migrate(h);
+	sim = uhmm_test_sim(h, npages);
+	dm = uhmm_sim_devmem(sim);
+	buf = patterned(h, npages, 0x5eed0013, "kept pages", &seed);
 	CHECK_EQ(uhmm_migrate_to_device(dm, buf, npages * PAGE), (long long)npages);
 	/* All 96 MiB, unless the migration took over a second (then the first went). */
 	s0 = hstats(h);
@@ -443,6 +449,50 @@ TEST(kept_pages_are_bounded_and_given_back)
 	CHECK_EQ(uhmm_free(h, buf, npages * PAGE), 0);
 	CHECK_EQ(uhmm_sim_destroy(sim), 0);
 	uhmm_close(h);
+}
+
+/*
+ * The bound is the handle's: 1 MiB keeps no chunk (every page home is
+ * allocated by the kernel), the default keeps the whole of a 300 MiB
+ * migration where the machine has 4.7 GiB or more (a sixteenth), and every
+ * page comes home through the kept ones.
+ */
+TEST(keep_bound_is_an_option)
+{
+	const size_t npages = 300 * MiB / PAGE;
+	long phys = sysconf(_SC_PHYS_PAGES);
+
+	for (int pass = 0; pass < 2; pass++) {
+		UHMM_OPTS(uhmm_open_opts, o, .keep_mib = pass ? 0 : 1);
+		struct uhmm *h;
+		struct uhmm_sim *sim;
+		struct uhmm_stats s0, s1;
+		uint64_t seed;
+		char *buf;
+		long long got;
+
+		uhmm_test_open_opts(&h, &o);
+		uhmm_test_require_migrate(h);
+		sim = uhmm_test_sim(h, npages);
+		buf = patterned(h, npages, 0x5eed0014 + (unsigned)pass, "keep option", &seed);
+		s0 = hstats(h);
+		got = uhmm_migrate_to_device(uhmm_sim_devmem(sim), buf, npages * PAGE);
+		CHECK_EQ(got, (long long)npages);
+		got = uhmm_migrate_to_ram(h, buf, npages * PAGE);
+		s1 = hstats(h);
+		CHECK_EQ(got, (long long)npages);
+		CHECK_PATTERN_PAGES(buf, npages, seed);
+		if (!pass) {
+			CHECK_EQ(s1.pages_kept, 0);
+			CHECK_EQ(s1.pages_recycled, s0.pages_recycled);
+		} else if (phys > 0 && (uint64_t)phys * PAGE / 16 >= npages * PAGE) {
+			/* Unless a chunk went unused for a second between the two. */
+			CHECK(s1.pages_recycled - s0.pages_recycled >= npages / 2);
+		}
+		CHECK_EQ(uhmm_free(h, buf, npages * PAGE), 0);
+		CHECK_EQ(uhmm_sim_destroy(sim), 0);
+		uhmm_close(h);
+	}
 }
 
 /* Regression: uhmm_close once refused its own migrations home (closed too early): zeros. */
