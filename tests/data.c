@@ -488,6 +488,13 @@ TEST(keep_bound_is_an_option)
 		} else if (phys > 0 && (uint64_t)phys * PAGE / 16 >= npages * PAGE) {
 			/* Unless a chunk went unused for a second between the two. */
 			CHECK(s1.pages_recycled - s0.pages_recycled >= npages / 2);
+			/* 150 chunks, three words of the pool's bitmap: all given back. */
+			got = uhmm_migrate_to_device(uhmm_sim_devmem(sim), buf, npages * PAGE);
+			CHECK_EQ(got, (long long)npages);
+			CHECK(hstats(h).pages_kept > 128 * 512);
+			WAIT_FOR(hstats(h).pages_kept == 0);
+			CHECK_EQ(uhmm_migrate_to_ram(h, buf, npages * PAGE), (long long)npages);
+			CHECK_PATTERN_PAGES(buf, npages, seed);
 		}
 		CHECK_EQ(uhmm_free(h, buf, npages * PAGE), 0);
 		CHECK_EQ(uhmm_sim_destroy(sim), 0);
