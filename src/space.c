@@ -547,23 +547,25 @@ int uhmm__pool_keep(struct pool *p, char *chunk)
 	unsigned int i = chunk_index(p, chunk), n = atomic_load(&p->nkept);
 	unsigned char vec[CHUNK_PAGES];
 
+	if (n >= p->keep_max || uhmm__pages_with_data((uintptr_t)chunk, CHUNK_PAGES, vec))
+		return 0;
+	for (size_t j = 0; j < CHUNK_PAGES; j++)
+		if (!vec[j])
+			return 0;
+	/*
+	 * Reserved only now, never backed out: whoever takes nkept from 0
+	 * keeps its chunk and wakes the service thread, which sleeps without
+	 * a timeout while nkept is 0.
+	 */
 	do {
 		if (n >= p->keep_max)
 			return 0;
 	} while (!atomic_compare_exchange_weak(&p->nkept, &n, n + 1));
-	if (uhmm__pages_with_data((uintptr_t)chunk, CHUNK_PAGES, vec))
-		goto unreserve;
-	for (size_t j = 0; j < CHUNK_PAGES; j++)
-		if (!vec[j])
-			goto unreserve;
 	atomic_store(&p->next[i], 0);
 	atomic_store(&p->kept_ms[i], now_ms());
 	atomic_fetch_or(&p->kept[i / 64], 1ULL << (i % 64));
 	release(p, i);
 	return n == 0 ? 2 : 1;
-unreserve:
-	atomic_fetch_sub(&p->nkept, 1);
-	return 0;
 }
 
 /* Take a kept chunk: its pages are at [*@first, CHUNK_PAGES). NULL: none. */
@@ -621,7 +623,9 @@ void uhmm__pool_trim(struct pool *p, bool all)
 				continue;
 			if (claim(p, w, k & -k) < 0)
 				continue;
-			if (atomic_load(&p->kept[w]) & (k & -k))
+			/* Still kept, and (unless @all) not used since the look above. */
+			if ((atomic_load(&p->kept[w]) & (k & -k)) &&
+			    (all || (int64_t)(now - atomic_load(&p->kept_ms[i])) >= POOL_KEEP_MS))
 				drop_kept(p, i);
 			release(p, i);
 		}
