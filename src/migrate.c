@@ -542,7 +542,10 @@ static void wake_run(struct uhmm_migrate *a, uintptr_t s, uintptr_t e)
  * uhmm__uffd_copy_n (a page found present is skipped, its data kept;
  * -EAGAIN for an event unread), and 1 when no kept page is at hand or a
  * move fails otherwise: *@done bytes are installed, the rest is the
- * caller's to copy. A kept chunk has no hole at or past its next page, so
+ * caller's to copy; 2 when an event read and not yet handled changes the
+ * range (uhmm__install_begin): the event first. Only the moves pass the
+ * install gate, not the copies before them: the service thread waits at
+ * the gate before each read, and a second toucher's fault with it. A kept chunk has no hole at or past its next page, so
  * the copies into it never fault on staging's userfaultfd: after a failed
  * move the page it stopped at is looked at (pagemap), as Linux 6.18 may
  * move a page and still fail (see moved_anyway). The first move of a call
@@ -572,12 +575,18 @@ static int install_kept(struct uhmm *h, uintptr_t dst, uintptr_t from, size_t le
 		memcpy(pg, (const void *)(from + *done), n);
 		m = (struct uffdio_move){ .dst = dst + *done, .src = (uintptr_t)pg, .len = n,
 					  .mode = UFFDIO_MOVE_MODE_DONTWAKE };
+		if (!uhmm__install_begin(h, m.dst, m.dst + n)) {
+			uhmm__install_end(h);
+			uhmm__pool_give_back(&h->staging, c, first, false);
+			return 2;
+		}
 		if (ioctl(h->uffd, UFFDIO_MOVE, &m)) {
 			err = errno;
 			m.move = m.move > 0 ? m.move : 0;
 		} else {
 			m.move = (__s64)n;
 		}
+		uhmm__install_end(h);
 		moved = (unsigned int)((size_t)m.move >> PAGE_SHIFT);
 		/*
 		 * Moved although the move failed: installed (it went nowhere
@@ -627,31 +636,31 @@ static int install_home(struct uhmm *h, uintptr_t dst, uintptr_t from, size_t le
 	*done = 0;
 	while (*done < len) {
 		int nowait = uhmm__nowait, svc_eagain = uhmm__svc_eagain;
-		size_t got = 0;
-		/* The service thread waits for the gate: hold it for one 2 MiB copy at most. */
 		size_t chunk = len - *done < INSTALL_CHUNK ? len - *done : INSTALL_CHUNK;
-		bool clear = uhmm__install_begin(h, dst + *done, dst + *done + chunk);
+		size_t kept = 0, got = 0;
+		bool clear = true;
 
-		if (clear) {
-			size_t kept = 0;
-
-			/* An unread event refuses the fill: we must not wait for it here. */
-			uhmm__nowait = 1;
-			ret = wp ? 1 : install_kept(h, dst + *done, from + *done, chunk, &kept);
-			if (ret == 1) {
+		/* An unread event refuses the fill: we must not wait for it here. */
+		uhmm__nowait = 1;
+		ret = wp ? 1 : install_kept(h, dst + *done, from + *done, chunk, &kept);
+		if (ret == 2) {
+			clear = false;
+		} else if (ret == 1) {
+			/* The service thread waits for the gate: one 2 MiB copy at most. */
+			clear = uhmm__install_begin(h, dst + *done + kept, dst + *done + chunk);
+			if (clear)
 				ret = wp ? uhmm__uffd_copy_wp_n(h->uffd, dst + *done + kept,
 								(const void *)(from + *done + kept),
 								chunk - kept, &got) :
 					   uhmm__uffd_copy_n(h->uffd, dst + *done + kept,
 							     (const void *)(from + *done + kept),
 							     chunk - kept, false, &got);
-			}
-			got += kept;
-			uhmm__nowait = nowait;
-			uhmm__svc_eagain = svc_eagain || (ret == -EAGAIN && uhmm__in_svc);
+			uhmm__install_end(h);
 		}
-		uhmm__install_end(h);
-		*done += got;
+		uhmm__nowait = nowait;
+		if (clear)
+			uhmm__svc_eagain = svc_eagain || (ret == -EAGAIN && uhmm__in_svc);
+		*done += kept + got;
 		if (!clear)
 			return -EAGAIN; /* the event first */
 		if (!ret)
