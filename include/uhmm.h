@@ -451,6 +451,11 @@ UHMM_API int uhmm_page_state(struct uhmm *h, const void *addr);
  * @pages_kept:    system pages freed by migrations to devices and kept for
  *                 the way home now: at most uhmm_open_opts.keep_mib, given
  *                 back to the kernel after a second unused.
+ * @faults_worker: of @faults_device, faults a fault worker served (thread
+ *                 mode): those on a driver that may block, and, while
+ *                 several threads fault at once, on one that never blocks
+ *                 (UHMM_DEVMEM_NONBLOCKING), so that touchers are served in
+ *                 parallel; the service thread serves the rest itself.
  */
 struct uhmm_stats {
 	size_t sz;
@@ -464,6 +469,7 @@ struct uhmm_stats {
 	uint64_t dup_writes;
 	uint64_t pages_recycled;
 	uint64_t pages_kept;
+	uint64_t faults_worker;
 };
 
 /**

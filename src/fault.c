@@ -108,6 +108,8 @@ static void poison_page(struct uhmm *h, uintptr_t addr)
 static unsigned long stream_window(struct stream *st, atomic_uint *victim, uintptr_t addr,
 				   unsigned long cap);
 
+static __thread bool in_worker; /* a fault worker (uhmm_stats: faults_worker) */
+
 #define ZERO_AROUND 64 /* pages: the largest window of zero fills */
 
 /*
@@ -585,6 +587,8 @@ again:
 			poison_page(h, addr);
 		}
 		UHMM_STAT_ADD(h, faults_device, 1);
+		if (in_worker)
+			UHMM_STAT_ADD(h, faults_worker, 1);
 		ret = 0;
 		break;
 	}
@@ -763,6 +767,7 @@ enum { WK_FAULT = 1, WK_REMOVE, WK_UNMAP, WK_REMAP };
 struct work {
 	int type;
 	bool write;
+	uint32_t ptid;  /* fault: the faulting thread (UFFD_FEATURE_THREAD_ID), or 0 */
 	uintptr_t a, b; /* fault: a; remove/unmap: [a, b); remap: from a to b */
 	size_t len;     /* remap */
 	uintptr_t at;   /* progress of an event's walk */
@@ -956,10 +961,43 @@ static int remap_try(struct uhmm *h, struct work *wk)
 /* --- fault workers --- */
 
 /*
+ * Whether faults from several threads arrive together: another thread's
+ * fault was served here less than SVC_SHARE_NS ago. Then a fault on a
+ * driver that never blocks goes to a worker too, and two touchers are
+ * served in parallel (a worker wakes on the CPU its toucher left idle)
+ * instead of one after the other. One toucher, or threads that fault now
+ * and then, stay on the service thread: a thread switch fewer.
+ */
+#define SVC_SHARE_NS (1000 * 1000LL)
+
+static __thread struct {
+	uint32_t ptid;   /* the last fault served on the service thread */
+	int64_t when_ns; /* ... and when */
+} svc_last;
+
+static bool svc_shared(uint32_t ptid)
+{
+	struct timespec t;
+	int64_t now;
+	bool shared;
+
+	if (!ptid)
+		return false; /* no UFFD_FEATURE_THREAD_ID: faults look alike */
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	now = (int64_t)t.tv_sec * 1000000000LL + t.tv_nsec;
+	shared = svc_last.ptid && svc_last.ptid != ptid && now - svc_last.when_ns < SVC_SHARE_NS;
+	if (!shared) {
+		svc_last.ptid = ptid;
+		svc_last.when_ns = now;
+	}
+	return shared;
+}
+
+/*
  * Hand a fault on a device page to the workers; false: serve it here (not
  * on a device, no workers, or the queue is full).
  */
-static bool fault_to_worker(struct uhmm *h, uintptr_t addr, bool write)
+static bool fault_to_worker(struct uhmm *h, uintptr_t addr, bool write, uint32_t ptid)
 {
 	struct range *r;
 	bool dev = false;
@@ -972,8 +1010,9 @@ static bool fault_to_worker(struct uhmm *h, uintptr_t addr, bool write)
 		uint64_t v = atomic_load(uhmm__word(r, addr));
 		struct uhmm_page *page = w_kind(v) == W_DEVICE ? uhmm__word_page(h, v) : NULL;
 
-		/* A driver that never blocks is served here: a thread switch fewer. */
-		dev = page && !(page->devmem->flags & UHMM_DEVMEM_NONBLOCKING);
+		/* A driver that never blocks is served here, unless touchers share us. */
+		dev = page && (!(page->devmem->flags & UHMM_DEVMEM_NONBLOCKING) ||
+			       svc_shared(ptid));
 	}
 	uhmm__rd_exit(h);
 	if (!dev)
@@ -1003,6 +1042,7 @@ static void *worker_main(void *arg)
 
 	sigfillset(&all);
 	pthread_sigmask(SIG_BLOCK, &all, NULL);
+	in_worker = true;
 	pthread_mutex_lock(&h->wq_lock);
 	for (;;) {
 		uintptr_t addr;
@@ -1109,7 +1149,7 @@ static int work_try(struct uhmm *h, struct work *wk, bool remap_pending)
 		 * driver then holds up that fault only, never the reading of
 		 * the userfaultfd nor faults on other devices' pages.
 		 */
-		if (fault_to_worker(h, wk->a, wk->write))
+		if (fault_to_worker(h, wk->a, wk->write, wk->ptid))
 			return 0;
 		ret = uhmm__serve(h, wk->a, wk->write, SERVE_WAKE);
 		if (ret == -EHWPOISON)
@@ -1263,6 +1303,7 @@ static void work_add(struct uhmm *h, struct work *q, size_t *n, const struct uff
 		wk.type = WK_FAULT;
 		wk.a = m->arg.pagefault.address & PAGE_MASK;
 		wk.write = m->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WRITE;
+		wk.ptid = m->arg.pagefault.feat.ptid;
 		break;
 	case UFFD_EVENT_REMOVE:
 	case UFFD_EVENT_UNMAP:

@@ -306,7 +306,7 @@ struct uhmm {
 
 	struct {
 		atomic_ulong faults, faults_device, pages_home, pages_out, zero_fills, poisoned,
-			events, dup_writes, pages_recycled;
+			events, dup_writes, pages_recycled, faults_worker;
 	} st;
 };
 

@@ -1282,6 +1282,7 @@ int uhmm_stats(struct uhmm *h, struct uhmm_stats *st)
 	s.dup_writes = atomic_load(&h->st.dup_writes);
 	s.pages_recycled = atomic_load(&h->st.pages_recycled);
 	s.pages_kept = uhmm__pool_kept_pages(&h->staging);
+	s.faults_worker = atomic_load(&h->st.faults_worker);
 	memcpy(st, &s, sz < sizeof(s) ? sz : sizeof(s));
 	st->sz = sz;
 	return 0;

@@ -342,3 +342,96 @@ TEST(migrations_to_device_and_to_ram_race)
 	CHECK_EQ(uhmm_sim_destroy(sim), 0);
 	uhmm_close(h);
 }
+
+struct toucher {
+	const char *buf;
+	size_t first, n;
+	uint64_t seed;
+	pthread_barrier_t *go;
+	size_t bad; /* pages whose words did not read back */
+};
+
+static void *toucher_thread(void *arg)
+{
+	struct toucher *t = arg;
+
+	pthread_barrier_wait(t->go);
+	for (size_t i = t->first; i < t->first + t->n; i++) {
+		const uint64_t *w = (const uint64_t *)(t->buf + i * PAGE);
+
+		if (w[0] != pattern_word(i * PAGE, t->seed) ||
+		    w[WORDS - 1] != pattern_word(i * PAGE + PAGE - 8, t->seed))
+			t->bad++;
+	}
+	return NULL;
+}
+
+/* Sweep [0, npages) of @buf with @n threads, each its share; returns the pages read wrong. */
+static size_t sweep(const char *buf, size_t npages, int n, uint64_t seed)
+{
+	struct toucher t[2];
+	pthread_t tid[2];
+	pthread_barrier_t go;
+	size_t bad = 0;
+
+	pthread_barrier_init(&go, NULL, (unsigned int)n);
+	for (int i = 0; i < n; i++) {
+		t[i] = (struct toucher){ .buf = buf, .first = npages * (size_t)i / (size_t)n,
+					 .n = npages / (size_t)n, .seed = seed, .go = &go };
+		CHECK_EQ(pthread_create(&tid[i], NULL, toucher_thread, &t[i]), 0);
+	}
+	for (int i = 0; i < n; i++) {
+		CHECK_EQ(pthread_join(tid[i], NULL), 0);
+		bad += t[i].bad;
+	}
+	pthread_barrier_destroy(&go);
+	return bad;
+}
+
+/*
+ * Thread mode, a driver that never blocks (the sim): one toucher is served
+ * on the service thread itself, every fault; two sweeping at once are
+ * served in parallel, the fault workers taking some of their faults. Every
+ * byte comes home either way.
+ */
+TEST(two_touchers_share_the_fault_service)
+{
+	const size_t npages = 64 * MiB / PAGE;
+	struct uhmm *h = uhmm_test_open_mode(UHMM_FAULT_THREAD);
+	struct uhmm_sim *sim;
+	struct uhmm_stats s0, s1;
+	const uint64_t seed = 0x70c4e5;
+	char *buf;
+	int round;
+
+	uhmm_test_require_migrate(h);
+	if (!(uhmm_features(h) & UHMM_FEAT_THREAD_ID))
+		SKIP("no UFFD_FEATURE_THREAD_ID: faults of two threads look alike");
+	sim = uhmm_test_sim(h, npages);
+	CHECK_EQ(uhmm_alloc(h, npages * PAGE, (void **)&buf), 0);
+	pattern_fill(buf, npages * PAGE, seed);
+
+	CHECK_EQ(uhmm_migrate_to_device(uhmm_sim_devmem(sim), buf, npages * PAGE),
+		 (long long)npages);
+	s0 = hstats(h);
+	CHECK_EQ(sweep(buf, npages, 1, seed), 0);
+	s1 = hstats(h);
+	CHECK(s1.faults_device > s0.faults_device);
+	CHECK_EQ(s1.faults_worker, s0.faults_worker);
+
+	/* Two at once: a worker serves some; rounds until they overlapped (a loaded machine). */
+	for (round = 0; round < 20 && hstats(h).faults_worker == s1.faults_worker; round++) {
+		CHECK_EQ(uhmm_migrate_to_device(uhmm_sim_devmem(sim), buf, npages * PAGE),
+			 (long long)npages);
+		CHECK_EQ(sweep(buf, npages, 2, seed), 0);
+		CHECK_EQ(count_state(h, buf, npages, UHMM_PAGE_SYSTEM), npages);
+	}
+	NOTE("%d rounds, %llu faults of %llu by workers", round,
+	     (unsigned long long)(hstats(h).faults_worker - s1.faults_worker),
+	     (unsigned long long)(hstats(h).faults_device - s1.faults_device));
+	CHECK(hstats(h).faults_worker > s1.faults_worker);
+	CHECK_PATTERN_PAGES(buf, npages, seed);
+	CHECK_EQ(uhmm_free(h, buf, npages * PAGE), 0);
+	CHECK_EQ(uhmm_sim_destroy(sim), 0);
+	uhmm_close(h);
+}
