@@ -545,12 +545,13 @@ static void wake_run(struct uhmm_migrate *a, uintptr_t s, uintptr_t e)
  * caller's to copy; 2 when an event read and not yet handled changes the
  * range (uhmm__install_begin): the event first. Only the moves pass the
  * install gate, not the copies before them: the service thread waits at
- * the gate before each read, and a second toucher's fault with it. A kept chunk has no hole at or past its next page, so
- * the copies into it never fault on staging's userfaultfd: after a failed
- * move the page it stopped at is looked at (pagemap), as Linux 6.18 may
- * move a page and still fail (see moved_anyway). The first move of a call
- * is one page: a destination that cannot take moves (EINVAL: read-only,
- * mlocked) then costs one page's copy, not 2 MiB.
+ * the gate before each read, and a second toucher's fault with it. A kept
+ * chunk has no hole at or past its next page, so the copies into it never
+ * fault on staging's userfaultfd: after a failed move the page it stopped
+ * at is looked at (pagemap), as Linux 6.18 may move a page and still fail
+ * (see moved_anyway). The first move of a call is one page: a destination
+ * that cannot take moves (EINVAL: read-only, mlocked) then costs one page's
+ * copy, not 2 MiB.
  */
 static int install_kept(struct uhmm *h, uintptr_t dst, uintptr_t from, size_t len, size_t *done)
 {
