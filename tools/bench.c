@@ -39,7 +39,7 @@
 #define PAGE UHMM_PAGE_SIZE
 #define COPY_CHUNK (2UL << 20) /* UFFDIO_COPY call size of the "least work home" floor */
 #define WARMUP 16
-#define MAX_ROWS 40
+#define MAX_ROWS 44
 
 /* The entry point, called by tools/uhmm.c (which declares it too). */
 int cmd_bench(int argc, char **argv);
@@ -73,6 +73,8 @@ struct raw {
 	bool started;
 	bool move; /* UFFDIO_MOVE works on this descriptor */
 	atomic_bool wake_after; /* COPY without waking, then UFFDIO_WAKE: the kernel's order */
+	atomic_bool three_fds;  /* poll a third descriptor (idlefd), as uhmm's service thread */
+	int idlefd;             /* never written */
 	atomic_int err;
 };
 
@@ -339,12 +341,14 @@ static uint32_t *permutation(size_t n)
 static void *raw_handler(void *arg)
 {
 	struct raw *r = arg;
-	struct pollfd pfd[2] = { { .fd = r->uffd, .events = POLLIN },
-				 { .fd = r->stopfd, .events = POLLIN } };
+	struct pollfd pfd[3] = { { .fd = r->uffd, .events = POLLIN },
+				 { .fd = r->stopfd, .events = POLLIN },
+				 { .fd = r->idlefd, .events = POLLIN } };
 	struct uffd_msg msg;
 
 	for (;;) {
-		if (poll(pfd, 2, -1) < 0) {
+		if (poll(pfd, atomic_load_explicit(&r->three_fds, memory_order_relaxed) ? 3 : 2,
+			 -1) < 0) {
 			if (errno == EINTR)
 				continue;
 			atomic_store(&r->err, errno);
@@ -393,7 +397,7 @@ static int raw_open(struct raw *r, char *why, size_t whylen)
 	struct uffdio_api api = { .api = UFFD_API };
 	int err;
 
-	r->uffd = r->stopfd = -1;
+	r->uffd = r->stopfd = r->idlefd = -1;
 	/* Features are asked for once: first see whether the move floor's is there. */
 	r->uffd = raw_uffd();
 	if (r->uffd >= 0 && !ioctl(r->uffd, UFFDIO_API, &api) &&
@@ -418,8 +422,9 @@ static int raw_open(struct raw *r, char *why, size_t whylen)
 		return err;
 	}
 	r->stopfd = eventfd(0, EFD_CLOEXEC);
+	r->idlefd = eventfd(0, EFD_CLOEXEC);
 	r->src = map_anon(COPY_CHUNK);
-	if (r->stopfd < 0 || !r->src) {
+	if (r->stopfd < 0 || r->idlefd < 0 || !r->src) {
 		snprintf(why, whylen, "out of descriptors or memory");
 		return ENOMEM;
 	}
@@ -445,6 +450,8 @@ static void raw_close(struct raw *r)
 		munmap(r->src, COPY_CHUNK);
 	if (r->stopfd >= 0)
 		close(r->stopfd);
+	if (r->idlefd >= 0)
+		close(r->idlefd);
 	if (r->uffd >= 0)
 		close(r->uffd);
 }
@@ -654,10 +661,14 @@ static void target_close(struct target *t)
  * kernel's order, which uhmm keeps: the page copied without waking the
  * toucher, then UFFDIO_WAKE once the fault is finished (the toucher, woken by
  * the copy, would run before the service thread has counted the page and let
- * go of it and of the device page).
+ * go of it and of the device page). With @id_mech, also against the raw
+ * round trip with every choice of mechanism uhmm makes: the page taken away
+ * by UFFDIO_MOVE (as a migration out does, not by MADV_DONTNEED), the kernel's
+ * order, and a third descriptor polled (uhmm's wake and kick eventfds): what
+ * is left is uhmm's own code.
  */
 static void bench_latency(struct bench *b, const struct target *t, bool sig, const char *id_med,
-			  const char *id_p99, const char *id_ord)
+			  const char *id_p99, const char *id_ord, const char *id_mech)
 {
 	struct row *med = row_addm(b, id_med, "fault-back latency 4 KiB, median", t->mode, "us",
 				   sig ? "raw SIGBUS handler + UFFDIO_COPY, median" :
@@ -668,16 +679,21 @@ static void bench_latency(struct bench *b, const struct target *t, bool sig, con
 	struct row *ord = id_ord ? row_addm(b, id_ord, "fault-back latency 4 KiB, median", t->mode,
 					    "us", "raw round trip, COPY then WAKE (kernel's order)") :
 				   NULL;
-	int per = b->samples / b->reps, n = per * b->reps, nf = 0, nr = 0, no = 0, ret;
+	struct row *mech = id_mech ? row_addm(b, id_mech, "fault-back latency 4 KiB, median",
+					      t->mode, "us",
+					      "raw, uhmm's mechanism: MOVE out, COPY+WAKE, 3 fds") :
+				     NULL;
+	int per = b->samples / b->reps, n = per * b->reps, nf = 0, nr = 0, no = 0, nm = 0, ret;
 	double *fig = calloc((size_t)n, sizeof(double)), *flo = calloc((size_t)n, sizeof(double));
-	double *flo_ord = calloc((size_t)n, sizeof(double));
-	char *mp = NULL, *rp = NULL, why[100];
+	double *flo_ord = calloc((size_t)n, sizeof(double)), *flo_mech = calloc((size_t)n, sizeof(double));
+	char *mp = NULL, *rp = NULL, *stg = NULL, why[100];
+	bool stg_registered = false;
 	struct rawsig rs = { .uffd = -1 };
 	bool registered = false;
 
 	progress(b, sig ? "fault-back latency vs raw SIGBUS" :
 			  "fault-back latency vs raw userfaultfd");
-	if (!fig || !flo || !flo_ord) {
+	if (!fig || !flo || !flo_ord || !flo_mech) {
 		row_fail(med, "out of memory", NULL);
 		goto out;
 	}
@@ -700,6 +716,20 @@ static void bench_latency(struct bench *b, const struct target *t, bool sig, con
 			goto out;
 		}
 		registered = true;
+	}
+	/* The mechanism's floor moves the page out into a page of its own, then frees it. */
+	if (mech && !b->raw.move) {
+		row_fail(mech, "this kernel has no UFFDIO_MOVE", NULL);
+		mech = NULL;
+	} else if (mech) {
+		stg = map_anon(PAGE);
+		ret = stg ? raw_register(&b->raw, stg, PAGE) : -ENOMEM;
+		if (ret) {
+			row_fail(mech, "UFFDIO_REGISTER of the floor's staging page", strerror(-ret));
+			mech = NULL;
+		} else {
+			stg_registered = true;
+		}
 	}
 	ret = uhmm_alloc(t->h, PAGE, (void **)&mp);
 	if (ret) {
@@ -732,11 +762,30 @@ static void bench_latency(struct bench *b, const struct target *t, bool sig, con
 			row_fail(med, "sigaction", strerror(-ret));
 			goto out;
 		}
-		/* The raw floor, then (@ord) the same with the handler in the kernel's order. */
-		for (int pass = 0; pass < 1 + (ord != NULL); pass++) {
-			atomic_store(&b->raw.wake_after, pass == 1);
+		/*
+		 * The raw floor, then (@ord) the same with the handler in the
+		 * kernel's order, then (@mech) with all of uhmm's mechanism.
+		 */
+		for (int pass = 0; pass < 3; pass++) {
+			if ((pass == 1 && !ord) || (pass == 2 && !mech))
+				continue;
+			atomic_store(&b->raw.wake_after, pass >= 1);
+			atomic_store(&b->raw.three_fds, pass == 2);
 			for (int i = -WARMUP * !rep; i < per; i++) {
-				madvise(rp, PAGE, MADV_DONTNEED); /* missing again */
+				struct uffdio_move mv = { .dst = (uintptr_t)stg, .src = (uintptr_t)rp,
+							  .len = PAGE,
+							  .mode = UFFDIO_MOVE_MODE_DONTWAKE };
+
+				/* Missing again: discarded, or (@mech) moved out and freed there. */
+				if (pass < 2) {
+					madvise(rp, PAGE, MADV_DONTNEED);
+				} else if (ioctl(b->raw.uffd, UFFDIO_MOVE, &mv) && errno != ENOENT) {
+					row_fail(mech, "UFFDIO_MOVE", strerror(errno));
+					mech = NULL;
+					break;
+				} else {
+					madvise(stg, PAGE, MADV_DONTNEED);
+				}
 				uint64_t t0 = now_ns();
 				char c = *(volatile char *)rp;
 				uint64_t t1 = now_ns();
@@ -746,19 +795,23 @@ static void bench_latency(struct bench *b, const struct target *t, bool sig, con
 					if (sig)
 						rawsig_remove(&rs);
 					atomic_store(&b->raw.wake_after, false);
+					atomic_store(&b->raw.three_fds, false);
 					row_fail(med,
 						 sig ? "the raw SIGBUS handler failed" :
 						       "the raw userfaultfd handler failed",
 						 err ? strerror(err) : "wrong data");
 					goto out;
 				}
-				if (i >= 0 && pass)
+				if (i >= 0 && pass == 2)
+					flo_mech[nm++] = (double)(t1 - t0) * 1e-3;
+				else if (i >= 0 && pass)
 					flo_ord[no++] = (double)(t1 - t0) * 1e-3;
 				else if (i >= 0)
 					flo[nr++] = (double)(t1 - t0) * 1e-3;
 			}
 		}
 		atomic_store(&b->raw.wake_after, false);
+		atomic_store(&b->raw.three_fds, false);
 		if (sig)
 			rawsig_remove(&rs);
 		for (int i = -WARMUP * !rep; i < per; i++) {
@@ -790,6 +843,11 @@ static void bench_latency(struct bench *b, const struct target *t, bool sig, con
 		ord->floor_value = quantile(flo_ord, (size_t)no, 0.5);
 		ord->ratio = ord->value / ord->floor_value;
 	}
+	if (mech) {
+		mech->value = med->value;
+		mech->floor_value = quantile(flo_mech, (size_t)nm, 0.5);
+		mech->ratio = mech->value / mech->floor_value;
+	}
 out:
 	if (mp)
 		uhmm_free(t->h, mp, PAGE);
@@ -797,6 +855,13 @@ out:
 		memcpy(p99->err, med->err, sizeof(p99->err));
 	if (ord && med->err[0])
 		memcpy(ord->err, med->err, sizeof(ord->err));
+	if (mech && med->err[0])
+		memcpy(mech->err, med->err, sizeof(mech->err));
+	if (stg) {
+		if (stg_registered)
+			raw_unregister(&b->raw, stg, PAGE);
+		munmap(stg, PAGE);
+	}
 	if (sig) {
 		rawsig_close(&rs);
 	} else if (rp) {
@@ -807,6 +872,7 @@ out:
 	free(fig);
 	free(flo);
 	free(flo_ord);
+	free(flo_mech);
 }
 
 /* ---------------------------------------------------------------------------
@@ -1252,7 +1318,7 @@ static void bench_other_mode(struct bench *b)
 		progress(b, "the other fault mode");
 		if (run_sig) {
 			bench_latency(b, &b->run, true, "fault_latency_signal_median",
-				      "fault_latency_signal_p99", NULL);
+				      "fault_latency_signal_p99", NULL, NULL);
 			r[0] = row_addm(b, "fault_latency_thread_median",
 					"fault-back latency 4 KiB, median", m, "us",
 					"raw userfaultfd round trip, median");
@@ -1282,11 +1348,12 @@ static void bench_other_mode(struct bench *b)
 		return;
 	}
 	bench_latency(b, sig, true, "fault_latency_signal_median", "fault_latency_signal_p99",
-		      NULL);
+		      NULL, NULL);
 	bench_threads(b, sig, "fault_back_2_threads_signal");
 	if (run_sig) {
 		bench_latency(b, &o, false, "fault_latency_thread_median",
-			      "fault_latency_thread_p99", "fault_latency_thread_median_vs_ordered");
+			      "fault_latency_thread_p99", "fault_latency_thread_median_vs_ordered",
+			      "fault_latency_thread_median_vs_mechanism");
 		bench_threads(b, &o, "fault_back_2_threads_thread");
 	} else {
 		progress(b, "the other fault mode");
@@ -2075,7 +2142,7 @@ int cmd_bench(int argc, char **argv)
 		{ "json", no_argument, 0, 'j' },       { "unpinned", no_argument, 0, 'u' },
 		{ "help", no_argument, 0, 'h' },       { 0, 0, 0, 0 }
 	};
-	struct bench b = { .raw = { .uffd = -1, .stopfd = -1 }, .pinned = true };
+	struct bench b = { .raw = { .uffd = -1, .stopfd = -1, .idlefd = -1 }, .pinned = true };
 	unsigned long mib = 0, bulk = 0;
 	bool quick = false;
 	char why[160], *end;
@@ -2183,7 +2250,8 @@ int cmd_bench(int argc, char **argv)
 	print_header(&b);
 	fflush(stdout);
 	bench_latency(&b, &b.run, false, "fault_latency_median", "fault_latency_p99",
-		      strcmp(b.mode, "thread") ? NULL : "fault_latency_median_vs_ordered");
+		      strcmp(b.mode, "thread") ? NULL : "fault_latency_median_vs_ordered",
+		      strcmp(b.mode, "thread") ? NULL : "fault_latency_median_vs_mechanism");
 	bench_sweeps(&b);
 	bench_bulk(&b);
 	bench_threads(&b, &b.run, "fault_back_2_threads");
