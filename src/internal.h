@@ -510,6 +510,7 @@ void uhmm__invalidate_end(struct uhmm *h, bool started);
 void uhmm__mirror_fini(struct uhmm *h);
 int uhmm__vma_prot(uintptr_t addr, uintptr_t *end);
 int uhmm__first_data_page(uintptr_t s, uintptr_t e, uintptr_t *first);
+int uhmm__has_hole(uintptr_t s, uintptr_t e);
 
 /* policy.c */
 uint64_t uhmm__thrash_home(struct uhmm *h, struct uhmm_devmem *dm, uint64_t old, uint64_t nw);

@@ -333,6 +333,42 @@ int uhmm__first_data_page(uintptr_t s, uintptr_t e, uintptr_t *first)
 	return 0;
 }
 
+/*
+ * Whether [s, e) holds a page that is neither present nor swapped out (a
+ * hole): 1, or 0 when every page is there; -EOPNOTSUPP when PAGEMAP_SCAN
+ * cannot tell. One ioctl on the process's pagemap descriptor, against an
+ * open and a read per 64 pages (uhmm__pages_with_data): 22 us a 2 MiB
+ * chunk, 7% of a migration to the sim, where staging looks at each chunk
+ * it would keep. Not async-signal-safe (proc_fds takes a lock).
+ */
+int uhmm__has_hole(uintptr_t s, uintptr_t e)
+{
+	struct page_region_v1 reg;
+	struct pm_scan_arg_v1 a = {
+		.size = sizeof(a),
+		.start = s,
+		.end = e,
+		.vec = (uintptr_t)&reg,
+		.vec_len = 1,
+		.max_pages = 1,
+		.category_inverted = Q_PAGE_IS_PRESENT | Q_PAGE_IS_SWAPPED,
+		.category_mask = Q_PAGE_IS_PRESENT | Q_PAGE_IS_SWAPPED,
+	};
+	int maps, pagemap;
+	long got;
+
+	if (atomic_load_explicit(&no_scan, memory_order_relaxed) || proc_fds(&maps, &pagemap) ||
+	    pagemap < 0)
+		return -EOPNOTSUPP;
+	got = ioctl(pagemap, Q_PAGEMAP_SCAN, &a);
+	if (got < 0) {
+		if (errno == ENOTTY || errno == EINVAL)
+			atomic_store(&no_scan, 1);
+		return -EOPNOTSUPP;
+	}
+	return got > 0;
+}
+
 struct vma {
 	uintptr_t start, end;
 	bool read, write, shared;

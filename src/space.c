@@ -546,12 +546,18 @@ int uhmm__pool_keep(struct pool *p, char *chunk)
 {
 	unsigned int i = chunk_index(p, chunk), n = atomic_load(&p->nkept);
 	unsigned char vec[CHUNK_PAGES];
+	int hole;
 
-	if (n >= p->keep_max || uhmm__pages_with_data((uintptr_t)chunk, CHUNK_PAGES, vec))
+	if (n >= p->keep_max)
 		return 0;
-	for (size_t j = 0; j < CHUNK_PAGES; j++)
-		if (!vec[j])
+	hole = uhmm__has_hole((uintptr_t)chunk, (uintptr_t)chunk + CHUNK_SIZE);
+	if (hole == -EOPNOTSUPP) {
+		if (uhmm__pages_with_data((uintptr_t)chunk, CHUNK_PAGES, vec))
 			return 0;
+		hole = memchr(vec, 0, CHUNK_PAGES) != NULL;
+	}
+	if (hole)
+		return 0;
 	/*
 	 * Reserved only now, never backed out: whoever takes nkept from 0
 	 * keeps its chunk and wakes the service thread, which sleeps without
