@@ -299,13 +299,13 @@ TEST(migrate_to_ram_brings_pages_home)
 }
 
 /*
- * Past 64 MiB in one go the sim's copy engine streams, four pages at a time:
+ * Past 8 MiB in one go the sim's copy engine streams, four pages at a time:
  * every byte still arrives, holes among them (zeros, no copy) and a count of
  * pages no multiple of four included.
  */
 TEST(streamed_migration_keeps_every_byte)
 {
-	const size_t npages = 96 * MiB / PAGE + 3;
+	const size_t npages = 40 * MiB / PAGE + 3, streamed = 8 * MiB / PAGE;
 	struct uhmm *h = uhmm_test_open_migrating();
 	struct uhmm_sim *sim = uhmm_test_sim(h, npages);
 	struct uhmm_devmem *dm = uhmm_sim_devmem(sim);
@@ -320,14 +320,14 @@ TEST(streamed_migration_keeps_every_byte)
 	prng_init(&rng, 0x5eed0011, "streamed migration");
 	seed = prng_next(&rng);
 	pattern_fill(buf, npages * PAGE, seed);
-	/* Holes past the first 64 MiB, where the copies stream. */
-	for (i = 64 * MiB / PAGE; i < npages; i += 7 + prng_below(&rng, 5), holes++)
+	/* Holes past the first 8 MiB, where the copies stream. */
+	for (i = streamed; i < npages; i += 7 + prng_below(&rng, 5), holes++)
 		CHECK_EQ(madvise(buf + i * PAGE, PAGE, MADV_DONTNEED), 0);
 	CHECK_EQ(uhmm_migrate_to_device(dm, buf, npages * PAGE), (long long)npages);
 	CHECK_EQ(simstats(sim).copies_to, npages);
 	CHECK_EQ(uhmm_migrate_to_ram(h, buf, npages * PAGE), (long long)npages);
 	for (i = 0; i < npages; i++) {
-		if (page_is_zero(buf + i * PAGE) && i >= 64 * MiB / PAGE)
+		if (page_is_zero(buf + i * PAGE) && i >= streamed)
 			continue; /* a hole: checked below by count */
 		CHECK_PATTERN_PAGE(buf, i, seed);
 	}
