@@ -1361,7 +1361,7 @@ static void *svc_main(void *arg)
 	struct uffd_msg msgs[64];
 	sigset_t all;
 	bool events_left = false;
-	struct timespec probed = { 0 }, t_spin = { 0 };
+	struct timespec probed = { 0 }, t_spin = { 0 }, trimmed = { 0 };
 
 	sigfillset(&all);
 	pthread_sigmask(SIG_BLOCK, &all, NULL);
@@ -1393,8 +1393,11 @@ static void *svc_main(void *arg)
 			break;
 		if (atomic_load(&h->stop))
 			break;
-		if (kept)
+		/* Not at every fault: the look at each kept chunk cost 0.3 us a fault. */
+		if (kept && ms_since(&trimmed) >= POOL_KEEP_MS / 10) {
 			uhmm__pool_trim(&h->staging, false);
+			clock_gettime(CLOCK_MONOTONIC, &trimmed);
+		}
 		if (pfd[1].revents & POLLIN)
 			(void)!read(h->wake_fd, &junk, sizeof(junk));
 		if (pfd[2].revents & POLLIN)
