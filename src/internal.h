@@ -413,7 +413,7 @@ int uhmm__pool_init(struct pool *p, unsigned int keep_max);
 void uhmm__pool_fini(struct pool *p);
 char *uhmm__pool_get(struct pool *p);
 void uhmm__pool_put(struct pool *p, char *chunk);
-int uhmm__pool_keep(struct pool *p, char *chunk);
+int uhmm__pool_keep(struct pool *p, char *chunk, unsigned int first);
 char *uhmm__pool_take_kept(struct pool *p, unsigned int *first);
 void uhmm__pool_give_back(struct pool *p, char *chunk, unsigned int next, bool drop);
 void uhmm__pool_trim(struct pool *p, bool all);

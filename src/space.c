@@ -535,26 +535,28 @@ void uhmm__pool_put(struct pool *p, char *chunk)
 }
 
 /*
- * Let go of taken staging chunk @chunk and keep its pages for the way home,
- * if every one of its pages is there (pagemap: a kept chunk must hold no
- * hole, as a copy into a hole of staging would wait for ever on its
- * userfaultfd) and fewer than keep_max are kept. Else 0: the caller
- * discards the pages and puts the chunk back. 1: kept; 2: kept, and the
- * first (wake the service thread, which frees those left unused).
+ * Let go of taken staging chunk @chunk and keep its pages, [@first,
+ * CHUNK_PAGES), for the way home, if every one of them is there (a kept
+ * chunk must hold no hole past its first page, as a copy into a hole of
+ * staging would wait for ever on its userfaultfd) and fewer than keep_max
+ * are kept. Else 0: the caller discards the pages and puts the chunk back.
+ * 1: kept; 2: kept, and the first (wake the service thread, which frees
+ * those left unused).
  */
-int uhmm__pool_keep(struct pool *p, char *chunk)
+int uhmm__pool_keep(struct pool *p, char *chunk, unsigned int first)
 {
 	unsigned int i = chunk_index(p, chunk), n = atomic_load(&p->nkept);
+	uintptr_t s = (uintptr_t)chunk + ((size_t)first << PAGE_SHIFT);
 	unsigned char vec[CHUNK_PAGES];
 	int hole;
 
-	if (n >= p->keep_max)
+	if (n >= p->keep_max || first >= CHUNK_PAGES)
 		return 0;
-	hole = uhmm__has_hole((uintptr_t)chunk, (uintptr_t)chunk + CHUNK_SIZE);
+	hole = uhmm__has_hole(s, (uintptr_t)chunk + CHUNK_SIZE);
 	if (hole == -EOPNOTSUPP) {
-		if (uhmm__pages_with_data((uintptr_t)chunk, CHUNK_PAGES, vec))
+		if (uhmm__pages_with_data(s, CHUNK_PAGES - first, vec))
 			return 0;
-		hole = memchr(vec, 0, CHUNK_PAGES) != NULL;
+		hole = memchr(vec, 0, CHUNK_PAGES - first) != NULL;
 	}
 	if (hole)
 		return 0;
@@ -567,7 +569,7 @@ int uhmm__pool_keep(struct pool *p, char *chunk)
 		if (n >= p->keep_max)
 			return 0;
 	} while (!atomic_compare_exchange_weak(&p->nkept, &n, n + 1));
-	atomic_store(&p->next[i], 0);
+	atomic_store(&p->next[i], first);
 	atomic_store(&p->kept_ms[i], now_ms());
 	atomic_fetch_or(&p->kept[i / 64], 1ULL << (i % 64));
 	release(p, i);

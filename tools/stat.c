@@ -81,9 +81,11 @@ static double now_s(void)
 enum {
 	C_FAULTS,
 	C_FAULTS_DEV,
+	C_FAULTS_WORKER,
 	C_ZERO,
 	C_OUT,
 	C_HOME,
+	C_RECYCLED,
 	C_EVENTS,
 	C_DM_FAULTS,
 	C_DM_TO,
@@ -115,9 +117,11 @@ static const struct {
 } counters[C_N] = {
 	[C_FAULTS] = { "handle", "faults", false },
 	[C_FAULTS_DEV] = { "handle", "faults on device pages", false },
+	[C_FAULTS_WORKER] = { "handle", "device faults by workers", false },
 	[C_ZERO] = { "handle", "zero fills", false },
 	[C_OUT] = { "handle", "pages out (to devices)", false },
 	[C_HOME] = { "handle", "pages home", false },
+	[C_RECYCLED] = { "handle", "pages home, recycled", false },
 	[C_EVENTS] = { "handle", "events", false },
 	[C_DM_FAULTS] = { "device", "CPU faults on its pages", false },
 	[C_DM_TO] = { "device", "pages to it", false },
@@ -169,9 +173,11 @@ static void sample(struct job *j, double v[C_N])
 	uhmm_sim_stats(j->sim, &ss);
 	v[C_FAULTS] = (double)st.faults;
 	v[C_FAULTS_DEV] = (double)st.faults_device;
+	v[C_FAULTS_WORKER] = (double)st.faults_worker;
 	v[C_ZERO] = (double)st.zero_fills;
 	v[C_OUT] = (double)st.pages_out;
 	v[C_HOME] = (double)st.pages_home;
+	v[C_RECYCLED] = (double)st.pages_recycled;
 	v[C_EVENTS] = (double)st.events;
 	v[C_DM_FAULTS] = (double)ds.faults;
 	v[C_DM_TO] = (double)ds.pages_to;
