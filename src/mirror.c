@@ -294,12 +294,13 @@ static int proc_fds(int *maps, int *pagemap)
 }
 
 /*
- * Where the first page of [s, e) holding data other than the shared zero
- * page is (present or swapped out): *@first, or @e when none. PAGEMAP_SCAN
- * (Linux 6.7+); -EOPNOTSUPP without it. A discard's zap looks here: a zero
- * page a fault mapped after the zap is as good as the hole it filled.
+ * The first page of [s, e) of the categories asked for (PAGEMAP_SCAN, Linux
+ * 6.7+): *@first, or @e when none; -EOPNOTSUPP without the ioctl. Pagemap
+ * is opened for the call: the handle keeps no descriptor (one kept across
+ * fork would show the parent). Async-signal-safe.
  */
-int uhmm__first_data_page(uintptr_t s, uintptr_t e, uintptr_t *first)
+static int scan_first(uintptr_t s, uintptr_t e, uint64_t inverted, uint64_t mask,
+		      uint64_t anyof, uintptr_t *first)
 {
 	struct page_region_v1 reg;
 	struct pm_scan_arg_v1 a = {
@@ -309,16 +310,15 @@ int uhmm__first_data_page(uintptr_t s, uintptr_t e, uintptr_t *first)
 		.vec = (uintptr_t)&reg,
 		.vec_len = 1,
 		.max_pages = 1,
-		.category_inverted = Q_PAGE_IS_PFNZERO,
-		.category_mask = Q_PAGE_IS_PFNZERO,
-		.category_anyof_mask = Q_PAGE_IS_PRESENT | Q_PAGE_IS_SWAPPED,
+		.category_inverted = inverted,
+		.category_mask = mask,
+		.category_anyof_mask = anyof,
 	};
 	int pagemap;
 	long got;
 
 	if (atomic_load_explicit(&no_scan, memory_order_relaxed))
 		return -EOPNOTSUPP;
-	/* Opened for the call, as uhmm__pages_with_data does: the handle keeps no descriptor. */
 	pagemap = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
 	if (pagemap < 0)
 		return -EOPNOTSUPP;
@@ -334,42 +334,31 @@ int uhmm__first_data_page(uintptr_t s, uintptr_t e, uintptr_t *first)
 }
 
 /*
+ * Where the first page of [s, e) holding data other than the shared zero
+ * page is (present or swapped out): *@first, or @e when none; -EOPNOTSUPP
+ * without PAGEMAP_SCAN. A discard's zap looks here: a zero page a fault
+ * mapped after the zap is as good as the hole it filled.
+ */
+int uhmm__first_data_page(uintptr_t s, uintptr_t e, uintptr_t *first)
+{
+	return scan_first(s, e, Q_PAGE_IS_PFNZERO, Q_PAGE_IS_PFNZERO,
+			  Q_PAGE_IS_PRESENT | Q_PAGE_IS_SWAPPED, first);
+}
+
+/*
  * Whether [s, e) holds a page that is neither present nor swapped out (a
  * hole): 1, or 0 when every page is there; -EOPNOTSUPP when PAGEMAP_SCAN
  * cannot tell. One ioctl, against a read per 64 pages
  * (uhmm__pages_with_data): 22 us a 2 MiB chunk, 7% of a migration to the
- * sim, where staging looks at each chunk it would keep. Async-signal-safe.
+ * sim, where staging looks at each chunk it would keep.
  */
 int uhmm__has_hole(uintptr_t s, uintptr_t e)
 {
-	struct page_region_v1 reg;
-	struct pm_scan_arg_v1 a = {
-		.size = sizeof(a),
-		.start = s,
-		.end = e,
-		.vec = (uintptr_t)&reg,
-		.vec_len = 1,
-		.max_pages = 1,
-		.category_inverted = Q_PAGE_IS_PRESENT | Q_PAGE_IS_SWAPPED,
-		.category_mask = Q_PAGE_IS_PRESENT | Q_PAGE_IS_SWAPPED,
-	};
-	int pagemap;
-	long got;
+	uintptr_t first;
+	int ret = scan_first(s, e, Q_PAGE_IS_PRESENT | Q_PAGE_IS_SWAPPED,
+			     Q_PAGE_IS_PRESENT | Q_PAGE_IS_SWAPPED, 0, &first);
 
-	if (atomic_load_explicit(&no_scan, memory_order_relaxed))
-		return -EOPNOTSUPP;
-	/* Opened for the call, as uhmm__first_data_page does: the handle keeps no descriptor. */
-	pagemap = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
-	if (pagemap < 0)
-		return -EOPNOTSUPP;
-	got = ioctl(pagemap, Q_PAGEMAP_SCAN, &a);
-	close(pagemap);
-	if (got < 0) {
-		if (errno == ENOTTY || errno == EINVAL)
-			atomic_store(&no_scan, 1);
-		return -EOPNOTSUPP;
-	}
-	return got > 0;
+	return ret ? ret : first < e;
 }
 
 struct vma {
