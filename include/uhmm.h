@@ -116,14 +116,15 @@ enum uhmm_fault_mode {
  *                 says why (0: the default, 2000 ms).
  * @keep_mib:      how much of the system memory that migrations to devices
  *                 free is kept for pages coming home, in MiB, rounded down to
- *                 whole 2 MiB chunks (1: none). Pages home are copied into
- *                 kept pages and moved into place, about 1.5 times as fast as
- *                 into pages the kernel allocates; pages kept for a second
- *                 unused are freed (uhmm_stats: @pages_kept). Keeping delays
- *                 a free by up to that second; it never adds to the memory
- *                 the process had before the migration. 0: the default,
- *                 1024 MiB, or a sixteenth of the machine's memory where
- *                 that is less; at most 2048.
+ *                 whole 2 MiB chunks (1: none; a chunk holds the pages of one
+ *                 migration of 32 pages or more). Pages home, in runs of 32
+ *                 or more, are copied into kept pages and moved into place,
+ *                 about 1.5 times as fast as into pages the kernel allocates.
+ *                 Pages kept for a second unused are freed (uhmm_stats:
+ *                 @pages_kept). Keeping delays a free by up to that second;
+ *                 it never adds to the memory the process had before the
+ *                 migration. 0: the default, 1024 MiB, or a sixteenth of the
+ *                 machine's memory where that is less; at most 2048.
  */
 struct uhmm_open_opts {
 	size_t sz;
