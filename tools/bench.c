@@ -175,8 +175,13 @@ static void progress(struct bench *b, const char *what)
 static struct row *row_add(struct bench *b, const char *id, const char *figure, const char *unit,
 			   const char *floor)
 {
-	struct row *r = &b->rows[b->nrows++];
+	struct row *r;
 
+	if (b->nrows == MAX_ROWS) { /* a row added without raising MAX_ROWS */
+		fprintf(stderr, "uhmm bench: more than %d rows: raise MAX_ROWS\n", MAX_ROWS);
+		exit(1);
+	}
+	r = &b->rows[b->nrows++];
 	memset(r, 0, sizeof(*r));
 	r->id = id;
 	snprintf(r->figure, sizeof(r->figure), "%s", figure);
