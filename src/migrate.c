@@ -564,10 +564,9 @@ static int install_kept(struct uhmm *h, uintptr_t dst, uintptr_t from, size_t le
 	while (*done < len) {
 		unsigned int first, moved;
 		char *c = uhmm__pool_take_kept(&h->staging, &first), *pg;
-		unsigned char there = 1;
 		size_t n;
 		struct uffdio_move m;
-		int err = 0;
+		int err = 0, hole = 0;
 
 		if (!c)
 			return 1;
@@ -597,9 +596,11 @@ static int install_kept(struct uhmm *h, uintptr_t dst, uintptr_t from, size_t le
 		 * else); look again from the next page. Cannot tell: free
 		 * the chunk rather than risk a hole in it.
 		 */
-		if (err && uhmm__pages_with_data((uintptr_t)pg + m.move, 1, &there)) {
+		if (err)
+			hole = uhmm__has_hole((uintptr_t)pg + m.move, (uintptr_t)pg + m.move + PAGE_SIZE);
+		if (hole < 0) {
 			err = EIO;
-		} else if (err && !there) {
+		} else if (hole) {
 			moved++;
 			err = EAGAIN;
 		}

@@ -547,18 +547,10 @@ int uhmm__pool_keep(struct pool *p, char *chunk, unsigned int first)
 {
 	unsigned int i = chunk_index(p, chunk), n = atomic_load(&p->nkept);
 	uintptr_t s = (uintptr_t)chunk + ((size_t)first << PAGE_SHIFT);
-	unsigned char vec[CHUNK_PAGES];
-	int hole;
 
-	if (n >= p->keep_max || first >= CHUNK_PAGES)
-		return 0;
-	hole = uhmm__has_hole(s, (uintptr_t)chunk + CHUNK_SIZE);
-	if (hole == -EOPNOTSUPP) {
-		if (uhmm__pages_with_data(s, CHUNK_PAGES - first, vec))
-			return 0;
-		hole = memchr(vec, 0, CHUNK_PAGES - first) != NULL;
-	}
-	if (hole)
+	/* A hole, or cannot tell: not kept. */
+	if (n >= p->keep_max || first >= CHUNK_PAGES ||
+	    uhmm__has_hole(s, (uintptr_t)chunk + CHUNK_SIZE))
 		return 0;
 	/*
 	 * Reserved only now, never backed out: whoever takes nkept from 0
