@@ -608,6 +608,12 @@ void uhmm__pool_give_back(struct pool *p, char *chunk, unsigned int next, bool d
 	release(p, i);
 }
 
+/* Whether kept chunk @i went unused for POOL_KEEP_MS by @now (or @all: any). */
+static bool unused(struct pool *p, unsigned int i, uint64_t now, bool all)
+{
+	return all || (int64_t)(now - atomic_load(&p->kept_ms[i])) >= POOL_KEEP_MS;
+}
+
 /* Free the kept chunks unused for POOL_KEEP_MS (@all: every one not in use). */
 void uhmm__pool_trim(struct pool *p, bool all)
 {
@@ -619,13 +625,10 @@ void uhmm__pool_trim(struct pool *p, bool all)
 		for (; k; k &= k - 1) {
 			unsigned int i = w * 64 + (unsigned int)__builtin_ctzll(k);
 
-			if (!all && (int64_t)(now - atomic_load(&p->kept_ms[i])) < POOL_KEEP_MS)
+			if (!unused(p, i, now, all) || claim(p, w, k & -k) < 0)
 				continue;
-			if (claim(p, w, k & -k) < 0)
-				continue;
-			/* Still kept, and (unless @all) not used since the look above. */
-			if ((atomic_load(&p->kept[w]) & (k & -k)) &&
-			    (all || (int64_t)(now - atomic_load(&p->kept_ms[i])) >= POOL_KEEP_MS))
+			/* Still kept, and not used since the look above. */
+			if ((atomic_load(&p->kept[w]) & (k & -k)) && unused(p, i, now, all))
 				drop_kept(p, i);
 			release(p, i);
 		}
