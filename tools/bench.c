@@ -777,15 +777,12 @@ static void bench_latency(struct bench *b, const struct target *t, bool sig, con
 			atomic_store(&b->raw.wake_after, pass >= 1);
 			atomic_store(&b->raw.three_fds, pass == 2);
 			for (int i = -WARMUP * !rep; i < per; i++) {
-				struct uffdio_move mv = { .dst = (uintptr_t)stg, .src = (uintptr_t)rp,
-							  .len = PAGE,
-							  .mode = UFFDIO_MOVE_MODE_DONTWAKE };
-
 				/* Missing again: discarded, or (@mech) moved out and freed there. */
 				if (pass < 2) {
 					madvise(rp, PAGE, MADV_DONTNEED);
-				} else if (ioctl(b->raw.uffd, UFFDIO_MOVE, &mv) && errno != ENOENT) {
-					row_fail(mech, "UFFDIO_MOVE", strerror(errno));
+				} else if ((ret = raw_fill(&b->raw, true, stg, rp, PAGE)) &&
+					   ret != -ENOENT) {
+					row_fail(mech, "UFFDIO_MOVE", strerror(-ret));
 					mech = NULL;
 					break;
 				} else {
