@@ -59,7 +59,6 @@ struct uhmm_page {
 	unsigned long pfn;
 	void *zone_device_data;
 	int refcount;
-	uint32_t next_free; /* core: free-list link */
 	uint64_t birth;     /* when it last received a page's data (a core tick) */
 	uint64_t last_use;  /* when it was last used (uhmm_page_mark_accessed, or birth) */
 } __attribute__((aligned(64)));
@@ -140,7 +139,7 @@ struct uhmm_devmem_ops {
 
 	/*
 	 * page_free - the last reference to @page is gone; its data is dead.
-	 * The page returns to the region's free list after the call. May run in
+	 * The page is free for allocation again after the call. May run in
 	 * the fault path (same rules as copy_from_device). Optional.
 	 */
 	void (*page_free)(struct uhmm_page *page);
@@ -196,8 +195,8 @@ struct uhmm_devmem_desc {
  * uhmm_devmem_add() - register a region of device memory.
  * @h: the handle. @desc: the region. @out: out: the region.
  *
- * Creates @desc->npages page descriptors on a free list that all drivers
- * share (uhmm_devmem_alloc_page), charged to @desc->owner while in use.
+ * Creates @desc->npages page descriptors, all free, that every driver
+ * allocates from (uhmm_devmem_alloc_page), charged to @desc->owner while in use.
  * Return: 0, or
  * -EINVAL  NULL argument, @desc->sz that no version of the struct has (one
  *          that ends inside a field), unknown type or flags, npages 0 or too large,
@@ -273,7 +272,7 @@ struct uhmm_devmem_stats {
 UHMM_API int uhmm_devmem_stats(struct uhmm_devmem *dm, struct uhmm_devmem_stats *st);
 
 /**
- * uhmm_devmem_alloc_page() - take a free page off the region's free list.
+ * uhmm_devmem_alloc_page() - take the region's lowest free page.
  * Lock-free and async-signal-safe. The page has refcount 1, addr 0.
  * Return: the page, or NULL when the region is full or being removed.
  */
@@ -376,7 +375,7 @@ UHMM_API void uhmm_page_get(struct uhmm_page *page);
 
 /**
  * uhmm_page_put() - drop a reference; at zero the driver's page_free runs,
- * the owner is uncharged and the page returns to the free list.
+ * the owner is uncharged and the page is free again.
  */
 UHMM_API void uhmm_page_put(struct uhmm_page *page);
 

@@ -1,9 +1,11 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * devmem.c - device memory regions, their page descriptors, the shared
- * free-list allocator, reference counts, per-owner accounting, hot-remove.
+ * allocator of free pages (a bitmap), reference counts, per-owner
+ * accounting, hot-remove.
  */
 #include <errno.h>
+#include <limits.h>
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
@@ -105,14 +107,20 @@ int uhmm_devmem_add(struct uhmm *h, const struct uhmm_devmem_desc *desc,
 		ret = -ENOMEM;
 		goto err_free;
 	}
-	/* Every page starts on the free list, lowest index first. */
-	for (unsigned long i = d.npages; i-- > 0;) {
+	/* Every page starts free: a bitmap of pages in use, untouched until used. */
+	dm->used_len = ((d.npages + 63) / 64 * sizeof(uint64_t) + PAGE_SIZE - 1) & PAGE_MASK;
+	dm->used = mmap(NULL, dm->used_len, PROT_READ | PROT_WRITE,
+			MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (dm->used == MAP_FAILED) {
+		ret = -ENOMEM;
+		goto err_unmap;
+	}
+	for (unsigned long i = 0; i < d.npages; i++) {
 		dm->pages[i].devmem = dm;
 		dm->pages[i].owner = d.owner;
 		dm->pages[i].pfn = i;
-		dm->pages[i].next_free = i + 1 < d.npages ? (uint32_t)(i + 2) : 0;
 	}
-	atomic_store(&dm->free_head, 1);
+	atomic_store(&dm->low, 0);
 
 	pthread_mutex_lock(&h->lock);
 	ret = -ENOSPC;
@@ -133,101 +141,116 @@ int uhmm_devmem_add(struct uhmm *h, const struct uhmm_devmem_desc *desc,
 
 err_unlock:
 	pthread_mutex_unlock(&h->lock);
+	munmap(dm->used, dm->used_len);
+err_unmap:
 	munmap(dm->pages, dm->pages_len);
 err_free:
 	free(dm);
 	return ret;
 }
 
-struct uhmm_page *uhmm_devmem_alloc_page(struct uhmm_devmem *dm)
+/* The pages of bitmap word @w that exist: all 64 but in the last word. */
+static uint64_t word_mask(const struct uhmm_devmem *dm, unsigned long w)
 {
-	uint64_t head, next;
-	struct uhmm_page *page;
+	unsigned long n = dm->npages - w * 64;
 
-	if (!dm || atomic_load(&dm->dying))
-		return NULL;
-	head = atomic_load(&dm->free_head);
-	for (;;) {
-		uint32_t idx = (uint32_t)head;
+	return n >= 64 ? ~0ULL : (1ULL << n) - 1;
+}
 
-		if (!idx) {
-			uint64_t again;
+/* The lowest @n set bits of @bits (all of them if fewer). */
+static uint64_t lowest_bits(uint64_t bits, unsigned long n)
+{
+	uint64_t t = 0;
 
-			if (atomic_load(&dm->reordering)) {
-				/* The list is being put in order: back in a moment. */
-				sched_yield();
-				head = atomic_load(&dm->free_head);
-				continue;
-			}
-			/*
-			 * Empty only if still empty with nobody reordering
-			 * after: a reorder that ended between our two loads
-			 * gave the list back before saying so.
-			 */
-			again = atomic_load(&dm->free_head);
-			if ((uint32_t)again || atomic_load(&dm->reordering)) {
-				head = again;
-				continue;
-			}
-			return NULL;
-		}
-		page = &dm->pages[idx - 1];
-		/* The tag in the high half defeats ABA. */
-		next = ((head >> 32) + 1) << 32 |
-		       __atomic_load_n(&page->next_free, __ATOMIC_RELAXED);
-		if (atomic_compare_exchange_weak(&dm->free_head, &head, next))
-			break;
+	if ((unsigned long)__builtin_popcountll(bits) <= n)
+		return bits;
+	while (n--) {
+		t |= bits & -bits;
+		bits &= bits - 1;
 	}
-
-	__atomic_store_n(&page->refcount, 1, __ATOMIC_RELEASE);
-	uhmm__page_set_addr(page, 0);
-	atomic_fetch_add(&dm->in_use, 1);
-	atomic_fetch_add(&dm->acct->pages, 1);
-	return page;
+	return t;
 }
 
 /*
- * Up to @n pages off the free list into @pages, a run of it per CAS: one
- * CAS and one count for the lot instead of one per page (a migration of
- * 1 GiB took 10 ms allocating one page at a time). The walk follows links
- * that a racing pop or push may change under it; the tag in the head then
- * fails the CAS, and the walk starts over. Returns how many it took, fewer
+ * Up to @n free pages into @pages, lowest page first, so in page order:
+ * adjoining CPU pages get adjoining device pages (copies stream, pages
+ * come home a run per ioctl), whatever order pages were freed in. One CAS
+ * per 64 pages. dm->low says below which bitmap word no page is free, and
+ * counts frees in its high half: a claimer moves it up only if no page was
+ * freed since it looked (a free lowers it). Returns how many it took, fewer
  * than @n only when the region runs out.
+ */
+static unsigned long claim(struct uhmm_devmem *dm, struct uhmm_page **pages, unsigned long n)
+{
+	uint64_t low = atomic_load(&dm->low);
+	unsigned long nwords = (dm->npages + 63) / 64, w = (uint32_t)low, got = 0;
+	unsigned long first_free = ULONG_MAX;
+
+	while (w < nwords && got < n) {
+		uint64_t v = atomic_load(&dm->used[w]), mask = word_mask(dm, w);
+		uint64_t take = lowest_bits(~v & mask, n - got);
+
+		if (!take) {
+			w++;
+			continue;
+		}
+		if (!atomic_compare_exchange_weak(&dm->used[w], &v, v | take))
+			continue;
+		if ((v | take) != mask && first_free == ULONG_MAX)
+			first_free = w;
+		for (; take; take &= take - 1)
+			pages[got++] = &dm->pages[w * 64 + (unsigned long)__builtin_ctzll(take)];
+	}
+	if (first_free == ULONG_MAX)
+		first_free = w;
+	if (first_free > (uint32_t)low)
+		atomic_compare_exchange_strong(&dm->low, &low,
+					       (low >> 32) << 32 | (uint32_t)first_free);
+	return got;
+}
+
+/* Page @pfn is free again: its bit cleared, dm->low lowered to it and counted. */
+static void release(struct uhmm_devmem *dm, unsigned long pfn)
+{
+	unsigned long w = pfn / 64;
+	uint64_t low, nl;
+
+	atomic_fetch_and(&dm->used[w], ~(1ULL << (pfn % 64)));
+	low = atomic_load(&dm->low);
+	do {
+		uint32_t lw = (uint32_t)low < w ? (uint32_t)low : (uint32_t)w;
+
+		nl = ((low >> 32) + 1) << 32 | lw;
+	} while (!atomic_compare_exchange_weak(&dm->low, &low, nl));
+}
+
+struct uhmm_page *uhmm_devmem_alloc_page(struct uhmm_devmem *dm)
+{
+	struct uhmm_page *page;
+
+	return uhmm__devmem_alloc_pages(dm, &page, 1) ? page : NULL;
+}
+
+/*
+ * Up to @n free pages into @pages, in page order, each with one reference;
+ * fewer only when the region runs out (or is going). One count for the lot:
+ * a migration of 1 GiB took 10 ms allocating one page at a time.
  */
 unsigned long uhmm__devmem_alloc_pages(struct uhmm_devmem *dm, struct uhmm_page **pages,
 				       unsigned long n)
 {
-	unsigned long got = 0;
+	unsigned long got;
 
-	while (got < n) {
-		uint64_t head = atomic_load(&dm->free_head);
-		uint32_t idx = (uint32_t)head, next = 0;
-		unsigned long k = 0;
-
-		if (!idx || atomic_load(&dm->dying)) {
-			/* Empty, or being reordered: the one-page path knows which. */
-			struct uhmm_page *p = uhmm_devmem_alloc_page(dm);
-
-			if (!p)
-				break;
-			pages[got++] = p;
-			continue;
-		}
-		for (uint32_t i = idx; i && k < n - got; k++) {
-			pages[got + k] = &dm->pages[i - 1];
-			next = __atomic_load_n(&dm->pages[i - 1].next_free, __ATOMIC_RELAXED);
-			i = next;
-		}
-		if (!atomic_compare_exchange_weak(&dm->free_head, &head,
-						  ((head >> 32) + 1) << 32 | next))
-			continue;
-		for (unsigned long j = got; j < got + k; j++) {
-			__atomic_store_n(&pages[j]->refcount, 1, __ATOMIC_RELEASE);
-			uhmm__page_set_addr(pages[j], 0);
-		}
-		atomic_fetch_add(&dm->in_use, k);
-		atomic_fetch_add(&dm->acct->pages, k);
-		got += k;
+	if (!dm || atomic_load(&dm->dying))
+		return 0;
+	got = claim(dm, pages, n);
+	for (unsigned long j = 0; j < got; j++) {
+		__atomic_store_n(&pages[j]->refcount, 1, __ATOMIC_RELEASE);
+		uhmm__page_set_addr(pages[j], 0);
+	}
+	if (got) {
+		atomic_fetch_add(&dm->in_use, (long)got);
+		atomic_fetch_add(&dm->acct->pages, (long)got);
 	}
 	return got;
 }
@@ -241,7 +264,6 @@ void uhmm_page_get(struct uhmm_page *page)
 void uhmm_page_put(struct uhmm_page *page)
 {
 	struct uhmm_devmem *dm;
-	uint64_t head, nh;
 
 	if (!page || __atomic_sub_fetch(&page->refcount, 1, __ATOMIC_ACQ_REL))
 		return;
@@ -249,71 +271,10 @@ void uhmm_page_put(struct uhmm_page *page)
 	if (has_page_free(dm))
 		dm->ops->page_free(page);
 	uhmm__page_set_addr(page, 0);
-	if (!atomic_load_explicit(&dm->unordered, memory_order_relaxed))
-		atomic_store_explicit(&dm->unordered, 1, memory_order_relaxed);
 	atomic_fetch_add(&dm->page_frees, 1);
 	atomic_fetch_sub(&dm->acct->pages, 1);
-	head = atomic_load(&dm->free_head);
-	do {
-		/* Relaxed: a racing pop may read it; the CAS orders the rest. */
-		__atomic_store_n(&page->next_free, (uint32_t)head, __ATOMIC_RELAXED);
-		nh = ((head >> 32) + 1) << 32 | (page->pfn + 1);
-	} while (!atomic_compare_exchange_weak(&dm->free_head, &head, nh));
+	release(dm, page->pfn);
 	atomic_fetch_sub(&dm->in_use, 1);
-}
-
-/*
- * Put the free list back in page order once every page is free. It hands
- * pages out last freed first, so after pages came home in random order
- * (random CPU touches) a migration took scattered device pages, and each
- * went home by an ioctl of its own: a sequential sweep after a random one
- * ran at 2.0 GB/s against 3.1 in order. Called before a migration to the
- * device allocates; O(pages), only when the region is empty and a page was
- * freed since. Allocations meanwhile wait for it (reordering).
- */
-void uhmm__devmem_reorder(struct uhmm_devmem *dm)
-{
-	uint64_t head, cur, nh;
-	uint32_t first = 0, last = 0;
-	unsigned char *mine;
-
-	if (atomic_load(&dm->in_use) || !atomic_load(&dm->unordered) ||
-	    atomic_exchange(&dm->reordering, 1))
-		return;
-	mine = calloc(dm->npages, 1);
-	if (!mine)
-		goto out;
-	/* Take the whole list: nobody else can follow it now. */
-	head = atomic_load(&dm->free_head);
-	do {
-		if (atomic_load(&dm->in_use) || !(uint32_t)head)
-			goto out_free;
-		nh = ((head >> 32) + 1) << 32;
-	} while (!atomic_compare_exchange_weak(&dm->free_head, &head, nh));
-	atomic_store(&dm->unordered, 0);
-	for (uint32_t i = (uint32_t)head; i;
-	     i = __atomic_load_n(&dm->pages[i - 1].next_free, __ATOMIC_RELAXED))
-		mine[i - 1] = 1;
-	/* Relink what we hold, lowest page first. */
-	for (unsigned long i = dm->npages; i-- > 0;) {
-		if (!mine[i])
-			continue;
-		/* Relaxed atomics: a pop that lost the race may still read it. */
-		__atomic_store_n(&dm->pages[i].next_free, first, __ATOMIC_RELAXED);
-		first = (uint32_t)(i + 1);
-		if (!last)
-			last = first;
-	}
-	/* Give it back ahead of whatever was freed meanwhile. */
-	cur = atomic_load(&dm->free_head);
-	do {
-		__atomic_store_n(&dm->pages[last - 1].next_free, (uint32_t)cur, __ATOMIC_RELAXED);
-		nh = ((cur >> 32) + 1) << 32 | first;
-	} while (!atomic_compare_exchange_weak(&dm->free_head, &cur, nh));
-out_free:
-	free(mine);
-out:
-	atomic_store(&dm->reordering, 0);
 }
 
 static void devmem_free(struct uhmm *h, void *p)
@@ -321,6 +282,7 @@ static void devmem_free(struct uhmm *h, void *p)
 	struct uhmm_devmem *dm = p;
 
 	(void)h;
+	munmap(dm->used, dm->used_len);
 	munmap(dm->pages, dm->pages_len);
 	free(dm);
 }

@@ -173,9 +173,9 @@ struct uhmm_devmem {
 	char name[32];
 	struct uhmm_page *pages;
 	size_t pages_len;
-	_Atomic uint64_t free_head; /* (tag << 32) | (index + 1); 0: empty */
-	atomic_int unordered; /* a page was freed since the list was last in order */
-	atomic_int reordering; /* uhmm__devmem_reorder holds the whole list */
+	_Atomic uint64_t *used; /* a bit per page: allocated */
+	size_t used_len;
+	_Atomic uint64_t low; /* (frees << 32) | the lowest bitmap word with a free page, or below */
 	atomic_long in_use;
 	atomic_long resident;
 	atomic_long dups; /* pages holding read-only copies (W_DUP) */
@@ -494,7 +494,6 @@ static inline bool uhmm__has_page_data(const struct uhmm_devmem *dm)
 	return dm->ops->abi >= 2 && dm->ops->page_data;
 }
 
-void uhmm__devmem_reorder(struct uhmm_devmem *dm);
 unsigned long uhmm__devmem_alloc_pages(struct uhmm_devmem *dm, struct uhmm_page **pages,
 				       unsigned long n);
 

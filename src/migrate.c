@@ -1021,15 +1021,6 @@ static unsigned long room_wanted(struct uhmm_devmem *dm, uintptr_t s, uintptr_t 
 	return n;
 }
 
-#define REORDER_MIN (64 * PAGE_SIZE)
-
-static int by_pfn(const void *x, const void *y)
-{
-	const struct uhmm_page *a = *(struct uhmm_page *const *)x, *b = *(struct uhmm_page *const *)y;
-
-	return a->pfn < b->pfn ? -1 : a->pfn > b->pfn;
-}
-
 /* One pass of [s, e) to the device; returns pages moved or -errno. */
 static int pass_to_device(void *ctx, uintptr_t s, uintptr_t e, unsigned long off, unsigned char *rt)
 {
@@ -1070,16 +1061,9 @@ static int pass_to_device(void *ctx, uintptr_t s, uintptr_t e, unsigned long off
 	}
 	short_at = i;
 	/*
-	 * Device pages in the order of the CPU pages they take: the free list
-	 * hands them out last freed first, which after a range came home is
-	 * backwards. In order, adjoining pages stay adjoining on the device,
-	 * so copies stream and pages come home a run per ioctl (page_data).
-	 * Mostly they come in order already: then no sort (20 us a chunk).
+	 * The allocator hands out the lowest free pages, in page order: the
+	 * device pages are in the order of the CPU pages they take.
 	 */
-	for (i = 1; i < m && pages[i - 1]->pfn < pages[i]->pfn; i++)
-		;
-	if (i < m)
-		qsort(pages, m, sizeof(pages[0]), by_pfn);
 	for (i = 0; i < m; i++) {
 		uhmm__page_set_addr(pages[i], page_addr(&a, idx[i]));
 		dst[idx[i]] = uhmm_migrate_dst_device(pages[i]);
@@ -1149,15 +1133,6 @@ static int to_device(struct uhmm_devmem *dm, void *addr, size_t len, bool keep_d
 		return -ENODEV;
 	if (!range_managed(h, s, e))
 		return -ENOENT;
-	/*
-	 * An empty region's free list back in page order, for a migration
-	 * worth keeping together (the whole call: its first chunk may be a few
-	 * pages). Not for a page or two: the reorder walks every descriptor,
-	 * and the cache it evicts cost a fault more than order gains (single-
-	 * page fault-back went from 1.4x to 3x the raw round trip).
-	 */
-	if (len >= REORDER_MIN)
-		uhmm__devmem_reorder(dm);
 	for (; s < e && !full; s = ce) {
 		ce = chunk_end(h, s, e, &managed);
 		if (!managed)

@@ -1,9 +1,9 @@
-/* freelist: device pages allocated and released by several threads at once are never handed out twice, and the free list is race-free (TSan). */
+/* freelist: device pages allocated and released by several threads at once are never handed out twice, the allocator is race-free (TSan), and it hands out pages in order. */
 /* uhmm-test-label: concurrent */
 /*
- * Under TSan this guards the free list's links: page->next_free is read by a
- * pop in one thread while a push writes it in another, so both use relaxed
- * atomics (src/devmem.c); the tagged compare-and-swap orders the rest.
+ * Under TSan this guards the allocator (src/devmem.c): a bitmap of pages in
+ * use, claimed and released by compare-and-swap, and the word below which no
+ * page is free, which claims move up and releases move down.
  */
 #include "harness.h"
 
@@ -142,7 +142,7 @@ TEST(short_batches_when_the_region_runs_out)
 /* ---- device pages in order ---- */
 
 /* A driver that remembers which device page each CPU page of its buffer got. */
-#define RP 256 /* its halves are runs worth keeping together (REORDER_MIN, 64 pages) */
+#define RP 256
 static char rpool[RP * PAGE] __attribute__((aligned(4096)));
 static unsigned long got_pfn[RP];
 static uintptr_t rbase;
@@ -184,11 +184,9 @@ static const struct uhmm_devmem_ops rops = {
 };
 
 /*
- * The free list hands pages out last freed first. After a range came home in
- * random order, a migration of it must still get adjoining device pages for
- * adjoining CPU pages, in order (runs go home in one ioctl, copies stream):
- * the list is put back in order once the region is empty, and each batch is
- * sorted.
+ * After a range came home in random order, a migration of it must still get
+ * adjoining device pages for adjoining CPU pages, in order (runs go home in
+ * one ioctl, copies stream): the allocator hands out the lowest free pages.
  */
 TEST(pages_come_out_in_order_after_a_random_return)
 {
@@ -217,14 +215,71 @@ TEST(pages_come_out_in_order_after_a_random_return)
 			CHECK_EQ(uhmm_migrate_to_ram(h, (char *)p + perm[i] * PAGE, PAGE), 1);
 		free(perm);
 		CHECK_PATTERN_PAGES(p, RP, 0x0dde);
-		/* Half the range: without the reorder, a random half of the pages. */
+		/* Half the range: the lowest half of the device pages, in order. */
 		CHECK_EQ(uhmm_migrate_to_device(dm, p, RP / 2 * PAGE), RP / 2);
+		CHECK_EQ(got_pfn[0], 0);
 		for (size_t i = 1; i < RP / 2; i++)
 			CHECK_MSG(got_pfn[i] == got_pfn[0] + i,
 				  "round %d, half: CPU page %zu got device page %lu, page 0 got %lu",
 				  round, i, got_pfn[i], got_pfn[0]);
 		CHECK_EQ(uhmm_migrate_to_ram(h, p, RP / 2 * PAGE), RP / 2);
 	}
+	CHECK_EQ(uhmm_free(h, p, RP * PAGE), 0);
+	CHECK_EQ(uhmm_devmem_remove(dm), 0);
+	uhmm_close(h);
+}
+
+/*
+ * Pages freed in any order, some of each 64-page word of the bitmap and
+ * some words not at all: allocations take the lowest free page first, so
+ * the freed pages come back in page order, and then the region is full.
+ */
+TEST(lowest_free_page_first)
+{
+	UHMM_OPTS(uhmm_devmem_desc, d, .type = UHMM_MEMORY_DEVICE_PRIVATE, .npages = RP,
+		  .owner = &rowner, .ops = &rops, .name = "lowest");
+	struct uhmm *h = uhmm_test_open_migrating();
+	struct uhmm_devmem *dm;
+	struct uhmm_page *pg[RP];
+	struct prng r;
+	size_t *perm, nfree = 0;
+	bool freed[RP] = { false };
+	void *p = NULL;
+
+	CHECK_EQ(uhmm_devmem_add(h, &d, &dm), 0);
+	CHECK_EQ(uhmm_alloc(h, RP * PAGE, &p), 0);
+	rbase = (uintptr_t)p;
+	pattern_fill(p, RP * PAGE, 0x10e5);
+	CHECK_EQ(uhmm_migrate_to_device(dm, p, RP * PAGE), RP);
+	CHECK_PTR(uhmm_devmem_alloc_page(dm), NULL);
+	/* Home in random order: CPU pages 3k in the first three words, none of the last. */
+	prng_init(&r, 0x10e5, "lowest");
+	perm = prng_perm(&r, RP);
+	for (size_t i = 0; i < RP; i++) {
+		size_t c = perm[i];
+
+		if (c % 3 || c >= 192)
+			continue;
+		CHECK_EQ(uhmm_migrate_to_ram(h, (char *)p + c * PAGE, PAGE), 1);
+		freed[got_pfn[c]] = true;
+		nfree++;
+	}
+	free(perm);
+	CHECK_EQ(dmstats(dm).in_use, RP - nfree);
+	for (size_t i = 0, want = 0; i < nfree; i++, want++) {
+		while (!freed[want])
+			want++;
+		pg[i] = uhmm_devmem_alloc_page(dm);
+		CHECK_NONNULL(pg[i]);
+		CHECK_EQ(pg[i]->pfn, want);
+	}
+	CHECK_PTR(uhmm_devmem_alloc_page(dm), NULL);
+	for (size_t i = 0; i < nfree; i++)
+		uhmm_page_put(pg[i]);
+	CHECK_EQ(dmstats(dm).in_use, RP - nfree);
+	CHECK_EQ(uhmm_migrate_to_ram(h, p, RP * PAGE), (int)(RP - nfree));
+	CHECK_PATTERN_PAGES(p, RP, 0x10e5);
+	CHECK_EQ(dmstats(dm).in_use, 0);
 	CHECK_EQ(uhmm_free(h, p, RP * PAGE), 0);
 	CHECK_EQ(uhmm_devmem_remove(dm), 0);
 	uhmm_close(h);
