@@ -123,8 +123,10 @@ enum uhmm_fault_mode {
  *                 Pages kept for a second unused are freed (uhmm_stats:
  *                 @pages_kept). Keeping delays a free by up to that second;
  *                 it never adds to the memory the process had before the
- *                 migration. 0: the default, 1024 MiB, or a sixteenth of the
- *                 machine's memory where that is less; at most 2048.
+ *                 migration (to make room at once, keep none: 1). 0: the
+ *                 default, 1024 MiB, or a sixteenth of the machine's memory
+ *                 or of this process's cgroup memory limit (a container's,
+ *                 cgroup v1 or v2) where that is less; at most 2048.
  */
 struct uhmm_open_opts {
 	size_t sz;

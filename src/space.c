@@ -738,21 +738,95 @@ static void open_list_del(struct uhmm *h)
 
 static char zero_page[PAGE_SIZE] __attribute__((aligned(PAGE_SIZE)));
 
+/* The number in file @path ("max": none), or UINT64_MAX. */
+static uint64_t read_limit(const char *path)
+{
+	char buf[32];
+	FILE *f = fopen(path, "re");
+	uint64_t v = UINT64_MAX;
+
+	if (!f)
+		return v;
+	if (fgets(buf, sizeof(buf), f) && buf[0] >= '0' && buf[0] <= '9')
+		v = strtoull(buf, NULL, 10);
+	fclose(f);
+	return v;
+}
+
+/*
+ * The memory limit of this process's cgroup and of its ancestors, in bytes
+ * (UINT64_MAX: none found): cgroup v2 (memory.max, at /sys/fs/cgroup or
+ * /sys/fs/cgroup/unified) and v1 (memory.limit_in_bytes). A container's
+ * processes see their own cgroup there (cgroup namespace, path "/").
+ */
+static uint64_t cgroup_limit(void)
+{
+	static const struct {
+		const char *root, *file;
+	} at[] = { { "/sys/fs/cgroup", "memory.max" },
+		   { "/sys/fs/cgroup/unified", "memory.max" },
+		   { "/sys/fs/cgroup/memory", "memory.limit_in_bytes" } };
+	char line[512], path[PATH_MAX];
+	uint64_t min = UINT64_MAX;
+	FILE *f = fopen("/proc/self/cgroup", "re");
+
+	if (!f)
+		return min;
+	while (fgets(line, sizeof(line), f)) {
+		/* "0::/path" (v2), "N:memory:/path" or "N:cpu,memory:/path" (v1). */
+		char *ctl = strchr(line, ':'), *cg = ctl ? strchr(ctl + 1, ':') : NULL, *save;
+		bool v2, v1 = false;
+
+		if (!cg)
+			continue;
+		*cg++ = 0;
+		cg[strcspn(cg, "\n")] = 0;
+		v2 = !ctl[1];
+		for (char *c = strtok_r(ctl + 1, ",", &save); c && !v2; c = strtok_r(NULL, ",", &save))
+			v1 |= !strcmp(c, "memory");
+		if (!v1 && !v2)
+			continue;
+		for (size_t i = v1 ? 2 : 0; i < (v1 ? 3 : 2); i++) {
+			/* The cgroup, then each ancestor up to the root. */
+			for (size_t len = strlen(cg);;) {
+				uint64_t v;
+
+				if ((size_t)snprintf(path, sizeof(path), "%s%.*s/%s", at[i].root,
+						     (int)len, cg, at[i].file) < sizeof(path)) {
+					v = read_limit(path);
+					min = v < min ? v : min;
+				}
+				while (len && cg[len - 1] != '/')
+					len--;
+				if (!len)
+					break;
+				len--;
+			}
+		}
+	}
+	fclose(f);
+	return min;
+}
+
 /*
  * Chunks staging may keep for the way home: @keep_mib rounded down to whole
- * chunks, or by default 1 GiB, or a sixteenth of the machine's memory where
- * that is less. Keeping delays the free of memory a migration out released
- * (for at most POOL_KEEP_MS unused); it never adds to what the process had.
+ * chunks, or by default 1 GiB, or a sixteenth of the machine's memory, or of
+ * the cgroup's memory limit, where that is less. Keeping delays the free of
+ * memory a migration out released (for at most POOL_KEEP_MS unused); it
+ * never adds to what the process had.
  */
 static unsigned int keep_chunks(unsigned int keep_mib)
 {
 	long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
-	uint64_t mib = 1024;
+	uint64_t mem, mib = 1024;
 
 	if (keep_mib)
-		mib = keep_mib;
-	else if (pages > 0 && psz > 0 && (uint64_t)pages * (uint64_t)psz / 16 < (mib << 20))
-		mib = (uint64_t)pages * (uint64_t)psz / 16 >> 20;
+		return keep_mib / (CHUNK_SIZE >> 20);
+	mem = cgroup_limit();
+	if (pages > 0 && psz > 0 && (uint64_t)pages * (uint64_t)psz < mem)
+		mem = (uint64_t)pages * (uint64_t)psz;
+	if (mem / 16 < (mib << 20))
+		mib = mem / 16 >> 20;
 	return (unsigned int)(mib / (CHUNK_SIZE >> 20));
 }
 

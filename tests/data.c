@@ -1,6 +1,8 @@
 /* data: every byte survives migration to the device and the CPU touches (reads, writes) that bring it home. */
 #include "harness.h"
 
+#include <sys/stat.h>
+
 #define BIG_LEN (64 * MiB)
 #define BIG_PAGES (BIG_LEN / PAGE) /* 16384 */
 
@@ -553,6 +555,98 @@ TEST(keep_bound_is_an_option)
 		CHECK_EQ(uhmm_sim_destroy(sim), 0);
 		uhmm_close(h);
 	}
+}
+
+/*
+ * A memory cgroup of our own, limited to @limit bytes: v1 (the memory
+ * controller's hierarchy) or v2 (where the root delegates "memory"). Its
+ * directory in @dir; NULL, or why there is none.
+ */
+static const char *memcg_create(char *dir, size_t n, uint64_t limit)
+{
+	static const struct {
+		const char *root, *check, *file;
+	} at[] = { { "/sys/fs/cgroup/memory", "memory.limit_in_bytes", "memory.limit_in_bytes" },
+		   { "/sys/fs/cgroup", "cgroup.subtree_control", "memory.max" } };
+	char path[512], buf[256];
+
+	for (size_t i = 0; i < 2; i++) {
+		FILE *f;
+
+		snprintf(path, sizeof(path), "%s/%s", at[i].root, at[i].check);
+		f = fopen(path, "re");
+		if (!f)
+			continue;
+		buf[0] = 0;
+		if (!fgets(buf, sizeof(buf), f))
+			buf[0] = 0;
+		fclose(f);
+		if (i == 1 && !strstr(buf, "memory"))
+			continue;
+		snprintf(dir, n, "%s/uhmm-test-%d", at[i].root, (int)getpid());
+		if (mkdir(dir, 0755) && errno != EEXIST)
+			return "cannot create a memory cgroup (not root, or no delegation)";
+		snprintf(path, sizeof(path), "%s/%s", dir, at[i].file);
+		f = fopen(path, "we");
+		if (!f || fprintf(f, "%llu\n", (unsigned long long)limit) < 0 || fclose(f)) {
+			rmdir(dir);
+			return "cannot set a memory cgroup's limit";
+		}
+		return NULL;
+	}
+	return "no memory cgroup hierarchy that this process may extend";
+}
+
+#define CG_PAGES (64 * MiB / PAGE)
+
+static void keep_in_memcg(void *arg)
+{
+	FILE *f;
+	struct uhmm *h;
+	struct uhmm_sim *sim;
+	uint64_t seed;
+	char path[600], *buf;
+
+	snprintf(path, sizeof(path), "%s/cgroup.procs", (const char *)arg);
+	f = fopen(path, "we");
+	CHECK_NONNULL(f);
+	CHECK(fprintf(f, "0\n") > 0);
+	CHECK_EQ(fclose(f), 0);
+	h = uhmm_test_open_migrating();
+	sim = uhmm_test_sim(h, CG_PAGES);
+	buf = patterned(h, CG_PAGES, 0x5eed0c96, "keep in a cgroup", &seed);
+	CHECK_EQ(uhmm_migrate_to_device(uhmm_sim_devmem(sim), buf, CG_PAGES * PAGE),
+		 (long long)CG_PAGES);
+	/* A 512 MiB limit keeps 32 MiB of the 64 that went out, at most. */
+	CHECK_GT(hstats(h).pages_kept, 0);
+	CHECK_LE(hstats(h).pages_kept, 32 * MiB / PAGE);
+	CHECK_EQ(uhmm_migrate_to_ram(h, buf, CG_PAGES * PAGE), (long long)CG_PAGES);
+	CHECK_PATTERN_PAGES(buf, CG_PAGES, seed);
+	uhmm_close(h);
+}
+
+/*
+ * In a container (a cgroup with a memory limit), the default keep bound is a
+ * sixteenth of the limit, not of the machine: a runtime that migrates pages
+ * out to make room must not find them still held.
+ */
+TEST(keep_bound_follows_the_cgroup_limit)
+{
+	long phys = sysconf(_SC_PHYS_PAGES);
+	char dir[256];
+	const char *why;
+	int status;
+
+	if (phys <= 0 || (uint64_t)phys * PAGE / 16 < CG_PAGES * PAGE)
+		SKIP("a sixteenth of this machine's memory is under 64 MiB: it bounds keeping anyway");
+	why = memcg_create(dir, sizeof(dir), 512 * MiB);
+	if (why)
+		SKIP("%s", why);
+	status = harness_run_child(keep_in_memcg, dir);
+	CHECK_EQ(rmdir(dir), 0);
+	if (WIFEXITED(status) && WEXITSTATUS(status) == 77)
+		SKIP("skipped in the cgroup (see its output)");
+	CHECK_EXITED(status, 0);
 }
 
 /* Regression: uhmm_close once refused its own migrations home (closed too early): zeros. */
