@@ -766,13 +766,14 @@ static uint64_t cgroup_limit(void)
 	} at[] = { { "/sys/fs/cgroup", "memory.max" },
 		   { "/sys/fs/cgroup/unified", "memory.max" },
 		   { "/sys/fs/cgroup/memory", "memory.limit_in_bytes" } };
-	char line[512], path[PATH_MAX];
+	char *line = NULL, path[PATH_MAX];
+	size_t cap = 0;
 	uint64_t min = UINT64_MAX;
 	FILE *f = fopen("/proc/self/cgroup", "re");
 
 	if (!f)
 		return min;
-	while (fgets(line, sizeof(line), f)) {
+	while (getline(&line, &cap, f) > 0) {
 		/* "0::/path" (v2), "N:memory:/path" or "N:cpu,memory:/path" (v1). */
 		char *ctl = strchr(line, ':'), *cg = ctl ? strchr(ctl + 1, ':') : NULL, *save;
 		bool v2, v1 = false;
@@ -804,6 +805,7 @@ static uint64_t cgroup_limit(void)
 			}
 		}
 	}
+	free(line);
 	fclose(f);
 	return min;
 }
