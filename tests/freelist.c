@@ -284,3 +284,89 @@ TEST(lowest_free_page_first)
 	CHECK_EQ(uhmm_devmem_remove(dm), 0);
 	uhmm_close(h);
 }
+
+/*
+ * Pages taken and put back one at a time by several threads, in a region
+ * whose last bitmap word is partial (200 pages: three words and 8 pages):
+ * no page is held by two threads at once, and afterwards every page can be
+ * taken again, lowest first, and none more.
+ */
+#define DP 200
+#define DP_HOLD 64
+#define DP_ROUNDS 20000
+
+static atomic_int dp_owner[DP];
+
+struct direct {
+	struct uhmm_devmem *dm;
+	pthread_barrier_t *go;
+	int id;
+	long taken;
+};
+
+static void *direct_main(void *arg)
+{
+	struct direct *d = arg;
+	struct uhmm_page *held[DP_HOLD];
+
+	pthread_barrier_wait(d->go);
+	for (int r = 0; r < DP_ROUNDS; r++) {
+		int n = 1 + (r + d->id) % DP_HOLD, got = 0;
+
+		for (; got < n; got++) {
+			int zero = 0;
+
+			held[got] = uhmm_devmem_alloc_page(d->dm);
+			if (!held[got])
+				break; /* the others hold the rest */
+			CHECK(held[got]->pfn < DP);
+			CHECK_MSG(atomic_compare_exchange_strong(&dp_owner[held[got]->pfn], &zero,
+								 d->id + 1),
+				  "page %lu handed to thread %d while thread %d holds it",
+				  held[got]->pfn, d->id + 1, zero);
+		}
+		d->taken += got;
+		while (got-- > 0) {
+			atomic_store(&dp_owner[held[got]->pfn], 0);
+			uhmm_page_put(held[got]);
+		}
+	}
+	return NULL;
+}
+
+TEST(pages_taken_and_put_back_by_several_threads)
+{
+	UHMM_OPTS(uhmm_devmem_desc, d, .type = UHMM_MEMORY_DEVICE_PRIVATE, .npages = DP,
+		  .owner = &rowner, .ops = &rops, .name = "direct");
+	struct uhmm *h = uhmm_test_open_migrating();
+	struct direct dd[NTHREADS];
+	pthread_t tid[NTHREADS];
+	pthread_barrier_t go;
+	struct uhmm_page *all[DP];
+	struct uhmm_devmem *dm;
+
+	CHECK_EQ(uhmm_devmem_add(h, &d, &dm), 0);
+	CHECK_EQ(pthread_barrier_init(&go, NULL, NTHREADS), 0);
+	for (int t = 0; t < NTHREADS; t++) {
+		dd[t] = (struct direct){ .dm = dm, .go = &go, .id = t };
+		CHECK_EQ(pthread_create(&tid[t], NULL, direct_main, &dd[t]), 0);
+	}
+	for (int t = 0; t < NTHREADS; t++) {
+		CHECK_EQ(pthread_join(tid[t], NULL), 0);
+		CHECK_GT(dd[t].taken, DP_ROUNDS);
+	}
+	pthread_barrier_destroy(&go);
+	CHECK_EQ(dmstats(dm).in_use, 0);
+	for (size_t i = 0; i < DP; i++) {
+		all[i] = uhmm_devmem_alloc_page(dm);
+		CHECK_NONNULL(all[i]);
+		CHECK_EQ(all[i]->pfn, i);
+	}
+	CHECK_PTR(uhmm_devmem_alloc_page(dm), NULL);
+	CHECK_EQ(dmstats(dm).in_use, DP);
+	for (size_t i = 0; i < DP; i++)
+		uhmm_page_put(all[i]);
+	CHECK_EQ(dmstats(dm).in_use, 0);
+	CHECK_EQ(uhmm_devmem_remove(dm), 0);
+	uhmm_close(h);
+}
