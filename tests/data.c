@@ -588,11 +588,14 @@ static const char *memcg_create(char *dir, size_t n, uint64_t limit)
 			return "cannot create a memory cgroup (not root, or no delegation)";
 		snprintf(path, sizeof(path), "%s/%s", dir, at[i].file);
 		f = fopen(path, "we");
-		if (!f || fprintf(f, "%llu\n", (unsigned long long)limit) < 0 || fclose(f)) {
-			rmdir(dir);
-			return "cannot set a memory cgroup's limit";
+		if (f) {
+			bool ok = fprintf(f, "%llu\n", (unsigned long long)limit) > 0;
+
+			if (!fclose(f) && ok)
+				return NULL;
 		}
-		return NULL;
+		rmdir(dir);
+		return "cannot set a memory cgroup's limit";
 	}
 	return "no memory cgroup hierarchy that this process may extend";
 }
