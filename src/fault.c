@@ -961,36 +961,39 @@ static int remap_try(struct uhmm *h, struct work *wk)
 /* --- fault workers --- */
 
 /*
- * Whether faults from several threads arrive together: another thread's
- * fault was served here less than SVC_SHARE_NS ago. Then a fault on a
- * driver that never blocks goes to a worker too, and two touchers are
+ * Whether faults from several threads arrive together: another thread
+ * faulted less than SVC_SHARE_NS ago. Then a fault on a driver that never
+ * blocks goes to a worker too, every toucher's alike, and touchers are
  * served in parallel (a worker wakes on the CPU its toucher left idle)
  * instead of one after the other. One toucher, or threads that fault now
- * and then, stay on the service thread: a thread switch fewer.
+ * and then, stay on the service thread: a thread switch fewer. Looks at
+ * every such fault, whoever serves it: were only faults served here
+ * counted, one toucher's faults would stay here, and while the service
+ * thread copied a 2 MiB run home for it, the other's waited unread.
  */
 #define SVC_SHARE_NS (1000 * 1000LL)
 
 static __thread struct {
-	uint32_t ptid;   /* the last fault served on the service thread */
-	int64_t when_ns; /* ... and when */
-} svc_last;
+	uint32_t ptid[2]; /* the last two threads that faulted, the latest first */
+	int64_t when[2];  /* ... and when each last did */
+} svc_recent;
 
 static bool svc_shared(uint32_t ptid)
 {
 	struct timespec t;
 	int64_t now;
-	bool shared;
 
 	if (!ptid)
 		return false; /* no UFFD_FEATURE_THREAD_ID: faults look alike */
 	clock_gettime(CLOCK_MONOTONIC, &t);
 	now = (int64_t)t.tv_sec * 1000000000LL + t.tv_nsec;
-	shared = svc_last.ptid && svc_last.ptid != ptid && now - svc_last.when_ns < SVC_SHARE_NS;
-	if (!shared) {
-		svc_last.ptid = ptid;
-		svc_last.when_ns = now;
+	if (svc_recent.ptid[0] != ptid) {
+		svc_recent.ptid[1] = svc_recent.ptid[0];
+		svc_recent.when[1] = svc_recent.when[0];
+		svc_recent.ptid[0] = ptid;
 	}
-	return shared;
+	svc_recent.when[0] = now;
+	return svc_recent.ptid[1] && now - svc_recent.when[1] < SVC_SHARE_NS;
 }
 
 /*

@@ -4,6 +4,18 @@
 
 #include <stdatomic.h>
 
+/* Built with ThreadSanitizer (gcc says so one way, clang another). */
+#if defined(__SANITIZE_THREAD__)
+#define TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define TSAN 1
+#endif
+#endif
+#ifndef TSAN
+#define TSAN 0
+#endif
+
 #define CC_LEN (4 * MiB)
 #define CC_PAGES (CC_LEN / PAGE) /* 1024 */
 #define WORDS (PAGE / 8)
@@ -399,7 +411,7 @@ TEST(two_touchers_share_the_fault_service)
 	const size_t npages = 64 * MiB / PAGE;
 	struct uhmm *h = uhmm_test_open_mode(UHMM_FAULT_THREAD);
 	struct uhmm_sim *sim;
-	struct uhmm_stats s0, s1;
+	struct uhmm_stats s0, s1, base;
 	const uint64_t seed = 0x70c4e5;
 	char *buf;
 	int round;
@@ -419,17 +431,34 @@ TEST(two_touchers_share_the_fault_service)
 	CHECK(s1.faults_device > s0.faults_device);
 	CHECK_EQ(s1.faults_worker, s0.faults_worker);
 
-	/* Two at once: a worker serves some; rounds until they overlapped (a loaded machine). */
-	for (round = 0; round < 20 && hstats(h).faults_worker == s1.faults_worker; round++) {
+	/*
+	 * Two at once: workers serve both touchers' faults, not only the
+	 * second's (then about a third went to workers); rounds until they
+	 * overlapped (a loaded machine). Under TSan a 2 MiB run takes
+	 * milliseconds to come home, so the touchers' faults are rarely within
+	 * SVC_SHARE_NS of each other (2-4 of 41 went to workers): there, only
+	 * that workers served some.
+	 */
+	base = hstats(h);
+	for (round = 0; round < 20; round++) {
 		CHECK_EQ(uhmm_migrate_to_device(uhmm_sim_devmem(sim), buf, npages * PAGE),
 			 (long long)npages);
+		s0 = hstats(h);
 		CHECK_EQ(sweep(buf, npages, 2, seed), 0);
+		s1 = hstats(h);
 		CHECK_EQ(count_state(h, buf, npages, UHMM_PAGE_SYSTEM), npages);
+		if (2 * (s1.faults_worker - s0.faults_worker) > s1.faults_device - s0.faults_device ||
+		    (TSAN && s1.faults_worker > s0.faults_worker))
+			break;
 	}
-	NOTE("%d rounds, %llu faults of %llu by workers", round,
-	     (unsigned long long)(hstats(h).faults_worker - s1.faults_worker),
-	     (unsigned long long)(hstats(h).faults_device - s1.faults_device));
-	CHECK(hstats(h).faults_worker > s1.faults_worker);
+	NOTE("%d rounds, %llu faults of %llu by workers in the last", round,
+	     (unsigned long long)(s1.faults_worker - s0.faults_worker),
+	     (unsigned long long)(s1.faults_device - s0.faults_device));
+	if (TSAN)
+		CHECK(hstats(h).faults_worker > base.faults_worker);
+	else
+		CHECK(2 * (s1.faults_worker - s0.faults_worker) >
+		      s1.faults_device - s0.faults_device);
 	CHECK_PATTERN_PAGES(buf, npages, seed);
 	CHECK_EQ(uhmm_free(h, buf, npages * PAGE), 0);
 	CHECK_EQ(uhmm_sim_destroy(sim), 0);
