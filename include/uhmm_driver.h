@@ -184,9 +184,9 @@ struct uhmm_devmem_desc {
  * the CPU can read). In thread mode uhmm then serves CPU faults on this
  * memory on its service thread itself, without handing them to a fault
  * worker: a thread switch fewer per fault; but while several threads fault
- * at once (another thread's fault came less than a millisecond before),
- * workers take the others' faults, so that touchers are served in parallel
- * (uhmm_stats: faults_worker). Without the flag a driver that stalls holds
+ * at once (another thread faulted less than a millisecond before),
+ * workers take every toucher's faults, so that touchers are served in
+ * parallel (uhmm_stats: faults_worker). Without the flag a driver that stalls holds
  * up only the faults on its own pages.
  */
 #define UHMM_DEVMEM_NONBLOCKING 0x1u
