@@ -651,8 +651,9 @@ static int install_home(struct uhmm *h, uintptr_t dst, uintptr_t from, size_t le
 		 * Through kept pages only a run of KEEP_MIN_PAGES or more: a move
 		 * flushes staging's translation from every CPU that runs this
 		 * process, once a call, and for a page or a few that costs more
-		 * than the allocation it saves (random 4 KiB fault-back, /tmp/p4/rt:
-		 * 7.4-7.6 us a touch through kept pages, 5.3-5.5 by UFFDIO_COPY).
+		 * than the allocation it saves (random 4 KiB touches of device-
+		 * resident memory: 7.4-7.6 us a touch through kept pages, 5.3-5.5
+		 * by UFFDIO_COPY).
 		 */
 		ret = wp || chunk < (KEEP_MIN_PAGES << PAGE_SHIFT) ?
 			      1 :
@@ -840,10 +841,10 @@ void uhmm_migrate_finalize(struct uhmm_migrate *a)
 	/*
 	 * Staged pages are kept for the way home, a chunk's worth or a fault
 	 * window's; else discarded. Not fewer than KEEP_MIN_PAGES: the check
-	 * and the move cost more than they save there (/tmp/p4/sm, migration
-	 * out and home: 8 pages 7.4 -> 8.6 and 6.9 -> 7.7 us; 32 pages out
-	 * 19.8 -> 16.4, home the same; 64 pages home 28.2 -> 19.3; 256 pages
-	 * out 173 -> 150, home 151 -> 104).
+	 * and the move cost more than they save there (N pages out and home,
+	 * not kept -> kept: 8 pages 7.4 -> 8.6 and 6.9 -> 7.7 us; 32 pages
+	 * out 19.8 -> 16.4, home the same; 64 pages home 28.2 -> 19.3; 256
+	 * pages out 173 -> 150, home 151 -> 104).
 	 */
 	if (a->priv[P_STAGING]) {
 		char *chunk = (char *)(a->priv[P_STAGING] & ~(CHUNK_SIZE - 1));
