@@ -441,9 +441,10 @@ UHMM_API int uhmm_page_state(struct uhmm *h, const void *addr);
  * @pages_home:    pages brought home to system memory (faults and migrations).
  * @pages_out:     pages migrated to device memory.
  * @zero_fills:    pages filled with zeros on first touch or after discard,
- *                 including the holes after a touched one that a sweep of
- *                 first touches maps with the zero page in the same fault
- *                 (fault-around, up to 64 pages; an isolated touch fills one).
+ *                 including the holes after a touched one that a stream of
+ *                 first touches fills in the same fault (fault-around, a
+ *                 doubling window up to 2 MiB; an isolated touch fills one):
+ *                 the zero page for reads, private zeroed pages for writes.
  * @poisoned:      pages poisoned because their device failed.
  * @events:        unmap, remove and remap events handled.
  * @dup_writes:    CPU writes to duplicated pages (uhmm_duplicate) that ended

@@ -41,6 +41,7 @@
 #define POOL_SPARE 64	  /* chunks beside the kept ones, for migrations under way */
 #define POOL_KEEP_MAX 1024 /* chunks staging may keep at most: 2 GiB (keep_mib) */
 #define POOL_WORDS ((POOL_KEEP_MAX + POOL_SPARE) / 64)
+#define ZERO_AROUND 512 /* pages: the largest window of zero fills (fault.c) */
 #define POOL_KEEP_MS 1000 /* kept that long unused, freed */
 #define MAX_DEVMEM 1024 /* slots 1..MAX_DEVMEM-1; 0 means none */
 #define MAX_OWNERS 256

@@ -736,7 +736,7 @@ static void open_list_del(struct uhmm *h)
 	pthread_mutex_unlock(&open_lock);
 }
 
-static char zero_page[PAGE_SIZE] __attribute__((aligned(PAGE_SIZE)));
+static char zero_page[ZERO_AROUND * PAGE_SIZE] __attribute__((aligned(PAGE_SIZE)));
 
 /* The number in file @path ("max": none), or UINT64_MAX. */
 static uint64_t read_limit(const char *path)

@@ -197,3 +197,81 @@ TEST(prefetch_policy_is_chosen_per_region)
 	CHECK_LT(d.faults_device, 16);
 	fx_teardown(&f);
 }
+
+/* 4 MiB of fresh managed memory on a 2 MiB boundary (@raw: what to free). */
+static char *fresh(struct uhmm *h, void **raw)
+{
+	CHECK_EQ(uhmm_alloc(h, NPAGES * PAGE + 2 * MiB, raw), 0);
+	return (char *)(((uintptr_t)*raw + 2 * MiB - 1) & ~(uintptr_t)(2 * MiB - 1));
+}
+
+/*
+ * First writes in order: the fault that continues the stream fills its whole
+ * window with private zeroed pages, so the writes that follow take no fault
+ * at all (a zero page there would cost each a copy-on-write fault). Windows
+ * double as for fault-back: 1, 2, ..., 256 pages cover pages 0-510 in 9
+ * faults; one more fills page 511 (the 2 MiB boundary); one fills the next
+ * 2 MiB.
+ */
+TEST(first_writes_in_a_stream_fill_ahead_with_private_pages)
+{
+	struct uhmm *h = uhmm_test_open_migrating();
+	struct uhmm_stats s0 = hstats(h), s;
+	void *raw;
+	char *buf = fresh(h, &raw);
+	long long rss0 = harness_rss_bytes(), rss1;
+	size_t i;
+
+	for (i = 0; i < 256; i++)
+		buf[i * PAGE] = (char)(i + 1);
+	s = hstats(h);
+	rss1 = harness_rss_bytes();
+	CHECK_EQ(s.faults - s0.faults, 9);
+	CHECK_EQ(s.zero_fills - s0.zero_fills, 511);
+	/* Pages 256-510, not written yet, are private pages already: counted in RSS. */
+	NOTE("RSS grew by %lld KiB for 256 pages written", (rss1 - rss0) / 1024);
+	CHECK_GE(rss1 - rss0, (long long)(511 * PAGE));
+	for (i = 256; i < 511; i++) {
+		CHECK_EQ(buf[i * PAGE + PAGE - 1], 0);
+		buf[i * PAGE] = (char)(i + 1);
+	}
+	CHECK_EQ(hstats(h).faults - s0.faults, 9);
+	for (i = 511; i < NPAGES; i++)
+		buf[i * PAGE] = (char)(i + 1);
+	s = hstats(h);
+	CHECK_EQ(s.faults - s0.faults, 11);
+	CHECK_EQ(s.zero_fills - s0.zero_fills, NPAGES);
+	for (i = 0; i < NPAGES; i++) {
+		CHECK_EQ(buf[i * PAGE], (char)(i + 1));
+		CHECK_EQ(buf[i * PAGE + 1], 0);
+	}
+	CHECK_EQ(uhmm_free(h, raw, NPAGES * PAGE + 2 * MiB), 0);
+	uhmm_close(h);
+}
+
+/* First reads in order: the same windows, mapped with the zero page (no memory). */
+TEST(first_reads_in_a_stream_map_the_zero_page)
+{
+	struct uhmm *h = uhmm_test_open_migrating();
+	struct uhmm_stats s0 = hstats(h), s;
+	void *raw;
+	char *buf = fresh(h, &raw);
+	long long rss0 = harness_rss_bytes(), rss1;
+	size_t i;
+
+	for (i = 0; i < 256; i++)
+		CHECK_EQ(((volatile char *)buf)[i * PAGE], 0);
+	s = hstats(h);
+	rss1 = harness_rss_bytes();
+	CHECK_EQ(s.faults - s0.faults, 9);
+	CHECK_EQ(s.zero_fills - s0.zero_fills, 511);
+	NOTE("RSS grew by %lld KiB for 256 pages read", (rss1 - rss0) / 1024);
+	CHECK_LT(rss1 - rss0, (long long)(128 * PAGE));
+	/* A write there is the kernel's own copy-on-write: no userfaultfd fault. */
+	buf[300 * PAGE] = 7;
+	CHECK_EQ(hstats(h).faults - s0.faults, 9);
+	CHECK_EQ(buf[300 * PAGE], 7);
+	CHECK_EQ(buf[301 * PAGE], 0);
+	CHECK_EQ(uhmm_free(h, raw, NPAGES * PAGE + 2 * MiB), 0);
+	uhmm_close(h);
+}
