@@ -882,9 +882,12 @@ out:
  * and the sequential sweep vs the same sweep served by the raw userfaultfd (what
  * thread mode costs before uhmm adds anything) and vs UFFDIO_COPY of the same
  * bytes in 2 MiB calls (what bringing them home with 2 MiB moves cannot beat).
+ * Also the first writes of fresh managed memory (zero fills) vs the kernel's
+ * first touch of fresh memory.
  */
 enum {
 	SW_KSEQ,
+	SW_FRESH,
 	SW_SEQ,
 	SW_RAW,
 	SW_UC,
@@ -905,6 +908,8 @@ static void bench_sweeps(struct bench *b)
 				   "UFFDIO_COPY, 2 MiB calls, empty range");
 	struct row *rnd = row_addm(b, "sweep_random", "random 4 KiB touches, device-resident",
 				   b->mode, "GB/s", "kernel first-touch fault, random");
+	struct row *fresh = row_addm(b, "first_writes_sequential", "first writes, fresh managed memory",
+				     b->mode, "GB/s", "kernel first-touch fault, sequential");
 	double *t = calloc(SW_N * (size_t)b->reps, sizeof(double));
 	uint32_t *perm = permutation(b->npages);
 	char *mp = NULL, *rp = map_anon(b->len), *usrc = map_anon(b->len);
@@ -952,6 +957,17 @@ static void bench_sweeps(struct bench *b)
 				t1 = now_ns();
 				munmap(p, b->len);
 				break;
+			case SW_FRESH:
+				ret = uhmm_alloc(b->h, b->len, (void **)&p);
+				if (ret) {
+					row_fail(seq, "uhmm_alloc", uhmm_strerror(ret));
+					goto out;
+				}
+				t0 = now_ns();
+				write_pages(p, b->npages);
+				t1 = now_ns();
+				uhmm_free(b->h, p, b->len);
+				break;
 			case SW_RAW:
 				madvise(rp, b->len, MADV_DONTNEED); /* every page missing again */
 				t0 = now_ns();
@@ -993,12 +1009,14 @@ static void bench_sweeps(struct bench *b)
 	row_times(raw, SW(SW_SEQ), SW(SW_RAW), b->reps, (double)b->len * 1e-9, true);
 	row_times(ucr, SW(SW_SEQ), SW(SW_UC), b->reps, (double)b->len * 1e-9, true);
 	row_times(rnd, SW(SW_RND), SW(SW_KRND), b->reps, (double)b->len * 1e-9, true);
+	row_times(fresh, SW(SW_FRESH), SW(SW_KSEQ), b->reps, (double)b->len * 1e-9, true);
 #undef SW
 out:
 	if (seq->err[0]) {
 		memcpy(raw->err, seq->err, sizeof(seq->err));
 		memcpy(ucr->err, seq->err, sizeof(seq->err));
 		memcpy(rnd->err, seq->err, sizeof(seq->err));
+		memcpy(fresh->err, seq->err, sizeof(seq->err));
 	}
 	if (mp)
 		uhmm_free(b->h, mp, b->len);
@@ -2159,7 +2177,8 @@ static void bench_usage(FILE *f)
 	fprintf(f, "usage: uhmm bench [--size MiB] [--bulk MiB] [--quick] [--json] [--unpinned]\n"
 		   "  Measures each figure beside its floor in the same run and prints the ratio\n"
 		   "  of their times: CPU fault-back vs a raw userfaultfd round trip, sweeps over\n"
-		   "  device-resident memory vs the kernel's first-touch fault, bulk migration vs\n"
+		   "  device-resident memory and first writes of fresh managed memory vs the\n"
+		   "  kernel's first-touch fault, bulk migration vs\n"
 		   "  memcpy, 2 toucher threads vs 1, a device kernel copy vs memcpy (whole and in\n"
 		   "  the kernel's pieces); signal-mode fault-back vs a raw SIGBUS handler (and\n"
 		   "  thread mode vs the raw round trip in a signal-mode run), random touches with\n"
