@@ -51,8 +51,13 @@ enum uhmm_sim_policy {
  * @name:         a name for diagnostics (default "sim").
  * @threads:      device threads running kernels, 1..UHMM_SIM_MAX_THREADS (default 2).
  * @policy:       an enum uhmm_sim_policy (default UHMM_SIM_POLICY_MIGRATE).
- * @fault_window: pages one device fault resolves around the faulting page, a
- *                power of two, 1..512 (default 16: 64 KiB).
+ * @fault_window: pages one device fault resolves around the faulting page (the
+ *                aligned block of this size that holds it), a power of two,
+ *                1..512 (default 16: 64 KiB). While a kernel's faults form a
+ *                sequential stream (each lands where the last window ended),
+ *                each fault doubles the window, up to 512 pages (2 MiB),
+ *                never across a 2 MiB boundary, as CUDA's driver prefetches
+ *                the rest of a 2 MiB block a kernel is sweeping.
  */
 struct uhmm_sim_opts {
 	size_t sz;

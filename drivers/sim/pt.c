@@ -731,6 +731,41 @@ int sim_install_snapshot(struct uhmm_sim_ctx *ctx, uintptr_t s, uintptr_t e, boo
 	return 0;
 }
 
+/*
+ * The pages a device fault at @ws (window-aligned) resolves: sim->window,
+ * doubled at each fault that lands where the last of its stream's window
+ * ended, up to SIM_CHUNK (2 MiB), never past a chunk boundary. A kernel that
+ * sweeps its data then faults once per 2 MiB, not once per 64 KiB: each
+ * migration costs two TLB shootdowns (the move out, the staging's discard)
+ * whatever its size. Random faults keep the first window.
+ */
+static unsigned long stream_window(struct uhmm_sim *sim, uintptr_t ws)
+{
+	unsigned long room = SIM_CHUNK - ((ws >> SIM_PAGE_SHIFT) & (SIM_CHUNK - 1)), w;
+	unsigned int i;
+
+	for (i = 0; i < SIM_STREAMS; i++) {
+		uintptr_t next = ws;
+
+		if (atomic_load(&sim->fstream_next[i]) != ws)
+			continue;
+		w = atomic_load(&sim->fstream_window[i]) * 2UL;
+		if (w > SIM_CHUNK)
+			w = SIM_CHUNK;
+		/* The stream keeps its window across a chunk boundary; this fault stops there. */
+		if (atomic_compare_exchange_strong(&sim->fstream_next[i], &next,
+						   ws + ((w < room ? w : room) << SIM_PAGE_SHIFT))) {
+			atomic_store(&sim->fstream_window[i], (unsigned int)w);
+			return w < room ? w : room;
+		}
+	}
+	i = atomic_fetch_add(&sim->fstream_victim, 1) % SIM_STREAMS;
+	w = sim->window < room ? sim->window : room;
+	atomic_store(&sim->fstream_window[i], sim->window);
+	atomic_store(&sim->fstream_next[i], ws + (w << SIM_PAGE_SHIFT));
+	return w;
+}
+
 /* A device kernel met a missing or read-only translation at @va. */
 static int device_fault(struct uhmm_sim_ctx *ctx, uintptr_t va, bool write)
 {
@@ -739,7 +774,7 @@ static int device_fault(struct uhmm_sim_ctx *ctx, uintptr_t va, bool write)
 	uintptr_t ws = page & ~((uintptr_t)sim->window * SIM_PAGE - 1);
 	struct fill f = {
 		.s = ws,
-		.n = sim->window,
+		.n = stream_window(sim, ws),
 		.req = UHMM_PFN_REQ_FAULT | (write ? UHMM_PFN_REQ_WRITE : 0),
 		.req_page = (long)((page - ws) >> SIM_PAGE_SHIFT),
 		.migrate = sim->policy == UHMM_SIM_POLICY_MIGRATE,

@@ -50,6 +50,7 @@
 #define SIM_TLB 64
 #define SIM_SPARES 10 /* radix nodes one install may need: two paths of 5 levels */
 #define SIM_CHUNK 512UL /* pages: one migration, 2 MiB */
+#define SIM_STREAMS 8	 /* device fault streams followed at once (device_fault) */
 #define SIM_REVAL 512UL /* pages checked again at a time */
 #define SIM_TIMEOUT_NS 1000000000LL /* the kernel's HMM_RANGE_DEFAULT_TIMEOUT */
 
@@ -117,6 +118,10 @@ struct uhmm_sim {
 	unsigned long npages;
 	char name[32];
 	unsigned int nthreads, policy, window;
+	/* Streams of device faults (device_fault): where the next would land, its window. */
+	_Atomic uintptr_t fstream_next[SIM_STREAMS];
+	atomic_uint fstream_window[SIM_STREAMS];
+	atomic_uint fstream_victim;
 	atomic_int dead;
 	atomic_uint fail_next;
 	_Atomic uintptr_t fail_addr[SIM_FAIL_PAGES];
