@@ -112,9 +112,13 @@ TEST(kernel_migrates_on_first_touch)
 	CHECK_EQ(st.launches, 1);
 	CHECK_EQ(st.fault_migrated, NPAGES);
 	CHECK_EQ(st.fault_mapped, 0);
-	/* Windows of 16, then 32, then the rest (kernel_sweep_doubles_the_fault_window). */
+	/*
+	 * Windows of 16, then 32, then the rest (kernel_sweep_doubles_the_fault_window):
+	 * 3 faults, or 4 where the buffer crosses a 2 MiB boundary, which no window
+	 * crosses; never more than 16-page windows would take.
+	 */
 	CHECK_GE(st.device_faults, 2);
-	CHECK_LT(st.device_faults, NPAGES / 16);
+	CHECK_LE(st.device_faults, NPAGES / 16);
 	CHECK_EQ(count_state(h, p, NPAGES, UHMM_PAGE_DEVICE), NPAGES);
 
 	/* Resident: a second launch faults nothing. */
