@@ -198,80 +198,93 @@ TEST(prefetch_policy_is_chosen_per_region)
 	fx_teardown(&f);
 }
 
-/* 4 MiB of fresh managed memory on a 2 MiB boundary (@raw: what to free). */
-static char *fresh(struct uhmm *h, void **raw)
+/* A handle and 4 MiB of fresh managed memory on a 2 MiB boundary, touched in order. */
+struct fresh {
+	struct uhmm *h;
+	struct uhmm_stats s0; /* the handle's counters before the touches */
+	void *raw;	      /* what to free */
+	char *buf;
+	long long grew; /* RSS growth over the touches */
+};
+
+/*
+ * Touch pages 0-255 of fresh memory in order (@write: a byte each, else a
+ * read): windows 1, 2, ..., 256 pages cover pages 0-510 in 9 faults, the
+ * window ahead filled as the touch that continued the stream asks.
+ */
+static void first_touches(struct fresh *f, bool write)
 {
-	CHECK_EQ(uhmm_alloc(h, NPAGES * PAGE + 2 * MiB, raw), 0);
-	return (char *)(((uintptr_t)*raw + 2 * MiB - 1) & ~(uintptr_t)(2 * MiB - 1));
+	struct uhmm_stats s;
+	long long rss0;
+
+	f->h = uhmm_test_open_migrating();
+	f->s0 = hstats(f->h);
+	CHECK_EQ(uhmm_alloc(f->h, NPAGES * PAGE + 2 * MiB, &f->raw), 0);
+	f->buf = (char *)(((uintptr_t)f->raw + 2 * MiB - 1) & ~(uintptr_t)(2 * MiB - 1));
+	rss0 = harness_rss_bytes();
+	for (size_t i = 0; i < 256; i++) {
+		if (write)
+			f->buf[i * PAGE] = (char)(i + 1);
+		else
+			CHECK_EQ(((volatile char *)f->buf)[i * PAGE], 0);
+	}
+	s = hstats(f->h);
+	f->grew = harness_rss_bytes() - rss0;
+	NOTE("RSS grew by %lld KiB for 256 pages %s", f->grew / 1024, write ? "written" : "read");
+	CHECK_EQ(s.faults - f->s0.faults, 9);
+	CHECK_EQ(s.zero_fills - f->s0.zero_fills, 511);
+}
+
+static void fresh_done(struct fresh *f)
+{
+	CHECK_EQ(uhmm_free(f->h, f->raw, NPAGES * PAGE + 2 * MiB), 0);
+	uhmm_close(f->h);
 }
 
 /*
  * First writes in order: the fault that continues the stream fills its whole
  * window with private zeroed pages, so the writes that follow take no fault
- * at all (a zero page there would cost each a copy-on-write fault). Windows
- * double as for fault-back: 1, 2, ..., 256 pages cover pages 0-510 in 9
- * faults; one more fills page 511 (the 2 MiB boundary); one fills the next
- * 2 MiB.
+ * at all (a zero page there would cost each a copy-on-write fault). After
+ * pages 0-510, one more fault fills page 511 (the 2 MiB boundary), one the
+ * next 2 MiB.
  */
 TEST(first_writes_in_a_stream_fill_ahead_with_private_pages)
 {
-	struct uhmm *h = uhmm_test_open_migrating();
-	struct uhmm_stats s0 = hstats(h), s;
-	void *raw;
-	char *buf = fresh(h, &raw);
-	long long rss0 = harness_rss_bytes(), rss1;
+	struct fresh f;
+	struct uhmm_stats s;
 	size_t i;
 
-	for (i = 0; i < 256; i++)
-		buf[i * PAGE] = (char)(i + 1);
-	s = hstats(h);
-	rss1 = harness_rss_bytes();
-	CHECK_EQ(s.faults - s0.faults, 9);
-	CHECK_EQ(s.zero_fills - s0.zero_fills, 511);
+	first_touches(&f, true);
 	/* Pages 256-510, not written yet, are private pages already: counted in RSS. */
-	NOTE("RSS grew by %lld KiB for 256 pages written", (rss1 - rss0) / 1024);
-	CHECK_GE(rss1 - rss0, (long long)(511 * PAGE));
+	CHECK_GE(f.grew, (long long)(511 * PAGE));
 	for (i = 256; i < 511; i++) {
-		CHECK_EQ(buf[i * PAGE + PAGE - 1], 0);
-		buf[i * PAGE] = (char)(i + 1);
+		CHECK_EQ(f.buf[i * PAGE + PAGE - 1], 0);
+		f.buf[i * PAGE] = (char)(i + 1);
 	}
-	CHECK_EQ(hstats(h).faults - s0.faults, 9);
+	CHECK_EQ(hstats(f.h).faults - f.s0.faults, 9);
 	for (i = 511; i < NPAGES; i++)
-		buf[i * PAGE] = (char)(i + 1);
-	s = hstats(h);
-	CHECK_EQ(s.faults - s0.faults, 11);
-	CHECK_EQ(s.zero_fills - s0.zero_fills, NPAGES);
+		f.buf[i * PAGE] = (char)(i + 1);
+	s = hstats(f.h);
+	CHECK_EQ(s.faults - f.s0.faults, 11);
+	CHECK_EQ(s.zero_fills - f.s0.zero_fills, NPAGES);
 	for (i = 0; i < NPAGES; i++) {
-		CHECK_EQ(buf[i * PAGE], (char)(i + 1));
-		CHECK_EQ(buf[i * PAGE + 1], 0);
+		CHECK_EQ(f.buf[i * PAGE], (char)(i + 1));
+		CHECK_EQ(f.buf[i * PAGE + 1], 0);
 	}
-	CHECK_EQ(uhmm_free(h, raw, NPAGES * PAGE + 2 * MiB), 0);
-	uhmm_close(h);
+	fresh_done(&f);
 }
 
 /* First reads in order: the same windows, mapped with the zero page (no memory). */
 TEST(first_reads_in_a_stream_map_the_zero_page)
 {
-	struct uhmm *h = uhmm_test_open_migrating();
-	struct uhmm_stats s0 = hstats(h), s;
-	void *raw;
-	char *buf = fresh(h, &raw);
-	long long rss0 = harness_rss_bytes(), rss1;
-	size_t i;
+	struct fresh f;
 
-	for (i = 0; i < 256; i++)
-		CHECK_EQ(((volatile char *)buf)[i * PAGE], 0);
-	s = hstats(h);
-	rss1 = harness_rss_bytes();
-	CHECK_EQ(s.faults - s0.faults, 9);
-	CHECK_EQ(s.zero_fills - s0.zero_fills, 511);
-	NOTE("RSS grew by %lld KiB for 256 pages read", (rss1 - rss0) / 1024);
-	CHECK_LT(rss1 - rss0, (long long)(128 * PAGE));
+	first_touches(&f, false);
+	CHECK_LT(f.grew, (long long)(128 * PAGE));
 	/* A write there is the kernel's own copy-on-write: no userfaultfd fault. */
-	buf[300 * PAGE] = 7;
-	CHECK_EQ(hstats(h).faults - s0.faults, 9);
-	CHECK_EQ(buf[300 * PAGE], 7);
-	CHECK_EQ(buf[301 * PAGE], 0);
-	CHECK_EQ(uhmm_free(h, raw, NPAGES * PAGE + 2 * MiB), 0);
-	uhmm_close(h);
+	f.buf[300 * PAGE] = 7;
+	CHECK_EQ(hstats(f.h).faults - f.s0.faults, 9);
+	CHECK_EQ(f.buf[300 * PAGE], 7);
+	CHECK_EQ(f.buf[301 * PAGE], 0);
+	fresh_done(&f);
 }
