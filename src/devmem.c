@@ -99,6 +99,7 @@ int uhmm_devmem_add(struct uhmm *h, const struct uhmm_devmem_desc *desc,
 	dm->driver_data = d.driver_data;
 	dm->flags = d.flags;
 	strncpy(dm->name, d.name ? d.name : "devmem", sizeof(dm->name) - 1);
+	pthread_mutex_init(&dm->vlock, NULL);
 	/* Descriptors: reserved like the state words, touched as pages are used. */
 	dm->pages_len = (d.npages * sizeof(struct uhmm_page) + PAGE_SIZE - 1) & PAGE_MASK;
 	dm->pages = mmap(NULL, dm->pages_len, PROT_READ | PROT_WRITE,
@@ -145,6 +146,7 @@ err_unlock:
 err_unmap:
 	munmap(dm->pages, dm->pages_len);
 err_free:
+	pthread_mutex_destroy(&dm->vlock);
 	free(dm);
 	return ret;
 }
@@ -284,6 +286,8 @@ static void devmem_free(struct uhmm *h, void *p)
 	(void)h;
 	munmap(dm->used, dm->used_len);
 	munmap(dm->pages, dm->pages_len);
+	pthread_mutex_destroy(&dm->vlock);
+	free(dm->victims);
 	free(dm);
 }
 

@@ -162,6 +162,12 @@ struct owner_acct {
 	atomic_long pages;
 };
 
+/* A page the built-in eviction policies may pick, and its key when looked at (policy.c). */
+struct victim {
+	struct uhmm_page *page;
+	uint64_t key;
+};
+
 struct uhmm_devmem {
 	struct uhmm *h;
 	unsigned slot;
@@ -184,6 +190,11 @@ struct uhmm_devmem {
 	atomic_int dying;
 	struct owner_acct *acct;
 	_Atomic(const struct uhmm_evict_policy *) evict;
+	/* The built-in policies' next victims, oldest first: [vnext, nvictims) of victims. */
+	pthread_mutex_t vlock;
+	struct victim *victims;
+	unsigned long nvictims, vnext, vcap;
+	bool victims_by_use;
 	_Atomic(const struct uhmm_prefetch_policy *) prefetch;
 	atomic_long st_faults, st_to, st_from, st_prefetched, st_evictions, st_thrash;
 	atomic_long st_duplicated, st_dup_drops;

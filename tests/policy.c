@@ -138,6 +138,46 @@ TEST(fifo_evicts_the_first_in)
 	evict_order(&uhmm_evict_fifo, false);
 }
 
+/*
+ * The built-in policies pick from a list of the oldest pages made at one
+ * look over the device and kept for the next evictions: a page on it used
+ * since is passed over, so the order stays exactly least recently used.
+ */
+TEST(lru_passes_over_pages_used_since_it_looked)
+{
+	struct uhmm *h = uhmm_test_open_migrating();
+	struct uhmm_sim *sim = uhmm_test_sim(h, DEVPAGES);
+	struct uhmm_devmem *dm = uhmm_sim_devmem(sim);
+	void *p;
+	char *buf;
+
+	CHECK_EQ(uhmm_devmem_set_evict(dm, &uhmm_evict_lru), 0);
+	CHECK_EQ(uhmm_alloc(h, DEVPAGES * PAGE, &p), 0);
+	buf = p;
+	pattern_fill(buf, DEVPAGES * PAGE, 6);
+	/* Full, used in address order: page 0 is the least recently used. */
+	CHECK_EQ(uhmm_migrate_to_device(dm, buf, DEVPAGES * PAGE), DEVPAGES);
+	CHECK_EQ(uhmm_devmem_make_room(dm, 8), 8);
+	CHECK_EQ(count_device(h, buf, 8), 0);
+	CHECK_EQ(count_device(h, buf + 8 * PAGE, DEVPAGES - 8), DEVPAGES - 8);
+	/* Pages 8-15, next in line, are used again. */
+	for (unsigned long pfn = 0; pfn < DEVPAGES; pfn++) {
+		struct uhmm_page *pg = uhmm_devmem_page(dm, pfn);
+		uintptr_t a = uhmm_page_addr(pg);
+
+		if (a >= (uintptr_t)buf + 8 * PAGE && a < (uintptr_t)buf + 16 * PAGE)
+			uhmm_page_mark_accessed(pg);
+	}
+	CHECK_EQ(uhmm_devmem_make_room(dm, 16), 16);
+	CHECK_EQ(count_device(h, buf + 8 * PAGE, 8), 8);
+	CHECK_EQ(count_device(h, buf + 16 * PAGE, 8), 0);
+	CHECK_EQ(count_device(h, buf + 24 * PAGE, DEVPAGES - 24), DEVPAGES - 24);
+	CHECK_EQ(dmstats(dm).evictions, 16);
+	CHECK_PATTERN_PAGES(buf, DEVPAGES, 6);
+	CHECK_EQ(uhmm_sim_destroy(sim), 0);
+	uhmm_close(h);
+}
+
 TEST(working_set_twice_the_device_runs_with_correct_data)
 {
 	static const struct uhmm_evict_policy *const pols[] = { &uhmm_evict_lru, &uhmm_evict_fifo };
