@@ -195,7 +195,9 @@ static void victims_scan(struct uhmm_devmem *dm, unsigned long cap, bool by_use)
  * asked, and the calls after take from them while they last. Keys only
  * grow (a use, a new birth), so every page not kept was younger than all
  * kept; a kept page whose key changed since (used again, or evicted and
- * reused) is passed over. The order is exactly the policy's.
+ * reused) is passed over. The order is exactly the policy's. Kept pages
+ * all used since: look again (skipping what this call chose already, which
+ * the new look finds first).
  */
 #define VICTIMS_AHEAD 16
 #define VICTIMS_MIN 4096
@@ -203,19 +205,34 @@ static void victims_scan(struct uhmm_devmem *dm, unsigned long cap, bool by_use)
 static unsigned long select_oldest(struct uhmm_devmem *dm, struct uhmm_page **out, unsigned long n,
 				   bool by_use)
 {
-	unsigned long got = 0;
+	unsigned long cap = n * VICTIMS_AHEAD < VICTIMS_MIN ? VICTIMS_MIN : n * VICTIMS_AHEAD;
+	unsigned long got = 0, before = 0;
+	bool looked = false;
 
+	if (cap > dm->npages)
+		cap = dm->npages;
 	pthread_mutex_lock(&dm->vlock);
 	if (dm->victims_by_use != by_use || dm->nvictims - dm->vnext < n) {
-		unsigned long cap = n * VICTIMS_AHEAD < VICTIMS_MIN ? VICTIMS_MIN : n * VICTIMS_AHEAD;
-
 		dm->victims_by_use = by_use;
-		victims_scan(dm, cap < dm->npages ? cap : dm->npages, by_use);
+		victims_scan(dm, cap, by_use);
+		looked = true;
 	}
-	while (got < n && dm->vnext < dm->nvictims) {
-		struct victim *v = &dm->victims[dm->vnext++];
+	while (got < n) {
+		struct victim *v;
+		bool chosen = false;
 
-		if (uhmm_page_addr(v->page) &&
+		if (dm->vnext == dm->nvictims) {
+			if (looked)
+				break;
+			victims_scan(dm, cap, by_use);
+			looked = true;
+			before = got;
+			continue;
+		}
+		v = &dm->victims[dm->vnext++];
+		for (unsigned long k = 0; k < before && !chosen; k++)
+			chosen = out[k] == v->page;
+		if (!chosen && uhmm_page_addr(v->page) &&
 		    __atomic_load_n(&v->page->refcount, __ATOMIC_RELAXED) > 0 &&
 		    victim_key(v->page, by_use) == v->key)
 			out[got++] = v->page;

@@ -173,6 +173,43 @@ TEST(lru_passes_over_pages_used_since_it_looked)
 	CHECK_EQ(count_device(h, buf + 16 * PAGE, 8), 0);
 	CHECK_EQ(count_device(h, buf + 24 * PAGE, DEVPAGES - 24), DEVPAGES - 24);
 	CHECK_EQ(dmstats(dm).evictions, 16);
+	/*
+	 * Every page left used again, the highest address first: all it kept
+	 * is stale, and it looks again. The oldest now are the highest.
+	 */
+	for (unsigned long k = DEVPAGES; k-- > 0;) {
+		for (unsigned long pfn = 0; pfn < DEVPAGES; pfn++) {
+			struct uhmm_page *pg = uhmm_devmem_page(dm, pfn);
+
+			if (uhmm_page_addr(pg) == (uintptr_t)buf + k * PAGE)
+				uhmm_page_mark_accessed(pg);
+		}
+	}
+	CHECK_EQ(uhmm_devmem_make_room(dm, 24), 24);
+	CHECK_EQ(count_device(h, buf + (DEVPAGES - 8) * PAGE, 8), 0);
+	CHECK_EQ(count_device(h, buf + 24 * PAGE, DEVPAGES - 32), DEVPAGES - 32);
+	CHECK_EQ(count_device(h, buf + 8 * PAGE, 8), 8);
+	CHECK_EQ(dmstats(dm).evictions, 24);
+	/*
+	 * Left, oldest first: 55-24, then 15-8. Pages 55-27 used again, 55
+	 * first: 11 of what it kept still hold, 16 are asked for, so it looks
+	 * again in the same call, and must not choose those 11 twice.
+	 */
+	for (unsigned long k = 55; k >= 27; k--) {
+		for (unsigned long pfn = 0; pfn < DEVPAGES; pfn++) {
+			struct uhmm_page *pg = uhmm_devmem_page(dm, pfn);
+
+			if (uhmm_page_addr(pg) == (uintptr_t)buf + k * PAGE)
+				uhmm_page_mark_accessed(pg);
+		}
+	}
+	CHECK_EQ(uhmm_devmem_make_room(dm, 40), 40);
+	CHECK_EQ(count_device(h, buf, DEVPAGES), DEVPAGES - 40);
+	CHECK_EQ(count_device(h, buf + 8 * PAGE, 8), 0);
+	CHECK_EQ(count_device(h, buf + 24 * PAGE, 3), 0);
+	CHECK_EQ(count_device(h, buf + 27 * PAGE, 24), 24);
+	CHECK_EQ(count_device(h, buf + 51 * PAGE, 5), 0);
+	CHECK_EQ(dmstats(dm).evictions, 40);
 	CHECK_PATTERN_PAGES(buf, DEVPAGES, 6);
 	CHECK_EQ(uhmm_sim_destroy(sim), 0);
 	uhmm_close(h);
