@@ -138,6 +138,19 @@ TEST(fifo_evicts_the_first_in)
 	evict_order(&uhmm_evict_fifo, false);
 }
 
+/* The device uses the pages of @buf from @hi down to @lo again, in that order. */
+static void use_again(struct uhmm_devmem *dm, const char *buf, unsigned long hi, unsigned long lo)
+{
+	for (unsigned long k = hi + 1; k-- > lo;) {
+		for (unsigned long pfn = 0; pfn < DEVPAGES; pfn++) {
+			struct uhmm_page *pg = uhmm_devmem_page(dm, pfn);
+
+			if (uhmm_page_addr(pg) == (uintptr_t)buf + k * PAGE)
+				uhmm_page_mark_accessed(pg);
+		}
+	}
+}
+
 /*
  * The built-in policies pick from a list of the oldest pages made at one
  * look over the device and kept for the next evictions: a page on it used
@@ -161,13 +174,7 @@ TEST(lru_passes_over_pages_used_since_it_looked)
 	CHECK_EQ(count_device(h, buf, 8), 0);
 	CHECK_EQ(count_device(h, buf + 8 * PAGE, DEVPAGES - 8), DEVPAGES - 8);
 	/* Pages 8-15, next in line, are used again. */
-	for (unsigned long pfn = 0; pfn < DEVPAGES; pfn++) {
-		struct uhmm_page *pg = uhmm_devmem_page(dm, pfn);
-		uintptr_t a = uhmm_page_addr(pg);
-
-		if (a >= (uintptr_t)buf + 8 * PAGE && a < (uintptr_t)buf + 16 * PAGE)
-			uhmm_page_mark_accessed(pg);
-	}
+	use_again(dm, buf, 15, 8);
 	CHECK_EQ(uhmm_devmem_make_room(dm, 16), 16);
 	CHECK_EQ(count_device(h, buf + 8 * PAGE, 8), 8);
 	CHECK_EQ(count_device(h, buf + 16 * PAGE, 8), 0);
@@ -177,14 +184,7 @@ TEST(lru_passes_over_pages_used_since_it_looked)
 	 * Every page left used again, the highest address first: all it kept
 	 * is stale, and it looks again. The oldest now are the highest.
 	 */
-	for (unsigned long k = DEVPAGES; k-- > 0;) {
-		for (unsigned long pfn = 0; pfn < DEVPAGES; pfn++) {
-			struct uhmm_page *pg = uhmm_devmem_page(dm, pfn);
-
-			if (uhmm_page_addr(pg) == (uintptr_t)buf + k * PAGE)
-				uhmm_page_mark_accessed(pg);
-		}
-	}
+	use_again(dm, buf, DEVPAGES - 1, 0);
 	CHECK_EQ(uhmm_devmem_make_room(dm, 24), 24);
 	CHECK_EQ(count_device(h, buf + (DEVPAGES - 8) * PAGE, 8), 0);
 	CHECK_EQ(count_device(h, buf + 24 * PAGE, DEVPAGES - 32), DEVPAGES - 32);
@@ -195,14 +195,7 @@ TEST(lru_passes_over_pages_used_since_it_looked)
 	 * first: 11 of what it kept still hold, 16 are asked for, so it looks
 	 * again in the same call, and must not choose those 11 twice.
 	 */
-	for (unsigned long k = 55; k >= 27; k--) {
-		for (unsigned long pfn = 0; pfn < DEVPAGES; pfn++) {
-			struct uhmm_page *pg = uhmm_devmem_page(dm, pfn);
-
-			if (uhmm_page_addr(pg) == (uintptr_t)buf + k * PAGE)
-				uhmm_page_mark_accessed(pg);
-		}
-	}
+	use_again(dm, buf, 55, 27);
 	CHECK_EQ(uhmm_devmem_make_room(dm, 40), 40);
 	CHECK_EQ(count_device(h, buf, DEVPAGES), DEVPAGES - 40);
 	CHECK_EQ(count_device(h, buf + 8 * PAGE, 8), 0);
