@@ -166,8 +166,7 @@ static void zero_around(struct uhmm *h, struct range *r, uintptr_t addr, bool wr
 					 uhmm__uffd_copy(h->uffd, rs, h->zero_page, re - rs, true) :
 					 uhmm__uffd_zeropage(h->uffd, rs, re - rs, true);
 
-			uhmm__trace("*zero-around", s + (i << PAGE_SHIFT), (j - i) << PAGE_SHIFT,
-				    (uint64_t)zr);
+			uhmm__trace("*zero-around", rs, re - rs, (uint64_t)zr);
 			UHMM_STAT_ADD(h, zero_fills, j - i);
 			for (unsigned long k = i; k < j; k++)
 				uhmm__unlock(uhmm__word(r, s + (k << PAGE_SHIFT)), W_CPU);

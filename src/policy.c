@@ -146,6 +146,12 @@ static void pick_add(struct pick *k, struct uhmm_page *page, uint64_t key)
 	pick_sift(k, 0);
 }
 
+/* A page the policies may pick: it holds data and is not being freed. */
+static bool evictable(struct uhmm_page *page)
+{
+	return uhmm_page_addr(page) && __atomic_load_n(&page->refcount, __ATOMIC_RELAXED) > 0;
+}
+
 static uint64_t victim_key(struct uhmm_page *page, bool by_use)
 {
 	return by_use ? __atomic_load_n(&page->last_use, __ATOMIC_RELAXED) : page->birth;
@@ -179,9 +185,8 @@ static void victims_scan(struct uhmm_devmem *dm, unsigned long cap, bool by_use)
 	for (unsigned long pfn = 0; pfn < dm->npages; pfn++) {
 		struct uhmm_page *page = &dm->pages[pfn];
 
-		if (!uhmm_page_addr(page) || __atomic_load_n(&page->refcount, __ATOMIC_RELAXED) <= 0)
-			continue;
-		pick_add(&k, page, victim_key(page, by_use));
+		if (evictable(page))
+			pick_add(&k, page, victim_key(page, by_use));
 	}
 	qsort(dm->victims, k.n, sizeof(*dm->victims), cmp_key);
 	dm->nvictims = k.n;
@@ -232,9 +237,7 @@ static unsigned long select_oldest(struct uhmm_devmem *dm, struct uhmm_page **ou
 		v = &dm->victims[dm->vnext++];
 		for (unsigned long k = 0; k < before && !chosen; k++)
 			chosen = out[k] == v->page;
-		if (!chosen && uhmm_page_addr(v->page) &&
-		    __atomic_load_n(&v->page->refcount, __ATOMIC_RELAXED) > 0 &&
-		    victim_key(v->page, by_use) == v->key)
+		if (!chosen && evictable(v->page) && victim_key(v->page, by_use) == v->key)
 			out[got++] = v->page;
 	}
 	pthread_mutex_unlock(&dm->vlock);
