@@ -250,11 +250,13 @@ static struct state_tbl *tbl_new(size_t npages)
 }
 
 /*
- * Insert a range with its own new state table, optionally filled by @fill
- * (called before the range is visible). Under h->lock.
+ * Insert a range with its own new state table, its words copied from
+ * @copy_from when given. They are copied before the range is published: a
+ * reader that finds the range (a device walk, a toucher in signal mode) must
+ * never see its pages as empty, or it would fill them with zeros. Under h->lock.
  */
 static int insert_range(struct uhmm *h, uintptr_t start, uintptr_t end, bool alloced,
-			struct range **out)
+			_Atomic uint64_t *copy_from)
 {
 	struct rtab *cur = atomic_load(&h->rtab), *nt;
 	size_t n = cur ? cur->n : 0, i, j = 0;
@@ -276,6 +278,8 @@ static int insert_range(struct uhmm *h, uintptr_t start, uintptr_t end, bool all
 	r->end = end;
 	r->words = r->tbl->words;
 	r->alloced = alloced;
+	if (copy_from)
+		memcpy((void *)r->words, (void *)copy_from, ((end - start) >> PAGE_SHIFT) * 8);
 	nt = rtab_alloc(n + 1);
 	if (!nt) {
 		tbl_put(r->tbl);
@@ -288,7 +292,6 @@ static int insert_range(struct uhmm *h, uintptr_t start, uintptr_t end, bool all
 	for (; i < n; i++)
 		nt->r[j++] = cur->r[i];
 	nt->n = j;
-	*out = r;
 	uhmm__trace("*range-add", start, end - start, (uintptr_t)r->words);
 	publish(h, nt);
 	return 0;
@@ -297,13 +300,10 @@ static int insert_range(struct uhmm *h, uintptr_t start, uintptr_t end, bool all
 int uhmm__add_range(struct uhmm *h, uintptr_t start, uintptr_t end, bool alloced,
 		    _Atomic uint64_t *copy_from)
 {
-	struct range *r;
 	int ret;
 
 	pthread_mutex_lock(&h->lock);
-	ret = insert_range(h, start, end, alloced, &r);
-	if (!ret && copy_from)
-		memcpy((void *)r->words, (void *)copy_from, ((end - start) >> PAGE_SHIFT) * 8);
+	ret = insert_range(h, start, end, alloced, copy_from);
 	pthread_mutex_unlock(&h->lock);
 	return ret;
 }
