@@ -427,7 +427,7 @@ static void commit_device(struct uhmm_migrate *a, unsigned long i, struct commit
 	_Atomic uint64_t *w = mig_word(a, i);
 	uint64_t old = atomic_load(w);
 
-	if (!np || np->devmem->h != h || np->refcount <= 0) {
+	if (!np || np->devmem->h != h || __atomic_load_n(&np->refcount, __ATOMIC_RELAXED) <= 0) {
 		a->src[i] &= ~UHMM_MIGRATE_MIGRATE;
 		return;
 	}
@@ -442,9 +442,13 @@ static void commit_device(struct uhmm_migrate *a, unsigned long i, struct commit
 	}
 	if (!c->stamp)
 		c->stamp = uhmm__thrash_stamp();
+	/*
+	 * The policies read the ages without a lock (policy.c, victim_key):
+	 * set them before the address, which publishes the page to them.
+	 */
+	__atomic_store_n(&np->birth, c->tick, __ATOMIC_RELAXED);
+	__atomic_store_n(&np->last_use, c->tick++, __ATOMIC_RELAXED);
 	uhmm__page_set_addr(np, page_addr(a, i));
-	np->birth = c->tick++;
-	__atomic_store_n(&np->last_use, np->birth, __ATOMIC_RELAXED);
 	c->to++;
 	uhmm__word_set_locked(w, w_device(np->devmem->slot, np->pfn) |
 					 uhmm__thrash_out(old, c->stamp));

@@ -154,7 +154,7 @@ static bool evictable(struct uhmm_page *page)
 
 static uint64_t victim_key(struct uhmm_page *page, bool by_use)
 {
-	return by_use ? __atomic_load_n(&page->last_use, __ATOMIC_RELAXED) : page->birth;
+	return __atomic_load_n(by_use ? &page->last_use : &page->birth, __ATOMIC_RELAXED);
 }
 
 static int cmp_key(const void *a, const void *b)
