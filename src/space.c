@@ -1100,6 +1100,29 @@ out:
 	return ret;
 }
 
+/*
+ * Manage [s, s+len): its range, then its registration. In between, the range
+ * is found by lock-free readers while the kernel does not yet send its
+ * faults: a migration must not take a page there (a touch would then read a
+ * fresh zero page, and a failed registration would drop the words of pages
+ * on a device). Arriving memory is marked leaving, which migrations to a
+ * device refuse (-ENOENT, as before the range existed), until it is
+ * registered.
+ */
+static int add_registered(struct uhmm *h, uintptr_t s, size_t len, bool alloced)
+{
+	int slot = leaving_set(h, s, s + len);
+	int ret = uhmm__add_range(h, s, s + len, alloced, NULL);
+
+	if (!ret) {
+		ret = uhmm__uffd_register(h, s, len);
+		if (ret)
+			uhmm__remove_ranges(h, s, s + len);
+	}
+	leaving_clear(h, slot);
+	return ret;
+}
+
 int uhmm_manage(struct uhmm *h, void *addr, size_t len)
 {
 	uintptr_t s = (uintptr_t)addr;
@@ -1116,13 +1139,7 @@ int uhmm_manage(struct uhmm *h, void *addr, size_t len)
 		return ret;
 	/* An event about what was mapped here before may be in flight. */
 	uhmm__events_drain(h, s);
-	ret = uhmm__add_range(h, s, s + len, false, NULL);
-	if (ret)
-		return ret;
-	ret = uhmm__uffd_register(h, s, len);
-	if (ret)
-		uhmm__remove_ranges(h, s, s + len);
-	return ret;
+	return add_registered(h, s, len, false);
 }
 
 int uhmm_unmanage(struct uhmm *h, void *addr, size_t len)
@@ -1172,16 +1189,10 @@ int uhmm_alloc(struct uhmm *h, size_t len, void **out)
 		return -ENOMEM;
 	/* The kernel may reuse an address whose unmap event is not handled yet. */
 	uhmm__events_drain(h, (uintptr_t)p);
-	ret = uhmm__add_range(h, (uintptr_t)p, (uintptr_t)p + len, true, NULL);
+	ret = add_registered(h, (uintptr_t)p, len, true);
 	if (ret) {
 		munmap(p, len);
 		return ret == -EEXIST ? -ENOMEM : ret;
-	}
-	ret = uhmm__uffd_register(h, (uintptr_t)p, len);
-	if (ret) {
-		uhmm__remove_ranges(h, (uintptr_t)p, (uintptr_t)p + len);
-		munmap(p, len);
-		return ret;
 	}
 	*out = p;
 	return 0;
