@@ -304,7 +304,8 @@ struct uhmm {
 	struct {
 		atomic_uint window16, threshold, pin16; /* 16 ms units; threshold 0: off */
 	} thrash;
-	struct prefetcher *pf; /* the async prefetch worker, started on first use */
+	/* The async prefetch worker, started on first use; read without a lock. */
+	_Atomic(struct prefetcher *) pf;
 	pthread_mutex_t advice_lock; /* writers of the table */
 	/* Advice records, latest last: published whole, read lock-free (rd_enter). */
 	_Atomic(struct advtab *) advtab;

@@ -358,6 +358,7 @@ struct pf_req {
 };
 
 struct prefetcher {
+	struct uhmm *h;
 	pthread_t thread;
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
@@ -369,8 +370,8 @@ struct prefetcher {
 
 static void *pf_main(void *arg)
 {
-	struct uhmm *h = arg;
-	struct prefetcher *pf = h->pf;
+	struct prefetcher *pf = arg;
+	struct uhmm *h = pf->h;
 
 	pthread_mutex_lock(&pf->lock);
 	for (;;) {
@@ -403,7 +404,7 @@ static int pf_start(struct uhmm *h)
 	int ret = 0;
 
 	pthread_mutex_lock(&h->lock);
-	if (h->pf)
+	if (atomic_load(&h->pf))
 		goto out;
 	pf = calloc(1, sizeof(*pf));
 	if (!pf) {
@@ -413,12 +414,16 @@ static int pf_start(struct uhmm *h)
 	pthread_mutex_init(&pf->lock, NULL);
 	pthread_cond_init(&pf->cond, NULL);
 	pf->tail = &pf->head;
-	h->pf = pf;
-	ret = -pthread_create(&pf->thread, NULL, pf_main, h);
+	pf->h = h;
+	ret = -pthread_create(&pf->thread, NULL, pf_main, pf);
 	if (ret) {
-		h->pf = NULL;
+		pthread_cond_destroy(&pf->cond);
+		pthread_mutex_destroy(&pf->lock);
 		free(pf);
+		goto out;
 	}
+	/* Published whole: uhmm_prefetch_wait and the drain read it without h->lock. */
+	atomic_store(&h->pf, pf);
 out:
 	pthread_mutex_unlock(&h->lock);
 	return ret;
@@ -448,7 +453,7 @@ int uhmm_prefetch_async(struct uhmm *h, void *addr, size_t len, struct uhmm_devm
 	r->addr = addr;
 	r->len = len;
 	r->target = target;
-	pf = h->pf;
+	pf = atomic_load(&h->pf);
 	pthread_mutex_lock(&pf->lock);
 	r->ticket = *ticket = ++pf->issued;
 	*pf->tail = r;
@@ -463,9 +468,8 @@ int uhmm_prefetch_wait(struct uhmm *h, uint64_t ticket)
 	struct prefetcher *pf;
 	int ret;
 
-	if (!h || !h->pf || !ticket)
+	if (!h || !ticket || !(pf = atomic_load(&h->pf)))
 		return -EINVAL;
-	pf = h->pf;
 	pthread_mutex_lock(&pf->lock);
 	if (ticket > pf->issued) {
 		pthread_mutex_unlock(&pf->lock);
@@ -484,7 +488,7 @@ int uhmm_prefetch_wait(struct uhmm *h, uint64_t ticket)
 /* At close: run what is queued, then stop the worker. */
 void uhmm__prefetch_stop(struct uhmm *h)
 {
-	struct prefetcher *pf = h->pf;
+	struct prefetcher *pf = atomic_load(&h->pf);
 
 	if (!pf)
 		return;
@@ -493,7 +497,7 @@ void uhmm__prefetch_stop(struct uhmm *h)
 	pthread_cond_broadcast(&pf->cond);
 	pthread_mutex_unlock(&pf->lock);
 	pthread_join(pf->thread, NULL);
-	h->pf = NULL;
+	atomic_store(&h->pf, NULL);
 	pthread_mutex_destroy(&pf->lock);
 	pthread_cond_destroy(&pf->cond);
 	free(pf);
@@ -502,7 +506,7 @@ void uhmm__prefetch_stop(struct uhmm *h)
 /* Device memory goes away: every prefetch queued so far has run first. */
 void uhmm__prefetch_drain(struct uhmm *h)
 {
-	struct prefetcher *pf = h->pf;
+	struct prefetcher *pf = atomic_load(&h->pf);
 
 	if (!pf)
 		return;

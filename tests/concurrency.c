@@ -464,3 +464,52 @@ TEST(two_touchers_share_the_fault_service)
 	CHECK_EQ(uhmm_sim_destroy(sim), 0);
 	uhmm_close(h);
 }
+
+/*
+ * The first uhmm_prefetch_async starts the prefetch worker; another thread
+ * may wait on its ticket at once (tickets are the handle's, not the
+ * thread's). The waiter spins on uhmm_prefetch_wait(1) until the ticket
+ * exists, reading the worker without a lock while the first call creates
+ * it: it must find it whole, and get the prefetch's result.
+ */
+struct pf_wait {
+	struct uhmm *h;
+	atomic_int result; /* 0 while waiting */
+};
+
+static void *wait_first_ticket(void *arg)
+{
+	struct pf_wait *w = arg;
+	double t0 = harness_now();
+	int ret;
+
+	while ((ret = uhmm_prefetch_wait(w->h, 1)) == -EINVAL && harness_now() - t0 < 10)
+		;
+	atomic_store(&w->result, ret ? ret : INT32_MIN);
+	return NULL;
+}
+
+TEST(another_thread_waits_on_the_first_async_prefetch)
+{
+	const size_t n = 32;
+
+	for (int round = 0; round < 50; round++) {
+		struct pf_wait w = { .h = uhmm_test_open_migrating() };
+		struct uhmm_sim *sim = uhmm_test_sim(w.h, n);
+		uint64_t ticket = 0;
+		pthread_t t;
+		void *p = NULL;
+
+		CHECK_EQ(uhmm_alloc(w.h, n * PAGE, &p), 0);
+		pattern_fill(p, n * PAGE, 0xaf00 + (uint64_t)round);
+		CHECK_EQ(pthread_create(&t, NULL, wait_first_ticket, &w), 0);
+		CHECK_EQ(uhmm_prefetch_async(w.h, p, n * PAGE, uhmm_sim_devmem(sim), &ticket), 0);
+		CHECK_EQ(ticket, 1);
+		CHECK_EQ(pthread_join(t, NULL), 0);
+		CHECK_EQ(atomic_load(&w.result), (int)n);
+		CHECK_EQ(count_state(w.h, p, n, UHMM_PAGE_DEVICE), n);
+		CHECK_PATTERN_PAGES(p, n, 0xaf00 + (uint64_t)round);
+		CHECK_EQ(uhmm_sim_destroy(sim), 0);
+		uhmm_close(w.h);
+	}
+}
