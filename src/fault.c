@@ -1030,7 +1030,8 @@ static bool fault_to_worker(struct uhmm *h, uintptr_t addr, bool write, uint32_t
 	if (!dev)
 		return false;
 	pthread_mutex_lock(&h->wq_lock);
-	if (h->wq_tail - h->wq_head == WQ_SIZE) {
+	/* Full, or the workers are stopping (uhmm_close): nobody would take it. */
+	if (h->wq_stop || h->wq_tail - h->wq_head == WQ_SIZE) {
 		pthread_mutex_unlock(&h->wq_lock);
 		return false;
 	}
@@ -1093,7 +1094,11 @@ static void workers_start(struct uhmm *h)
 			h->nworkers++;
 }
 
-/* Before the service thread stops: workers finish what they have (events still run). */
+/*
+ * Before the service thread stops: workers finish what they have (events
+ * still run). The service thread may still look at the queue until it is
+ * joined (fault_to_worker then serves faults itself): workers_free after.
+ */
 static void workers_stop(struct uhmm *h)
 {
 	pthread_mutex_lock(&h->wq_lock);
@@ -1102,6 +1107,10 @@ static void workers_stop(struct uhmm *h)
 	pthread_mutex_unlock(&h->wq_lock);
 	for (int i = 0; i < h->nworkers; i++)
 		pthread_join(h->workers[i], NULL);
+}
+
+static void workers_free(struct uhmm *h)
+{
 	h->nworkers = 0;
 	pthread_cond_destroy(&h->wq_cond);
 	pthread_mutex_destroy(&h->wq_lock);
@@ -1525,6 +1534,7 @@ int uhmm__svc_start(struct uhmm *h)
 	ret = pthread_create(&h->svc, NULL, svc_main, h);
 	if (ret) {
 		workers_stop(h);
+		workers_free(h);
 		close(h->wake_fd);
 		h->wake_fd = -1;
 		return -ret;
@@ -1548,6 +1558,7 @@ void uhmm__svc_stop(struct uhmm *h)
 	atomic_store(&h->stop, 1);
 	uhmm__svc_kick(h);
 	pthread_join(h->svc, NULL);
+	workers_free(h);
 	h->svc_started = 0;
 	close(h->wake_fd);
 	h->wake_fd = -1;
