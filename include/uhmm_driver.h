@@ -304,7 +304,9 @@ struct uhmm_evict_policy {
 	/*
 	 * select - choose up to @n pages of @dm that hold data (uhmm_page_addr()
 	 * non-zero) to evict; write them to @out, return how many. Called from
-	 * the migrating thread with no page lock held. Required.
+	 * the migrating thread with no page lock held, maybe by several threads
+	 * at once: other threads' migrations write the pages' birth, last_use
+	 * and refcount meanwhile, so read them with __atomic_load_n. Required.
 	 */
 	unsigned long (*select)(struct uhmm_devmem *dm, struct uhmm_page **out, unsigned long n);
 };

@@ -169,14 +169,24 @@ TEST(cpu_write_drops_the_copy_before_it_lands_signal_mode)
 static void device_write_drops_copy(enum uhmm_fault_mode mode)
 {
 	struct fx f;
+	size_t dup_after;
 
 	fx_setup(&f, mode);
 	f.ka.add = 5;
 	CHECK_EQ(uhmm_sim_launch(f.sim, k_add, NP, &f.ka), 0);
-	CHECK_EQ(dmstats(f.dm).duplicates, 0);
-	/* At least one each; a read of a neighbour by the other device thread may copy again. */
+	/*
+	 * At least one drop each. A read fault of the other device thread may
+	 * copy a page again, its window covering pages beside the one it reads:
+	 * before that page's write (which drops the copy once more), or after
+	 * it, from a snapshot taken before it (uhmm_duplicate brings a page on
+	 * the device home, keeping its copy: read-mostly memory read again).
+	 * Either way every page holds its write, on the device or duplicated.
+	 */
 	CHECK(dmstats(f.dm).dup_drops >= NP);
-	CHECK_EQ(count_state(f.h, f.p, NP, UHMM_PAGE_DEVICE), NP);
+	dup_after = count_state(f.h, f.p, NP, UHMM_PAGE_DUPLICATED);
+	CHECK_EQ(dmstats(f.dm).duplicates, dup_after);
+	CHECK_EQ(count_state(f.h, f.p, NP, UHMM_PAGE_DEVICE), NP - dup_after);
+	CHECK_LE(dup_after, NP / 4);
 	/* The CPU reads them (still read-mostly: each comes home as a duplicate). */
 	for (size_t i = 0; i < NP * WORDS; i++)
 		CHECK_EQ(f.p[i], i + 5);
