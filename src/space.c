@@ -251,9 +251,9 @@ static struct state_tbl *tbl_new(size_t npages)
 
 /*
  * Insert a range with its own new state table, its words copied from
- * @copy_from when given. They are copied before the range is published: a
- * reader that finds the range (a device walk, a toucher in signal mode) must
- * never see its pages as empty, or it would fill them with zeros. Under h->lock.
+ * @copy_from when given, before the range is published: a lock-free reader
+ * that finds it (a device walk) must read words, not a copy in progress.
+ * Under h->lock.
  */
 static int insert_range(struct uhmm *h, uintptr_t start, uintptr_t end, bool alloced,
 			_Atomic uint64_t *copy_from)
@@ -1111,9 +1111,20 @@ out:
  */
 static int add_registered(struct uhmm *h, uintptr_t s, size_t len, bool alloced)
 {
-	int slot = leaving_set(h, s, s + len);
-	int ret = uhmm__add_range(h, s, s + len, alloced, NULL);
+	struct rtab *t;
+	bool managed = false;
+	int slot, ret;
 
+	/* Managed already (a mistake): refused without holding up its migrations. */
+	uhmm__rd_enter(h);
+	t = atomic_load(&h->rtab);
+	for (size_t i = 0; t && i < t->n; i++)
+		managed |= t->r[i]->start < s + len && s < t->r[i]->end;
+	uhmm__rd_exit(h);
+	if (managed)
+		return -EEXIST;
+	slot = leaving_set(h, s, s + len);
+	ret = uhmm__add_range(h, s, s + len, alloced, NULL);
 	if (!ret) {
 		ret = uhmm__uffd_register(h, s, len);
 		if (ret)
