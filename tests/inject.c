@@ -1,4 +1,5 @@
 /* inject: failure injection through every driver callback (SQLite style: let N calls pass, fail the next, N upward): data intact or exactly the failed pages poisoned, the handle still usable, counters consistent, nothing leaked. */
+/* uhmm-test-label: concurrent */
 /*
  * The driver is this file's own: device memory in a private pool, written
  * against include/uhmm_driver.h only, as drivers/sim/sim.c is. Each callback
@@ -38,23 +39,28 @@ static const char *const style_name[NSTYLES] = { "fails at once", "fails after c
 struct inj {
 	struct uhmm_devmem *dm;
 	char *pool;
-	/* The injector. */
-	int target; /* enum cb, or -1 */
-	long pass;  /* calls of target that succeed before the failure */
-	bool persistent;
-	long nfail; /* with !persistent: how many calls in a row fail (0 means 1) */
-	int err;    /* what a failed migrate_to_ram returns (0 means -EIO) */
-	enum m2r_style style;
-	long calls[NCB];
-	long injected;
+	/*
+	 * The injector. The callbacks run in the calling thread, the service
+	 * thread, a fault worker or a signal handler, one at a time, handed
+	 * over by the kernel (a fault, a wake), which ThreadSanitizer cannot
+	 * see: every field they share with the test is atomic.
+	 */
+	atomic_int target; /* enum cb, or -1 */
+	_Atomic long pass; /* calls of target that succeed before the failure */
+	atomic_bool persistent;
+	_Atomic long nfail; /* with !persistent: how many calls in a row fail (0 means 1) */
+	atomic_int err;     /* what a failed migrate_to_ram returns (0 means -EIO) */
+	_Atomic enum m2r_style style;
+	_Atomic long calls[NCB];
+	_Atomic long injected;
 	/* Managed addresses named in a failed call: the only pages that may be lost. */
-	uintptr_t affected[MAX_AFFECTED];
-	int naffected;
-	long page_frees;
-	long live; /* device pages holding data, by this driver's own count */
+	_Atomic uintptr_t affected[MAX_AFFECTED];
+	atomic_int naffected;
+	_Atomic long page_frees;
+	_Atomic long live; /* device pages holding data, by this driver's own count */
 };
 
-/* Async-signal-safe (the fault path calls it): plain stores, one thread at a time. */
+/* Async-signal-safe (the fault path calls it): lock-free atomics. */
 static bool inject_now(struct inj *d, enum cb cb)
 {
 	long n = d->calls[cb]++;
@@ -70,8 +76,12 @@ static bool inject_now(struct inj *d, enum cb cb)
 
 static void affect(struct inj *d, uintptr_t addr)
 {
-	if (d->naffected < MAX_AFFECTED)
-		d->affected[d->naffected++] = addr & ~(uintptr_t)(PAGE - 1);
+	int i = d->naffected;
+
+	if (i < MAX_AFFECTED) {
+		d->affected[i] = addr & ~(uintptr_t)(PAGE - 1);
+		d->naffected = i + 1;
+	}
 }
 
 static bool was_affected(const struct inj *d, const void *addr)
