@@ -945,13 +945,21 @@ err_free:
 /* Drop a reference; the last one frees the handle. */
 void uhmm__put(struct uhmm *h)
 {
+	struct rtab *t;
+
 	if (atomic_fetch_sub(&h->refs, 1) != 1)
 		return;
 	pthread_mutex_lock(&h->lock);
-	/* Ranges an event added after close's last pass (a racing mremap): freed. */
-	for (struct rtab *t = atomic_load(&h->rtab); t && t->n; t->n--)
-		uhmm__retire(h, range_free, t->r[t->n - 1]);
-	publish(h, NULL);
+	/*
+	 * Ranges an event added after close's last pass (a racing mremap):
+	 * freed once no reader is left. The table is taken down first, so
+	 * that a reader never sees it change.
+	 */
+	t = atomic_exchange(&h->rtab, NULL);
+	for (size_t i = 0; t && i < t->n; i++)
+		uhmm__retire(h, range_free, t->r[i]);
+	if (t)
+		uhmm__retire(h, free_ptr, t);
 	while (atomic_load(&h->readers))
 		sched_yield();
 	uhmm__reclaim(h);
