@@ -474,7 +474,7 @@ TEST(two_touchers_share_the_fault_service)
  */
 struct pf_wait {
 	struct uhmm *h;
-	atomic_int result; /* 0 while waiting */
+	int result; /* read after the join */
 };
 
 static void *wait_first_ticket(void *arg)
@@ -485,7 +485,7 @@ static void *wait_first_ticket(void *arg)
 
 	while ((ret = uhmm_prefetch_wait(w->h, 1)) == -EINVAL && harness_now() - t0 < 10)
 		;
-	atomic_store(&w->result, ret ? ret : INT32_MIN);
+	w->result = ret;
 	return NULL;
 }
 
@@ -506,7 +506,7 @@ TEST(another_thread_waits_on_the_first_async_prefetch)
 		CHECK_EQ(uhmm_prefetch_async(w.h, p, n * PAGE, uhmm_sim_devmem(sim), &ticket), 0);
 		CHECK_EQ(ticket, 1);
 		CHECK_EQ(pthread_join(t, NULL), 0);
-		CHECK_EQ(atomic_load(&w.result), (int)n);
+		CHECK_EQ(w.result, (int)n);
 		CHECK_EQ(count_state(w.h, p, n, UHMM_PAGE_DEVICE), n);
 		CHECK_PATTERN_PAGES(p, n, 0xaf00 + (uint64_t)round);
 		CHECK_EQ(uhmm_sim_destroy(sim), 0);
