@@ -219,6 +219,15 @@ static void publish(struct uhmm *h, struct rtab *t)
 		uhmm__retire(h, free_ptr, old);
 }
 
+/* Whether a range of @t overlaps [start, end). */
+static bool rtab_overlaps(const struct rtab *t, uintptr_t start, uintptr_t end)
+{
+	for (size_t i = 0; t && i < t->n; i++)
+		if (t->r[i]->start < end && start < t->r[i]->end)
+			return true;
+	return false;
+}
+
 static struct rtab *rtab_alloc(size_t n)
 {
 	struct rtab *t = malloc(sizeof(*t) + (n ? n : 1) * sizeof(t->r[0]));
@@ -262,9 +271,8 @@ static int insert_range(struct uhmm *h, uintptr_t start, uintptr_t end, bool all
 	size_t n = cur ? cur->n : 0, i, j = 0;
 	struct range *r;
 
-	for (i = 0; i < n; i++)
-		if (cur->r[i]->start < end && start < cur->r[i]->end)
-			return -EEXIST;
+	if (rtab_overlaps(cur, start, end))
+		return -EEXIST;
 	r = calloc(1, sizeof(*r));
 	if (!r)
 		return -ENOMEM;
@@ -952,14 +960,13 @@ void uhmm__put(struct uhmm *h)
 	pthread_mutex_lock(&h->lock);
 	/*
 	 * Ranges an event added after close's last pass (a racing mremap):
-	 * freed once no reader is left. The table is taken down first, so
-	 * that a reader never sees it change.
+	 * retired with the table, whose count stays as readers see it; freed
+	 * once no reader is left.
 	 */
-	t = atomic_exchange(&h->rtab, NULL);
+	t = atomic_load(&h->rtab);
 	for (size_t i = 0; t && i < t->n; i++)
 		uhmm__retire(h, range_free, t->r[i]);
-	if (t)
-		uhmm__retire(h, free_ptr, t);
+	publish(h, NULL);
 	while (atomic_load(&h->readers))
 		sched_yield();
 	uhmm__reclaim(h);
@@ -1119,15 +1126,12 @@ out:
  */
 static int add_registered(struct uhmm *h, uintptr_t s, size_t len, bool alloced)
 {
-	struct rtab *t;
-	bool managed = false;
+	bool managed;
 	int slot, ret;
 
 	/* Managed already (a mistake): refused without holding up its migrations. */
 	uhmm__rd_enter(h);
-	t = atomic_load(&h->rtab);
-	for (size_t i = 0; t && i < t->n; i++)
-		managed |= t->r[i]->start < s + len && s < t->r[i]->end;
+	managed = rtab_overlaps(atomic_load(&h->rtab), s, s + len);
 	uhmm__rd_exit(h);
 	if (managed)
 		return -EEXIST;
